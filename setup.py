@@ -1,0 +1,59 @@
+"""Build the optional C extensions; fall back to the pure-Python twins when that is impossible.
+
+Cython (a build requirement) compiles ``gwcore/_sse.pyx``. An sdist ships the generated ``.c``, so a
+machine without Cython still compiles it. A machine without a C compiler gets a working install that
+uses the pure-Python twin, and the build log says so. ``GWCORE_NO_EXTENSIONS=1`` skips compilation.
+"""
+
+import os
+import sys
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+EXTENSIONS = ["gwcore._sse"]
+
+
+def _extensions() -> list[Extension]:
+    if os.environ.get("GWCORE_NO_EXTENSIONS"):
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        cythonize = None
+    exts = []
+    for name in EXTENSIONS:
+        stem = name.replace(".", "/")
+        src = stem + ".pyx" if cythonize is not None else stem + ".c"
+        if not os.path.exists(src):
+            continue
+        exts.append(Extension(name, [src], extra_compile_args=["-O3"]))
+    if cythonize is not None and exts:
+        return cythonize(exts, language_level=3, compiler_directives={"embedsignature": True})
+    return exts
+
+
+class OptionalBuildExt(build_ext):
+    """A failed compile is a warning, not a failed install: the pure-Python twin takes over."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # any build failure means "use the twin"
+            self._warn(exc)
+
+    def build_extension(self, ext: Extension) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception as exc:
+            self._warn(exc, ext.name)
+
+    @staticmethod
+    def _warn(exc: BaseException, name: str = "extensions") -> None:
+        sys.stderr.write(
+            f"\n*** gwcore: could not compile {name} ({exc}); "
+            "installing the pure-Python implementation instead. ***\n\n"
+        )
+
+
+setup(ext_modules=_extensions(), cmdclass={"build_ext": OptionalBuildExt})
