@@ -1,0 +1,1009 @@
+"""Pooled HTTP/1.1 client to providers, on asyncio Protocols and httptools' response parser.
+
+It owns the upstream sockets: connecting (TCP_NODELAY, TLS with the system trust store), writing a
+request in one write, finding the response head, the connect / header / idle / keep-alive timers,
+the per-origin pool and its bound, and the one retry of a stale pooled connection.
+
+It never parses, copies or re-frames a relayed body: from the first byte after the response
+head, every ``bytes`` that ``data_received`` gets goes to the listener as is (only the piece that
+also held the end of the head is sliced). For a chunked body the listener (its scanner) decides
+where the body ends; the connection only counts a Content-Length. It never logs per chunk and never
+retries once a response byte arrived.
+
+Listener protocol (see ``UpstreamListener``), all called from the event loop, in this order:
+``on_head(conn, status, headers, chunked, content_length)``, then ``on_data(data)`` zero or more
+times, then at most one of ``on_eof()`` (the connection itself saw the body end: Content-Length
+reached, a bodiless response, or a close-delimited body's clean EOF) or ``on_error(GatewayError)``
+(502 closed mid-response, 504 idle timeout). The listener ends every exchange with
+``conn.release()`` (back to the pool when reusable) or ``conn.close()`` (dropped at once); after
+either, it hears nothing. ``on_head`` may already call them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import AnyStr, Protocol
+from urllib.parse import urlsplit
+
+import httptools
+
+from gwcore.errors import GatewayError
+
+__all__ = [
+    "HOP_BY_HOP",
+    "Origin",
+    "UpstreamConnection",
+    "UpstreamListener",
+    "UpstreamPool",
+    "UpstreamResponse",
+    "build_request",
+    "parse_base_url",
+    "strip_hop_by_hop",
+]
+
+log = logging.getLogger("gwcore.upstream")
+
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"}
+)  # plus every "proxy-*" header and every header the Connection header names
+_HOP_BY_HOP_BYTES = frozenset(h.encode() for h in HOP_BY_HOP)
+_POOL_SET = frozenset({"host", "content-length"})  # the pool writes these itself
+_NO_BODY_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
+
+MAX_HEAD = 64 * 1024  # a response head larger than this is not an HTTP response we relay
+WRITE_HIGH = 256 * 1024
+WRITE_LOW = 64 * 1024
+
+# Connection states.
+_CONNECTING = 0
+_IDLE = 1  # in the pool
+_ACTIVE = 2  # taken from the pool, request not written yet
+_HEAD = 3  # request written, waiting for the response head
+_STREAM = 4  # raw body, end unknown to us (chunked: the listener decides; or until close)
+_LENGTH = 5  # raw body, Content-Length counted here
+_DONE = 6  # body complete as far as the connection knows; waiting for release()
+_CLOSED = 7
+
+
+# --------------------------------------------------------------------------------------- origins
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where connections go: scheme, host and port. Pools are keyed by it."""
+
+    scheme: str
+    host: str
+    port: int
+
+    @classmethod
+    def from_url(cls, url: str) -> Origin:
+        return parse_base_url(url)[0]
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme == "https"
+
+    @property
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.tls else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+def parse_base_url(url: str) -> tuple[Origin, str]:
+    """``http://127.0.0.1:9000/v1`` -> (Origin('http', '127.0.0.1', 9000), '/v1').
+
+    The path loses its trailing slash ("" for none). Raises ``ValueError`` for anything but an
+    absolute http(s) URL without query, fragment or credentials.
+    """
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ValueError(f"base URL must start with http:// or https://: {url!r}")
+    if not parts.hostname:
+        raise ValueError(f"base URL has no host: {url!r}")
+    if parts.username or parts.password:
+        raise ValueError("base URL must not carry credentials")
+    if parts.query or parts.fragment:
+        raise ValueError(f"base URL must not have a query or fragment: {url!r}")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"base URL has an invalid port: {url!r}") from exc
+    if port is None:
+        port = 443 if scheme == "https" else 80
+    return Origin(scheme, parts.hostname, port), parts.path.rstrip("/")
+
+
+# --------------------------------------------------------------------------------------- headers
+
+
+def _nominated(headers: Sequence[tuple[AnyStr, AnyStr]], connection: AnyStr, comma: AnyStr) -> set:
+    names = set()
+    for name, value in headers:
+        if name.lower() == connection:
+            names.update(token.strip().lower() for token in value.split(comma))
+    return names
+
+
+def strip_hop_by_hop(headers: Sequence[tuple[AnyStr, AnyStr]]) -> list[tuple[AnyStr, AnyStr]]:
+    """Drop hop-by-hop headers (RFC 9110 7.6.1): the fixed set, ``Proxy-*``, and those that
+    ``Connection`` names. Works on ``str`` pairs (requests) and ``bytes`` pairs (response heads)."""
+    if not headers:
+        return []
+    if isinstance(headers[0][0], bytes):
+        fixed, proxy, connection, comma = _HOP_BY_HOP_BYTES, b"proxy-", b"connection", b","
+    else:
+        fixed, proxy, connection, comma = HOP_BY_HOP, "proxy-", "connection", ","
+    nominated = _nominated(headers, connection, comma)
+    out = []
+    for name, value in headers:
+        low = name.lower()
+        if low in fixed or low.startswith(proxy) or low in nominated:
+            continue
+        out.append((name, value))
+    return out
+
+
+def _bad_char(text: str) -> bool:
+    return "\r" in text or "\n" in text or "\0" in text
+
+
+def build_request(
+    origin: Origin, method: str, path: str, headers: Sequence[tuple[str, str]], body: bytes
+) -> bytes:
+    """The request bytes: head (Host, the caller's end-to-end headers, Content-Length,
+    ``Connection: keep-alive``) and body, ready for one write."""
+    if not path.startswith("/") or _bad_char(path) or " " in path or _bad_char(method):
+        raise GatewayError(500, f"invalid upstream request target {path!r}")
+    lines = [f"{method} {path} HTTP/1.1\r\nHost: {origin.host_header}\r\n"]
+    for name, value in strip_hop_by_hop(headers):
+        if name.lower() in _POOL_SET:
+            continue
+        if not name or ":" in name or " " in name or _bad_char(name) or _bad_char(value):
+            raise GatewayError(400, f"invalid character in header {name!r}")
+        lines.append(f"{name}: {value}\r\n")
+    if body or method not in _NO_BODY_METHODS:
+        lines.append(f"Content-Length: {len(body)}\r\n")
+    lines.append("Connection: keep-alive\r\n\r\n")
+    try:
+        head = "".join(lines).encode("latin-1")
+    except UnicodeEncodeError as exc:
+        raise GatewayError(400, "header values must be latin-1 text") from exc
+    return head + body if body else head
+
+
+# -------------------------------------------------------------------------------------- listener
+
+
+class UpstreamListener(Protocol):
+    """What ``open_raw`` reports to. Called on the event loop; must not block."""
+
+    def on_head(
+        self,
+        conn: UpstreamConnection,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        chunked: bool,
+        content_length: int | None,
+    ) -> None: ...
+
+    def on_data(self, data: bytes) -> None: ...
+
+    def on_eof(self) -> None: ...
+
+    def on_error(self, exc: GatewayError) -> None: ...
+
+
+class _StaleConnection(Exception):
+    """A pooled connection the upstream had closed before it sent a byte of the response."""
+
+
+class _HeadParser:
+    """httptools callbacks for one response head (the body never goes through it)."""
+
+    __slots__ = ("complete", "headers")
+
+    def __init__(self) -> None:
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.complete = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.complete = True
+
+
+def _bad_head(detail: str) -> GatewayError:
+    return GatewayError(
+        502, f"invalid response from upstream: {detail}", code="upstream_bad_response"
+    )
+
+
+# ------------------------------------------------------------------------------------ connection
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One keep-alive connection to an origin. Created by ``UpstreamPool``; callers get one from
+    ``open_raw`` (or inside ``on_head``) and end the exchange with ``release()`` or ``close()``."""
+
+    __slots__ = (
+        "_counted",
+        "_head_buf",
+        "_head_fut",
+        "_header_handle",
+        "_idle_handle",
+        "_ka_handle",
+        "_keep_alive",
+        "_listener",
+        "_loop",
+        "_method",
+        "_paused",
+        "_pool",
+        "_remaining",
+        "_rx",
+        "_rx_seen",
+        "_silent",
+        "_state",
+        "_transport",
+        "_until_close",
+        "got_bytes",
+        "origin",
+        "requests",
+        "reused",
+    )
+
+    def __init__(self, pool: UpstreamPool, origin: Origin, loop: asyncio.AbstractEventLoop) -> None:
+        self._pool = pool
+        self.origin = origin
+        self._loop = loop
+        self._transport: asyncio.Transport | None = None
+        self._state = _CONNECTING
+        self._listener: UpstreamListener | None = None
+        self._head_buf = b""
+        self._head_fut: asyncio.Future | None = None
+        self._header_handle: asyncio.TimerHandle | None = None
+        self._idle_handle: asyncio.TimerHandle | None = None
+        self._ka_handle: asyncio.TimerHandle | None = None
+        self._keep_alive = False
+        self._until_close = False
+        self._method = "GET"
+        self._paused = False
+        self._remaining = 0
+        self._rx = 0
+        self._rx_seen = 0
+        self._silent = 0
+        self._counted = False
+        self.got_bytes = False  # a byte of the current response arrived
+        self.reused = False  # served a request before (came from the pool)
+        self.requests = 0
+
+    # ---- public, for the listener
+
+    @property
+    def closed(self) -> bool:
+        return self._state == _CLOSED
+
+    @property
+    def complete(self) -> bool:
+        """The connection itself saw the body end (Content-Length reached, bodiless response)."""
+        return self._state == _DONE
+
+    def release(self) -> None:
+        """End of the exchange: back to the pool if keep-alive and the body is complete, else close.
+        For a chunked body the listener's word that it saw the last chunk is trusted."""
+        state = self._state
+        if state in (_CLOSED, _IDLE):
+            return
+        if not self._keep_alive or not (
+            state == _DONE or (state == _STREAM and not self._until_close)
+        ):
+            self.close()
+            return
+        self._listener = None
+        self._cancel_body_timers()
+        if self._paused:
+            self._paused = False
+            self._transport.resume_reading()
+        self._pool._put_idle(self)
+
+    def close(self) -> None:
+        """Drop the connection at once (abort, no flush); it never returns to the pool."""
+        if self._state == _CLOSED:
+            return
+        self._state = _CLOSED
+        self._listener = None
+        self._cancel_body_timers()
+        if self._ka_handle is not None:
+            self._ka_handle.cancel()
+            self._ka_handle = None
+        self._pool._forget(self)
+        if self._transport is not None:
+            self._transport.abort()
+
+    def pause_reading(self) -> None:
+        if not self._paused and self._state != _CLOSED and self._transport is not None:
+            self._paused = True
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._paused and self._state != _CLOSED:
+            self._paused = False
+            self._transport.resume_reading()
+
+    # ---- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError, AttributeError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with contextlib.suppress(AttributeError, NotImplementedError):
+            transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        if self._state == _STREAM:  # the relay's hot path: one compare, one count, one call
+            self._rx += 1
+            self._listener.on_data(data)
+            return
+        self._data_slow(data)
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost does the bookkeeping
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        state = self._state
+        listener = self._listener
+        self._state = _CLOSED
+        self._listener = None
+        self._cancel_body_timers()
+        if self._ka_handle is not None:
+            self._ka_handle.cancel()
+            self._ka_handle = None
+        self._pool._forget(self)
+        if state == _HEAD:
+            fut = self._head_fut
+            if fut is not None and not fut.done():
+                if self.reused and not self.got_bytes:
+                    fut.set_exception(_StaleConnection())
+                else:
+                    fut.set_exception(
+                        GatewayError(
+                            502,
+                            "upstream closed the connection before sending a response",
+                            code="upstream_closed",
+                        )
+                    )
+        elif state == _STREAM and self._until_close and exc is None:
+            listener.on_eof()
+        elif state in (_STREAM, _LENGTH):
+            listener.on_error(
+                GatewayError(
+                    502, "upstream closed the connection mid-response", code="upstream_closed"
+                )
+            )
+
+    def pause_writing(self) -> None:  # requests are written once; nothing to hold back
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    # ---- internals
+
+    def _take(self) -> bool:
+        """Pool -> caller. False when the connection died while idle."""
+        if self._ka_handle is not None:
+            self._ka_handle.cancel()
+            self._ka_handle = None
+        if self._state != _IDLE or self._transport is None or self._transport.is_closing():
+            self.close()
+            return False
+        self._state = _ACTIVE
+        return True
+
+    def _send(self, data: bytes, listener: UpstreamListener, method: str) -> asyncio.Future:
+        self._state = _HEAD
+        self._listener = listener
+        self._method = method
+        self._head_buf = b""
+        self.got_bytes = False
+        self._keep_alive = False
+        self._until_close = False
+        self._rx = self._rx_seen = self._silent = 0
+        self.requests += 1
+        fut = self._head_fut = self._loop.create_future()
+        self._transport.write(data)
+        timeout = self._pool.header_timeout
+        if timeout is not None:
+            self._header_handle = self._loop.call_later(timeout, self._on_header_timeout)
+        return fut
+
+    def _data_slow(self, data: bytes) -> None:
+        state = self._state
+        if state == _LENGTH:
+            self._rx += 1
+            remaining = self._remaining - len(data)
+            if remaining > 0:
+                self._remaining = remaining
+                self._listener.on_data(data)
+                return
+            if remaining < 0:  # bytes beyond the body: the connection cannot be trusted again
+                data = data[: self._remaining]
+                self._keep_alive = False
+            self._remaining = 0
+            self._state = _DONE
+            self._cancel_body_timers()
+            listener = self._listener
+            listener.on_data(data)
+            if self._state == _DONE and self._listener is listener:
+                listener.on_eof()
+        elif state == _HEAD:
+            self._on_head_bytes(data)
+        elif state == _DONE:
+            self._keep_alive = False  # unexpected bytes after the body
+        elif state in (_IDLE, _ACTIVE):
+            self.close()  # an idle connection must be silent
+
+    def _on_head_bytes(self, data: bytes) -> None:
+        self.got_bytes = True
+        prev = self._head_buf
+        buf = prev + data if prev else data
+        end = buf.find(b"\r\n\r\n", max(0, len(prev) - 3))
+        if end < 0:
+            if len(buf) > MAX_HEAD:
+                self._fail_head(_bad_head("response head too large"))
+            else:
+                self._head_buf = buf
+            return
+        self._head_buf = b""
+        end += 4
+        parser_cb = _HeadParser()
+        parser = httptools.HttpResponseParser(parser_cb)
+        try:
+            parser.feed_data(buf[:end])
+            status = parser.get_status_code()
+            version = parser.get_http_version()
+        except httptools.HttpParserError as exc:
+            self._fail_head(_bad_head(str(exc) or exc.__class__.__name__))
+            return
+        if not parser_cb.complete:
+            self._fail_head(_bad_head("incomplete response head"))
+            return
+        if 100 <= status < 200:
+            if status == 101:
+                self._fail_head(_bad_head("unexpected protocol switch"))
+                return
+            if len(buf) > end:  # an interim response (103 Early Hints): the real one follows
+                self._on_head_bytes(buf[end:])
+            return
+        self._on_head(status, version, parser_cb.headers, buf, end)
+
+    def _on_head(
+        self, status: int, version: str, headers: list[tuple[bytes, bytes]], buf: bytes, end: int
+    ) -> None:
+        chunked = False
+        length: int | None = None
+        te = None
+        conn_tokens = b""
+        for name, value in headers:
+            low = name.lower()
+            if low == b"content-length":
+                value = value.strip()
+                if not value.isdigit() or (length is not None and length != int(value)):
+                    self._fail_head(_bad_head("invalid Content-Length"))
+                    return
+                length = int(value)
+            elif low == b"transfer-encoding":
+                te = value.lower()
+            elif low == b"connection":
+                conn_tokens += b"," + value.lower()
+        tokens = {t.strip() for t in conn_tokens.split(b",")}
+        keep_alive = (b"keep-alive" in tokens) if version == "1.0" else (b"close" not in tokens)
+        if self._method == "HEAD" or status == 204 or status == 304:
+            length = 0
+        elif te is not None:
+            chunked = te.rstrip().endswith(b"chunked")
+            if length is not None:  # both framings: honour chunked, never reuse (smuggling guard)
+                keep_alive = False
+            length = None
+            if not chunked:
+                keep_alive = False
+        elif length is None:
+            keep_alive = False  # body ends when the upstream closes
+        self._keep_alive = keep_alive
+        self._until_close = not chunked and length is None
+        if self._header_handle is not None:
+            self._header_handle.cancel()
+            self._header_handle = None
+        if length == 0:
+            self._state = _DONE
+            if len(buf) > end:
+                self._keep_alive = False  # bytes after a bodiless response
+        else:
+            self._state = _STREAM if length is None else _LENGTH
+        self._remaining = length or 0
+        listener = self._listener
+        fut = self._head_fut
+        try:
+            listener.on_head(self, status, headers, chunked, length)
+        except BaseException as exc:
+            self.close()
+            if not fut.done():
+                fut.set_exception(exc)
+            return
+        if not fut.done():
+            fut.set_result(None)
+        if self._listener is not listener or self._state == _CLOSED:
+            return  # released or closed inside on_head
+        if length == 0:
+            listener.on_eof()
+            return
+        self._start_idle_timer()
+        if len(buf) > end:
+            self.data_received(buf[end:])
+
+    def _fail_head(self, exc: GatewayError) -> None:
+        fut = self._head_fut
+        self.close()
+        if fut is not None and not fut.done():
+            fut.set_exception(exc)
+
+    def _on_header_timeout(self) -> None:
+        self._header_handle = None
+        if self._state == _HEAD:
+            t = self._pool.header_timeout
+            self._fail_head(
+                GatewayError(
+                    504, f"upstream sent no response within {t:g}s", code="upstream_timeout"
+                )
+            )
+
+    def _start_idle_timer(self) -> None:
+        timeout = self._pool.idle_timeout
+        if timeout is not None:
+            # A counter checked four times per timeout instead of a timer reset per chunk.
+            self._idle_handle = self._loop.call_later(timeout / 4, self._idle_tick)
+
+    def _idle_tick(self) -> None:
+        self._idle_handle = None
+        if self._state != _STREAM and self._state != _LENGTH:
+            return
+        if self._rx != self._rx_seen or self._paused:  # a pause is our client's, not the upstream's
+            self._rx_seen = self._rx
+            self._silent = 0
+        else:
+            self._silent += 1
+            if self._silent >= 4:
+                listener = self._listener
+                self.close()
+                t = self._pool.idle_timeout
+                listener.on_error(
+                    GatewayError(
+                        504,
+                        f"upstream sent nothing for {t:g}s mid-response",
+                        code="upstream_timeout",
+                    )
+                )
+                return
+        self._idle_handle = self._loop.call_later(self._pool.idle_timeout / 4, self._idle_tick)
+
+    def _cancel_body_timers(self) -> None:
+        if self._header_handle is not None:
+            self._header_handle.cancel()
+            self._header_handle = None
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+            self._idle_handle = None
+
+    def _on_keepalive_expired(self) -> None:
+        self._ka_handle = None
+        if self._state == _IDLE:
+            self.close()
+
+
+# ---------------------------------------------------------------------------------- buffered mode
+
+
+@dataclass(slots=True)
+class UpstreamResponse:
+    """A whole upstream response (buffered mode): status, head headers, de-chunked body."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        key = name.lower().encode("latin-1")
+        for k, v in self.headers:
+            if k.lower() == key:
+                return v.decode("latin-1")
+        return None
+
+
+class _Dechunker:
+    """httptools callbacks that collect a chunked body (fed after a synthetic head)."""
+
+    __slots__ = ("complete", "parts", "size")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.complete = False
+
+    def on_body(self, body: bytes) -> None:
+        self.parts.append(body)
+        self.size += len(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+_SYNTHETIC_CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+class _BufferingListener:
+    """Collects a whole response on top of the raw path; releases the connection when done."""
+
+    __slots__ = (
+        "_dechunker",
+        "_max_body",
+        "_parser",
+        "_parts",
+        "_size",
+        "conn",
+        "fut",
+        "headers",
+        "status",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_body: int) -> None:
+        self.fut: asyncio.Future[UpstreamResponse] = loop.create_future()
+        self.conn: UpstreamConnection | None = None
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._max_body = max_body
+        self._dechunker: _Dechunker | None = None
+        self._parser = None
+
+    def on_head(
+        self,
+        conn: UpstreamConnection,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        chunked: bool,
+        content_length: int | None,
+    ) -> None:
+        self.conn, self.status, self.headers = conn, status, headers
+        if content_length is not None and content_length > self._max_body:
+            self._fail(
+                GatewayError(502, "upstream response too large", code="upstream_bad_response")
+            )
+        elif chunked:
+            self._dechunker = _Dechunker()
+            self._parser = httptools.HttpResponseParser(self._dechunker)
+            self._parser.feed_data(_SYNTHETIC_CHUNKED_HEAD)
+
+    def on_data(self, data: bytes) -> None:
+        dechunker = self._dechunker
+        if dechunker is None:
+            self._parts.append(data)
+            self._size += len(data)
+            if self._size > self._max_body:
+                self._fail(
+                    GatewayError(502, "upstream response too large", code="upstream_bad_response")
+                )
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._fail(_bad_head("invalid chunked body"))
+            return
+        if dechunker.size > self._max_body:
+            self._fail(
+                GatewayError(502, "upstream response too large", code="upstream_bad_response")
+            )
+        elif dechunker.complete:
+            self._parts = dechunker.parts
+            self.on_eof()
+
+    def on_eof(self) -> None:
+        conn = self.conn
+        if conn is not None:
+            conn.release()
+        if not self.fut.done():
+            self.fut.set_result(UpstreamResponse(self.status, self.headers, b"".join(self._parts)))
+
+    def on_error(self, exc: GatewayError) -> None:
+        if not self.fut.done():
+            self.fut.set_exception(exc)
+
+    def _fail(self, exc: GatewayError) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        self.on_error(exc)
+
+
+# ------------------------------------------------------------------------------------------- pool
+
+
+class _OriginPool:
+    __slots__ = ("connecting", "idle", "open", "waiters")
+
+    def __init__(self) -> None:
+        self.idle: list[UpstreamConnection] = []  # LIFO: the most recently used is the least stale
+        self.open = 0  # connections open or being opened (the bounded number)
+        self.connecting = 0
+        self.waiters: deque[asyncio.Future] = deque()
+
+
+class UpstreamPool:
+    """Keep-alive connections per origin, at most ``max_per_origin`` open at a time.
+
+    Failures before the response head raise ``GatewayError`` from ``open_raw``/``request``:
+    502 ``upstream_unreachable`` (refused, DNS, TLS), 502 ``upstream_closed`` (closed before the
+    head), 502 ``upstream_bad_response`` (not HTTP), 504 ``upstream_timeout`` (connect, pool wait,
+    header timeout). Timeouts are seconds; ``None`` disables header and idle timeouts.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_per_origin: int = 256,
+        connect_timeout: float = 10.0,
+        header_timeout: float | None = 60.0,
+        idle_timeout: float | None = 120.0,
+        keepalive_idle: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+        max_buffered_body: int = 64 * 1024 * 1024,
+    ) -> None:
+        if max_per_origin < 1:
+            raise ValueError("max_per_origin must be at least 1")
+        self.max_per_origin = max_per_origin
+        self.connect_timeout = connect_timeout
+        self.header_timeout = header_timeout
+        self.idle_timeout = idle_timeout
+        self.keepalive_idle = keepalive_idle
+        self.max_buffered_body = max_buffered_body
+        self._ssl_context = ssl_context
+        self._origins: dict[Origin, _OriginPool] = {}
+        self._closed = False
+
+    # ---- public
+
+    async def open_raw(
+        self,
+        origin: Origin,
+        method: str,
+        path: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+        listener: UpstreamListener,
+    ) -> UpstreamConnection:
+        """Send the request; return once the response head reached ``listener.on_head`` (which
+        already got the connection). The body then flows to the listener as raw bytes."""
+        data = build_request(origin, method, path, headers, body)
+        fresh = False
+        while True:
+            conn = await self._acquire(origin, fresh)
+            try:
+                await conn._send(data, listener, method)
+            except _StaleConnection:
+                # The upstream had closed this pooled connection before answering: once, afresh.
+                fresh = True
+                continue
+            except BaseException:
+                conn.close()
+                raise
+            return conn
+
+    async def request(
+        self,
+        origin: Origin,
+        method: str,
+        path: str,
+        headers: Sequence[tuple[str, str]] = (),
+        body: bytes = b"",
+        timeout: float | None = None,
+    ) -> UpstreamResponse:
+        """The whole response, body de-chunked. ``timeout`` bounds the whole exchange (504)."""
+        if timeout is None:
+            return await self._request(origin, method, path, headers, body)
+        try:
+            return await asyncio.wait_for(
+                self._request(origin, method, path, headers, body), timeout
+            )
+        except asyncio.TimeoutError:
+            raise GatewayError(
+                504, f"upstream did not answer within {timeout:g}s", code="upstream_timeout"
+            ) from None
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Per origin: open (incl. connecting), idle, in_use, connecting, waiting."""
+        return {
+            str(origin): {
+                "open": op.open,
+                "idle": len(op.idle),
+                "in_use": op.open - len(op.idle) - op.connecting,
+                "connecting": op.connecting,
+                "waiting": len(op.waiters),
+            }
+            for origin, op in self._origins.items()
+        }
+
+    async def aclose(self) -> None:
+        """Close idle connections; connections in use close when released. No new requests."""
+        self._closed = True
+        for op in self._origins.values():
+            for conn in list(op.idle):
+                conn.close()
+            while op.waiters:
+                fut = op.waiters.popleft()
+                if not fut.done():
+                    fut.set_result(None)
+
+    # ---- internals
+
+    async def _request(
+        self,
+        origin: Origin,
+        method: str,
+        path: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+    ) -> UpstreamResponse:
+        listener = _BufferingListener(asyncio.get_running_loop(), self.max_buffered_body)
+        conn = await self.open_raw(origin, method, path, headers, body, listener)
+        try:
+            return await listener.fut
+        except BaseException:
+            conn.close()
+            raise
+
+    def _ssl(self) -> ssl.SSLContext:
+        if self._ssl_context is None:
+            self._ssl_context = ssl.create_default_context()
+        return self._ssl_context
+
+    async def _acquire(self, origin: Origin, fresh: bool) -> UpstreamConnection:
+        if self._closed:
+            raise GatewayError(503, "the gateway is shutting down", code="shutting_down")
+        op = self._origins.get(origin)
+        if op is None:
+            op = self._origins[origin] = _OriginPool()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.connect_timeout
+        while True:
+            if not fresh:
+                while op.idle:
+                    conn = op.idle.pop()
+                    if conn._take():
+                        return conn
+            if op.open < self.max_per_origin:
+                break
+            if fresh and op.idle:
+                op.idle[0].close()  # make room for the fresh one: the oldest idle goes
+                continue
+            remaining = deadline - loop.time()
+            fut = loop.create_future()
+            op.waiters.append(fut)
+            try:
+                if remaining <= 0:
+                    raise asyncio.TimeoutError
+                await asyncio.wait_for(fut, remaining)
+            except asyncio.TimeoutError:
+                raise GatewayError(
+                    504,
+                    f"no connection to the upstream {origin} became free within "
+                    f"{self.connect_timeout:g}s",
+                    code="upstream_timeout",
+                ) from None
+            finally:
+                if not fut.done():
+                    fut.cancel()
+                with contextlib.suppress(ValueError):
+                    op.waiters.remove(fut)
+            if self._closed:
+                raise GatewayError(503, "the gateway is shutting down", code="shutting_down")
+        op.open += 1
+        op.connecting += 1
+        try:
+            conn = await self._connect(origin, loop, deadline)
+        except BaseException:
+            op.open -= 1
+            self._wake(op)
+            raise
+        finally:
+            op.connecting -= 1
+        return conn
+
+    async def _connect(
+        self, origin: Origin, loop: asyncio.AbstractEventLoop, deadline: float
+    ) -> UpstreamConnection:
+        ctx = self._ssl() if origin.tls else None
+        timeout = max(deadline - loop.time(), 0.001)
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: UpstreamConnection(self, origin, loop),
+                    origin.host,
+                    origin.port,
+                    ssl=ctx,
+                    server_hostname=origin.host if ctx is not None else None,
+                    ssl_handshake_timeout=self.connect_timeout if ctx is not None else None,
+                ),
+                timeout,
+            )
+        except asyncio.TimeoutError:
+            raise GatewayError(
+                504,
+                f"connecting to the upstream {origin} timed out after {self.connect_timeout:g}s",
+                code="upstream_timeout",
+            ) from None
+        except ssl.SSLError as exc:
+            raise GatewayError(
+                502,
+                f"TLS with the upstream {origin} failed: {exc.reason or exc}",
+                code="upstream_unreachable",
+            ) from None
+        except OSError as exc:
+            raise GatewayError(
+                502,
+                f"cannot connect to the upstream {origin}: {exc.strerror or exc}",
+                code="upstream_unreachable",
+            ) from None
+        if conn._state == _CLOSED:
+            raise GatewayError(
+                502,
+                f"the upstream {origin} closed the connection at once",
+                code="upstream_unreachable",
+            )
+        conn._counted = True
+        conn._state = _ACTIVE
+        return conn
+
+    def _put_idle(self, conn: UpstreamConnection) -> None:
+        if self._closed:
+            conn.close()
+            return
+        op = self._origins[conn.origin]
+        conn._state = _IDLE
+        conn.reused = True
+        conn._ka_handle = conn._loop.call_later(self.keepalive_idle, conn._on_keepalive_expired)
+        op.idle.append(conn)
+        self._wake(op)
+
+    def _forget(self, conn: UpstreamConnection) -> None:
+        op = self._origins.get(conn.origin)
+        if op is None:
+            return
+        with contextlib.suppress(ValueError):
+            op.idle.remove(conn)
+        if conn._counted:
+            conn._counted = False
+            op.open -= 1
+            self._wake(op)
+
+    @staticmethod
+    def _wake(op: _OriginPool) -> None:
+        while op.waiters:
+            fut = op.waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
