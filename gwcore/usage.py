@@ -1,0 +1,239 @@
+"""The usage record of one request, the mappings from each dialect's usage object to it, and sinks.
+
+It owns the meaning of the token fields (OpenAI semantics: ``prompt_tokens`` includes cached
+tokens, ``completion_tokens`` includes reasoning tokens; ``None`` means "not reported", never 0) and
+the sink interface the ledger stores implement. It never does I/O itself beyond a log line
+(``LogSink``), never blocks the event loop, and is called once per request, never per chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import orjson
+
+__all__ = [
+    "FanoutSink",
+    "LogSink",
+    "MemorySink",
+    "UsageRecord",
+    "UsageSink",
+    "usage_from_anthropic",
+    "usage_from_gemini",
+    "usage_from_openai",
+    "usage_from_responses",
+]
+
+TOKEN_FIELDS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+)
+
+log = logging.getLogger("gwcore.usage")
+
+
+@dataclass(slots=True)
+class UsageRecord:
+    """What the gateway remembers about one request."""
+
+    request_id: str
+    provider: str
+    requested_model: str
+    upstream_model: str
+    route: str  # "relay" | "translated" | "demo"
+    stream: bool
+    status: int = 0
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    ttfb_ms: float | None = None
+    duration_ms: float | None = None
+    created_at: float = field(default_factory=time.time)
+    error: str | None = None
+    aborted: bool = False
+
+    def set_tokens(self, tokens: Mapping[str, int | None]) -> None:
+        """Take the token fields of a ``usage_from_*`` result (others are ignored)."""
+        for name in TOKEN_FIELDS:
+            if name in tokens:
+                setattr(self, name, tokens[name])
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _int(value: Any) -> int | None:
+    # bool is an int subclass; a provider sending true/false is not a count
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _get(obj: Any, key: str) -> Any:
+    return obj.get(key) if isinstance(obj, Mapping) else None
+
+
+def _tokens(
+    prompt: int | None,
+    completion: int | None,
+    total: int | None,
+    cached: int | None,
+    reasoning: int | None,
+) -> dict[str, int | None]:
+    if total is None and prompt is not None and completion is not None:
+        total = prompt + completion
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": total,
+        "cached_tokens": cached,
+        "reasoning_tokens": reasoning,
+    }
+
+
+def usage_from_openai(usage: Mapping[str, Any] | None) -> dict[str, int | None]:
+    """OpenAI chat ``usage`` (also Groq, xAI, OpenRouter, Azure, vLLM, Ollama) -> token fields."""
+    return _tokens(
+        _int(_get(usage, "prompt_tokens")),
+        _int(_get(usage, "completion_tokens")),
+        _int(_get(usage, "total_tokens")),
+        _int(_get(_get(usage, "prompt_tokens_details"), "cached_tokens")),
+        _int(_get(_get(usage, "completion_tokens_details"), "reasoning_tokens")),
+    )
+
+
+def usage_from_responses(usage: Mapping[str, Any] | None) -> dict[str, int | None]:
+    """OpenAI Responses API ``usage`` (input/output tokens) -> token fields."""
+    return _tokens(
+        _int(_get(usage, "input_tokens")),
+        _int(_get(usage, "output_tokens")),
+        _int(_get(usage, "total_tokens")),
+        _int(_get(_get(usage, "input_tokens_details"), "cached_tokens")),
+        _int(_get(_get(usage, "output_tokens_details"), "reasoning_tokens")),
+    )
+
+
+def _anthropic_usage(obj: Any) -> Any:
+    """Accept a usage dict, a message (``{"usage": ...}``) or a ``message_start`` event."""
+    if not isinstance(obj, Mapping):
+        return None
+    if "message" in obj and isinstance(obj["message"], Mapping):
+        obj = obj["message"]
+    if "usage" in obj and isinstance(obj["usage"], Mapping):
+        return obj["usage"]
+    return obj
+
+
+def usage_from_anthropic(
+    start: Mapping[str, Any] | None, delta: Mapping[str, Any] | None = None
+) -> dict[str, int | None]:
+    """Anthropic usage -> token fields. ``start``: ``message_start``'s usage (or a whole
+    non-streaming message); ``delta``: the last ``message_delta``'s usage. The delta's counts are
+    cumulative and replace the start's (never summed). ``prompt_tokens`` adds cache reads and cache
+    writes to ``input_tokens`` (which excludes them), so it means what OpenAI's does;
+    ``cached_tokens`` is the cache reads."""
+    s = _anthropic_usage(start)
+    d = _anthropic_usage(delta)
+
+    def pick(key: str) -> int | None:
+        value = _int(_get(d, key))
+        return value if value is not None else _int(_get(s, key))
+
+    uncached = pick("input_tokens")
+    cache_read = pick("cache_read_input_tokens")
+    cache_write = pick("cache_creation_input_tokens")
+    output = pick("output_tokens")
+    prompt = None
+    if uncached is not None or cache_read is not None or cache_write is not None:
+        prompt = (uncached or 0) + (cache_read or 0) + (cache_write or 0)
+    return _tokens(prompt, output, None, cache_read, None)
+
+
+def usage_from_gemini(usage_metadata: Mapping[str, Any] | None) -> dict[str, int | None]:
+    """Gemini ``usageMetadata`` -> token fields. Thinking tokens (``thoughtsTokenCount``) are not in
+    ``candidatesTokenCount``; they are added to ``completion_tokens`` and reported as reasoning."""
+    m = usage_metadata
+    prompt = _int(_get(m, "promptTokenCount"))
+    tool_prompt = _int(_get(m, "toolUsePromptTokenCount"))
+    if tool_prompt is not None:
+        prompt = (prompt or 0) + tool_prompt
+    candidates = _int(_get(m, "candidatesTokenCount"))
+    thoughts = _int(_get(m, "thoughtsTokenCount"))
+    completion = None
+    if candidates is not None or thoughts is not None:
+        completion = (candidates or 0) + (thoughts or 0)
+    return _tokens(
+        prompt,
+        completion,
+        _int(_get(m, "totalTokenCount")),
+        _int(_get(m, "cachedContentTokenCount")),
+        thoughts,
+    )
+
+
+# ------------------------------------------------------------------------------------------ sinks
+
+
+@runtime_checkable
+class UsageSink(Protocol):
+    """Where records go. ``record`` must return at once (queue, don't wait on I/O)."""
+
+    def record(self, rec: UsageRecord) -> None: ...
+
+
+class MemorySink:
+    """The last ``maxlen`` records in memory (tests, the admin view)."""
+
+    def __init__(self, maxlen: int = 10_000) -> None:
+        self._records: deque[UsageRecord] = deque(maxlen=maxlen)
+
+    def record(self, rec: UsageRecord) -> None:
+        self._records.append(rec)
+
+    @property
+    def records(self) -> list[UsageRecord]:
+        return list(self._records)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def clear(self) -> None:
+        self._records.clear()
+
+
+class LogSink:
+    """One JSON line per record on the ``gwcore.usage`` logger (or the one given)."""
+
+    def __init__(self, logger: logging.Logger | None = None, level: int = logging.INFO) -> None:
+        self.logger = logger or log
+        self.level = level
+
+    def record(self, rec: UsageRecord) -> None:
+        if self.logger.isEnabledFor(self.level):
+            self.logger.log(self.level, orjson.dumps(rec.to_dict()).decode())
+
+
+class FanoutSink:
+    """Every record to every sink; one failing sink is logged and does not stop the others."""
+
+    def __init__(self, sinks: Iterable[UsageSink]) -> None:
+        self.sinks = list(sinks)
+
+    def record(self, rec: UsageRecord) -> None:
+        for sink in self.sinks:
+            try:
+                sink.record(rec)
+            except Exception:
+                log.exception("usage sink %r failed", sink)
