@@ -15,7 +15,9 @@ from collections.abc import Sequence
 from gwcore._version import __version__
 
 # name -> (module, one-line help). A module is listed here only once it exists.
-SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("gwcore.server.cli", "Run the gateway's HTTP server."),
+}
 
 
 def _load(module: str):

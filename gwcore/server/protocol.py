@@ -1,0 +1,877 @@
+"""HTTP/1.1 on one client connection: ``HttpProtocol`` (an asyncio Protocol around httptools) and
+``ResponseChannel`` (the writer a handler drives), plus ``ServerState`` shared by the connections of
+one worker.
+
+Owns request framing and limits, keep-alive, pipelining (FIFO, one response at a time), timeouts
+(coarse deadlines checked by one ticker per worker, never a timer per request), write flow control
+and the rendering of every front-door error. Must never buffer without bound for a client (it stops
+reading instead), never kill a response that is flowing, never show a client a traceback, and never
+do Python work per byte on ``ResponseChannel.write_raw``: that is ``transport.write`` itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine
+from email.utils import formatdate
+from itertools import count
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import unquote
+
+import httptools
+
+from gwcore.errors import GatewayError
+from gwcore.server.app import App, Request, Response, error_response, internal_error, status_line
+from gwcore.server.config import ServerConfig
+
+if TYPE_CHECKING:
+    from gwcore.server.app import Handler
+
+__all__ = ["ClientDisconnected", "FlowTarget", "HttpProtocol", "ResponseChannel", "ServerState"]
+
+logger = logging.getLogger("gwcore.server")
+
+_EAGER_TASKS = sys.version_info >= (3, 12)  # asyncio.Task(eager_start=True)
+_STATUS = {code: status_line(code) for code in range(100, 600)}
+_CONNECTION = {True: b"connection: keep-alive\r\n", False: b"connection: close\r\n"}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_TERMINATOR = b"0\r\n\r\n"
+_REQUEST_ID_OK = re.compile(r"[A-Za-z0-9._:\-]{1,128}").fullmatch
+_METHODS = {m.encode(): m for m in ("GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH")}
+_NO_BODY_STATUS = frozenset((204, 304))
+_BIG_CHUNK = 16 * 1024  # write() frames smaller data by copying, larger by writelines
+
+
+class ClientDisconnected(ConnectionError):
+    """Raised by ``ResponseChannel.drain()`` once the client has gone away."""
+
+
+class FlowTarget(Protocol):
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+
+class _StopParsing(Exception):
+    """Raised inside a parser callback to abandon the rest of the input."""
+
+
+def _drop(data: bytes) -> None:
+    """``write_raw`` for a HEAD request: the body is not sent."""
+
+
+def encode_headers(headers: list[tuple[str, str]] | None) -> bytes:
+    """``name: value\\r\\n`` lines; a CR or LF inside a name or value is refused."""
+    if not headers:
+        return b""
+    text = "".join([f"{name}: {value}\r\n" for name, value in headers])
+    n = len(headers)
+    if text.count("\n") != n or text.count("\r") != n:
+        raise ValueError("CR or LF in a response header")
+    return text.encode("latin-1")
+
+
+_CT_LINES: dict[str, bytes] = {}
+
+
+def _content_type_line(content_type: str) -> bytes:
+    line = _CT_LINES.get(content_type)
+    if line is None:
+        line = encode_headers([("content-type", content_type)]) if content_type else b""
+        if len(_CT_LINES) < 64:
+            _CT_LINES[content_type] = line
+    return line
+
+
+class ServerState:
+    """What the connections of one worker share: the app, settings, clock, ids and the ticker."""
+
+    def __init__(self, app: App, config: ServerConfig, loop: asyncio.AbstractEventLoop) -> None:
+        self.app = app
+        self.config = config
+        self.loop = loop
+        self.routes = app.routes
+        self.connections: set[HttpProtocol] = set()
+        limits, timeouts = config.limits, config.timeouts
+        self.max_url = limits.max_url_bytes
+        self.max_header_bytes = limits.max_header_bytes
+        self.max_headers = limits.max_headers
+        self.max_body = limits.max_body_bytes
+        # Bytes of an unfinished head kept before the precise per-header counting can see them.
+        self.head_guard = limits.max_url_bytes + limits.max_header_bytes + 4 * limits.max_headers
+        self.header_timeout = timeouts.header
+        self.body_timeout = timeouts.body
+        self.keep_alive_timeout = timeouts.keep_alive
+        self.write_high = config.write_buffer_high
+        self.write_low = config.write_buffer_low
+        self.cors_any = "*" in config.cors_origins
+        self.cors_origins = frozenset(config.cors_origins)
+        self.access_log = config.access_log
+        self.shutting_down = False
+        self._server_line = encode_headers([("server", config.server_name)])
+        self._second = -1
+        self.common = b""  # date + server lines, refreshed once a second
+        self._refresh_date()
+        self._ids = count(1)
+        self._id_prefix = os.urandom(6).hex()
+        self._tick_interval = max(0.05, min(1.0, timeouts.header / 4, timeouts.keep_alive / 4))
+        self._tick_handle: asyncio.TimerHandle | None = None
+
+    def new_request_id(self) -> str:
+        return f"{self._id_prefix}{next(self._ids):08x}"
+
+    def cors_allows(self, origin: str | None) -> bool:
+        return origin is not None and (self.cors_any or origin in self.cors_origins)
+
+    def start(self) -> None:
+        self._tick_handle = self.loop.call_later(self._tick_interval, self._tick)
+
+    def stop(self) -> None:
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+            self._tick_handle = None
+
+    def _refresh_date(self) -> None:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            date = formatdate(now, usegmt=True)
+            self.common = f"date: {date}\r\n".encode("ascii") + self._server_line
+
+    def _tick(self) -> None:
+        self._refresh_date()
+        now = self.loop.time()
+        for conn in list(self.connections):
+            deadline = conn._deadline
+            if deadline and now >= deadline:
+                conn._deadline_passed()
+        self._tick_handle = self.loop.call_later(self._tick_interval, self._tick)
+
+
+class ResponseChannel:
+    """The writer for one response. ``write_raw`` is the client ``transport.write`` itself (a no-op
+    for HEAD): it frames nothing and checks nothing, so call it only between ``start()`` and
+    ``end()`` with bytes already framed for ``chunked``. With an HTTP/1.0 client ``start()`` cannot
+    use chunked framing: check ``chunked`` after ``start()``.
+
+    ``drain()`` raises ``ClientDisconnected`` once the client is gone; ``on_disconnect`` callbacks
+    run when the connection is lost before ``end()`` (also after ``abort()``).
+    """
+
+    __slots__ = (
+        "_callbacks",
+        "_done",
+        "_ended",
+        "_flow_target",
+        "_head",
+        "_keep_alive",
+        "_proto",
+        "_status",
+        "_task",
+        "chunked",
+        "disconnected",
+        "loop",
+        "request",
+        "started",
+        "transport",
+        "write_raw",
+    )
+
+    write_raw: Callable[[bytes], object]
+
+    def __init__(self, proto: HttpProtocol, request: Request) -> None:
+        self._proto = proto
+        self.request = request
+        self.transport: asyncio.Transport = proto.transport  # type: ignore[assignment]
+        self.loop = proto._loop
+        self._head = request._head
+        self.write_raw = _drop if request._head else self.transport.write
+        self.started = False
+        self.disconnected = False
+        self.chunked = False
+        self._ended = False  # end() was called
+        self._done = False  # end() or abort() was called
+        self._keep_alive = False
+        self._status = 0
+        self._flow_target: FlowTarget | None = None
+        self._callbacks: list[Callable[[], object]] | None = None
+        self._task: asyncio.Task[Any] | None = None
+
+    def start(
+        self,
+        status: int,
+        headers: list[tuple[str, str]],
+        *,
+        chunked: bool = True,
+        content_length: int | None = None,
+    ) -> None:
+        """Write the status line and headers in one write; the server adds its own headers."""
+        if self.started:
+            raise RuntimeError("response already started")
+        proto = self._proto
+        req = self.request
+        keep_alive = req._keep_alive and not req._close and not proto._closing
+        self.chunked = False
+        if status < 200 or status in _NO_BODY_STATUS:
+            framing = b""
+        elif content_length is not None:
+            framing = b"content-length: %d\r\n" % content_length
+        elif chunked and req.http_version == "1.1":
+            framing = b"transfer-encoding: chunked\r\n"
+            self.chunked = True
+        else:  # the end of the body is the end of the connection
+            framing = b""
+            keep_alive = False
+        head = b"".join(
+            (
+                _STATUS.get(status) or status_line(status),
+                proto._state.common,
+                b"x-request-id: ",
+                req.request_id.encode("latin-1"),
+                b"\r\n",
+                framing,
+                _CONNECTION[keep_alive],
+                proto._cors_line(req),
+                encode_headers(headers),
+                b"\r\n",
+            )
+        )
+        self.started = True
+        self._status = status
+        self._keep_alive = keep_alive
+        if not self.disconnected:
+            self.transport.write(head)
+
+    def write(self, data: bytes) -> None:
+        """Write ``data`` as one HTTP chunk (as is when not chunked); empty data is skipped."""
+        if not data or self._head or self._done or self.disconnected:
+            return
+        if not self.chunked:
+            self.transport.write(data)
+        elif len(data) < _BIG_CHUNK:
+            self.transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+        else:
+            self.transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+
+    def end(self, *, terminator_sent: bool = False) -> None:
+        """The response is complete; the connection serves the next request or closes."""
+        if self._done:
+            return
+        if not self.started:
+            raise RuntimeError("end() before start()")
+        self._done = self._ended = True
+        if self.chunked and not terminator_sent and not self._head and not self.disconnected:
+            self.transport.write(_TERMINATOR)
+        self._proto._response_done(self)
+
+    def abort(self) -> None:
+        """Close the client connection now: the response cannot be finished cleanly."""
+        if self._done:
+            return
+        self._done = True
+        self._proto._abort()
+
+    def set_flow_target(self, target: FlowTarget | None) -> None:
+        """``target.pause_reading()``/``resume_reading()`` follow the client's flow control."""
+        self._flow_target = target
+        if target is not None and self._proto._write_paused:
+            target.pause_reading()
+
+    async def drain(self) -> None:
+        """Return once the client transport accepts writes again; raise if the client is gone."""
+        if self.disconnected:
+            raise ClientDisconnected("client disconnected")
+        proto = self._proto
+        if proto._write_paused:
+            waiter = proto._drain_waiter
+            if waiter is None:
+                waiter = proto._drain_waiter = self.loop.create_future()
+            await waiter
+
+    def on_disconnect(self, callback: Callable[[], object]) -> None:
+        """Run ``callback()`` once if the connection is lost before ``end()``."""
+        if self.disconnected and not self._ended:
+            self.loop.call_soon(callback)
+        elif self._callbacks is None:
+            self._callbacks = [callback]
+        else:
+            self._callbacks.append(callback)
+
+    def _lost(self) -> None:
+        self.disconnected = True
+        callbacks, self._callbacks = self._callbacks, None
+        for callback in callbacks or ():
+            try:
+                callback()
+            except Exception:
+                logger.exception(
+                    "on_disconnect callback failed (request_id=%s)", self.request.request_id
+                )
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One client connection. Requests are parsed as bytes arrive and answered strictly in order."""
+
+    def __init__(self, state: ServerState) -> None:
+        self._state = state
+        self._loop = state.loop
+        self._routes = state.routes
+        self._parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self._client: tuple[str, int] | None = None
+        # The request being parsed.
+        self._url = b""
+        self._headers: dict[str, str] = {}
+        self._nheaders = 0
+        self._header_bytes = 0
+        self._head_bytes = 0
+        self._in_head = False
+        self._req: Request | None = None  # head complete, body still arriving
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._discard_body = False
+        # Service.
+        self._pending: deque[Request] = deque()  # parsed, waiting for their turn
+        self._active: ResponseChannel | None = None
+        self._dispatching = False
+        self._stopped = False  # ignore all further input
+        self._last_request = False  # a request without keep-alive was parsed: no more after it
+        self._closing = False  # close once the active response is done
+        self._write_paused = False
+        self._read_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._deadline = 0.0  # loop time; 0 = none
+        self._deadline_408 = False  # on expiry answer 408 (a request was under way) or just close
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        state = self._state
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # not TCP (a Unix socket)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport.set_write_buffer_limits(high=state.write_high, low=state.write_low)  # type: ignore[attr-defined]
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self._client = (peer[0], peer[1])
+        state.connections.add(self)
+        self._deadline = self._loop.time() + state.header_timeout
+        if state.shutting_down:
+            self._closing = True
+            transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._state.connections.discard(self)
+        self._stopped = self._closing = True
+        self._deadline = 0.0
+        self._pending.clear()
+        channel = self._active
+        if channel is not None:
+            self._active = None
+            if not channel._ended:
+                channel._done = True
+                channel._lost()
+        waiter, self._drain_waiter = self._drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ClientDisconnected("client disconnected"))
+
+    def eof_received(self) -> bool:
+        self._stopped = True
+        if self._req is not None:  # a half-sent request will never complete
+            self._pending.remove(self._req)
+            self._req = None
+        if self._active is None and not self._pending:
+            return False  # close
+        self._closing = True  # answer what arrived complete, then close
+        return True
+
+    def data_received(self, data: bytes) -> None:
+        if self._stopped:
+            return
+        self._head_bytes += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrade(data, exc.args[0] if exc.args else len(data))
+        except httptools.HttpParserError as exc:
+            if not self._stopped:
+                self._reject(400, f"malformed HTTP request: {exc}")
+        else:
+            if self._in_head and self._head_bytes > self._state.head_guard:
+                self._reject(431, "request header fields too large")
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        channel = self._active
+        if channel is not None and channel._flow_target is not None:
+            channel._flow_target.pause_reading()
+        self._set_reading(False)
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        channel = self._active
+        if channel is not None and channel._flow_target is not None:
+            channel._flow_target.resume_reading()
+        waiter, self._drain_waiter = self._drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        self._dispatch_pending()
+
+    # -- httptools callbacks --------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._last_request or self._closing:
+            self._stopped = True
+            raise _StopParsing
+        self._in_head = True
+        self._head_bytes = 0
+        self._url = b""
+        self._headers = {}
+        self._nheaders = self._header_bytes = 0
+        self._deadline = self._loop.time() + self._state.header_timeout
+        self._deadline_408 = True
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self._state.max_url:
+            self._reject(414, "request URL too long")
+            raise _StopParsing
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._nheaders += 1
+        self._header_bytes += len(name) + len(value)
+        state = self._state
+        if self._nheaders > state.max_headers or self._header_bytes > state.max_header_bytes:
+            self._reject(431, "request header fields too large or too many")
+            raise _StopParsing
+        key = name.decode("latin-1").lower()
+        headers = self._headers
+        if key in headers:
+            headers[key] = f"{headers[key]}, {value.decode('latin-1')}"
+        else:
+            headers[key] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        state = self._state
+        parser = self._parser
+        self._in_head = False
+        raw_method = parser.get_method()
+        method = _METHODS.get(raw_method) or raw_method.decode("latin-1")
+        url = self._url
+        if url[:1] == b"/":
+            raw_path, _, raw_query = url.partition(b"?")
+        else:  # absolute-form or "*"
+            try:
+                parsed = httptools.parse_url(url)
+                raw_path, raw_query = parsed.path or b"", parsed.query or b""
+            except httptools.HttpParserInvalidURLError:
+                raw_path, raw_query = url, b""
+        path = raw_path.decode("latin-1")
+        if "%" in path:
+            path = unquote(path, encoding="latin-1")
+        headers = self._headers
+        request_id = headers.get("x-request-id")
+        if request_id is None or not _REQUEST_ID_OK(request_id):
+            request_id = state.new_request_id()
+        req = Request(
+            method,
+            path,
+            raw_query.decode("latin-1"),
+            headers,
+            b"",
+            request_id,
+            self._client,
+            parser.get_http_version(),
+        )
+        keep_alive = req._keep_alive = parser.should_keep_alive()
+        if not keep_alive:
+            self._last_request = True
+        self._req = req
+        self._pending.append(req)
+        self._body = []
+        self._body_size = 0
+        self._discard_body = False
+        expect = "expect" in headers and headers["expect"].lower() == "100-continue"
+        length = headers.get("content-length")
+        has_body = "transfer-encoding" in headers or (length is not None and length != "0")
+        expect = expect and req.http_version == "1.1"
+
+        error: Response | None = None
+        methods = self._routes.get(path)
+        if methods is None:
+            error = error_response(GatewayError(404, f"no route for {path}", code="not_found"))
+        else:
+            handler = methods.get(method)
+            if handler is None:
+                if method == "HEAD" and "GET" in methods:
+                    handler = methods["GET"]
+                    req._head = True
+                elif method == "OPTIONS":
+                    handler = self._options
+                else:
+                    allow = state.app.allow(path)
+                    error = error_response(
+                        GatewayError(405, f"method {method} not allowed for {path}"),
+                        [("allow", allow)],
+                    )
+            req._handler = handler
+        if (
+            error is None
+            and length is not None
+            and len(length) < 20
+            and int(length) > state.max_body
+        ):
+            error = error_response(GatewayError(413, "request body too large"))
+            req._close = True
+        if error is not None:
+            req._error = error
+            req._handler = None
+            if expect or req._close:
+                # The client may or may not send the body now: the framing is lost.
+                req._close = True
+                self._stopped = True
+                self._finish_message(req)
+                raise _StopParsing
+            self._discard_body = True
+        else:
+            req._expect = expect
+        if has_body:
+            self._deadline = self._loop.time() + state.body_timeout
+            if expect:
+                self._dispatch_pending()  # sends "100 Continue" when it is this request's turn
+        else:
+            self._deadline = 0.0
+
+    def on_body(self, body: bytes) -> None:
+        if self._discard_body:
+            return
+        size = self._body_size + len(body)
+        if size > self._state.max_body:
+            self._reject(413, "request body too large")
+            raise _StopParsing
+        self._body_size = size
+        self._body.append(body)
+        self._deadline = self._loop.time() + self._state.body_timeout
+
+    def on_message_complete(self) -> None:
+        req = self._req
+        if req is None:
+            return
+        body = self._body
+        if body:
+            req.body = body[0] if len(body) == 1 else b"".join(body)
+            self._body = []
+        self._finish_message(req)
+
+    # -- service --------------------------------------------------------------------------------
+
+    def _finish_message(self, req: Request) -> None:
+        self._req = None
+        req._complete = True
+        self._deadline = 0.0
+        self._dispatch_pending()
+
+    def _dispatch_pending(self) -> None:
+        """Serve queued requests in order, then set reading and the idle deadline to match."""
+        if self._dispatching:
+            return
+        pending = self._pending
+        self._dispatching = True
+        try:
+            while self._active is None and pending and not self._write_paused:
+                req = pending[0]
+                if not req._complete:
+                    if req._expect:
+                        req._expect = False
+                        self.transport.write(_CONTINUE)  # type: ignore[union-attr]
+                    break
+                pending.popleft()
+                self._serve(req)
+        finally:
+            self._dispatching = False
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self._active is None and not pending:
+            if self._closing:
+                transport.close()
+                return
+            if not self._in_head and self._req is None:
+                self._deadline = self._loop.time() + self._state.keep_alive_timeout
+                self._deadline_408 = False
+        # Stop reading while a whole request waits behind another, or the client is not reading.
+        self._set_reading(
+            not self._stopped and not self._write_paused and not (pending and pending[0]._complete)
+        )
+
+    def _set_reading(self, reading: bool) -> None:
+        if reading is not self._read_paused:
+            return  # already in that state
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if reading:
+            transport.resume_reading()
+        else:
+            transport.pause_reading()
+        self._read_paused = not reading
+
+    def _serve(self, req: Request) -> None:
+        channel = ResponseChannel(self, req)
+        self._active = channel
+        if self._state.access_log:
+            req._started_at = self._loop.time()
+        if req._error is not None:
+            self._send(channel, req._error)
+            return
+        try:
+            result = req._handler(req, channel)  # type: ignore[misc]
+        except Exception as exc:
+            self._handler_failed(channel, exc)
+            return
+        if result is None or isinstance(result, Response):
+            self._handler_returned(channel, result)
+        elif _EAGER_TASKS:
+            channel._task = asyncio.Task(
+                self._run(channel, result), loop=self._loop, eager_start=True
+            )  # type: ignore[call-arg]
+        else:
+            channel._task = self._loop.create_task(self._run(channel, result))
+
+    async def _run(self, channel: ResponseChannel, awaitable: Coroutine[Any, Any, Any]) -> None:
+        try:
+            result = await awaitable
+        except asyncio.CancelledError:
+            if not channel._done:
+                channel.abort()
+            raise
+        except Exception as exc:
+            self._handler_failed(channel, exc)
+        else:
+            self._handler_returned(channel, result)
+        finally:
+            channel._task = None
+
+    def _handler_returned(self, channel: ResponseChannel, result: object) -> None:
+        if channel._done:
+            return  # ended, aborted or the client is gone
+        req = channel.request
+        if isinstance(result, Response):
+            if channel.started:
+                logger.error(
+                    "handler returned a Response after starting the channel (request_id=%s)",
+                    req.request_id,
+                )
+                channel.abort()
+            else:
+                self._send(channel, result)
+            return
+        if result is not None:
+            logger.error(
+                "handler for %s %s returned %r, not a Response or None (request_id=%s)",
+                req.method,
+                req.path,
+                type(result).__name__,
+                req.request_id,
+            )
+        elif channel.started:
+            return  # the handler drove the channel; end() or abort() completes the response
+        else:
+            logger.error(
+                "handler for %s %s returned None without starting a response (request_id=%s)",
+                req.method,
+                req.path,
+                req.request_id,
+            )
+        if channel.started:
+            channel.abort()
+        else:
+            self._send(channel, internal_error())
+
+    def _handler_failed(self, channel: ResponseChannel, exc: Exception) -> None:
+        req = channel.request
+        if channel.disconnected or isinstance(exc, ClientDisconnected):
+            if not channel._done:
+                channel.abort()
+            return
+        if isinstance(exc, GatewayError):
+            response = error_response(exc)
+        else:
+            logger.error(
+                "handler for %s %s failed (request_id=%s)",
+                req.method,
+                req.path,
+                req.request_id,
+                exc_info=exc,
+            )
+            response = internal_error()
+        if channel._done:
+            return
+        if channel.started:
+            channel.abort()
+        else:
+            self._send(channel, response)
+
+    def _send(self, channel: ResponseChannel, response: Response) -> None:
+        """Write a complete response in one write and finish the request."""
+        req = channel.request
+        if channel.disconnected:
+            channel._done = True
+            return
+        status = response.status
+        body = response.body
+        keep_alive = req._keep_alive and not req._close and not self._closing
+        try:
+            extra = encode_headers(response.headers)
+        except ValueError:
+            logger.error("invalid response header (request_id=%s)", req.request_id)
+            response = internal_error()
+            status, body, extra = 500, response.body, b""
+        if status < 200 or status in _NO_BODY_STATUS:
+            length = b""
+            body = b""
+        else:
+            length = b"content-length: %d\r\n" % len(body)
+        head = b"%s%s%s%sx-request-id: %s\r\n%s%s%s\r\n" % (
+            _STATUS.get(status) or status_line(status),
+            self._state.common,
+            _content_type_line(response.content_type),
+            length,
+            req.request_id.encode("latin-1"),
+            _CONNECTION[keep_alive],
+            self._cors_line(req) if self._state.cors_origins else b"",
+            extra,
+        )
+        channel.started = channel._done = channel._ended = True
+        channel._status = status
+        channel._keep_alive = keep_alive
+        self.transport.write(head if req._head or not body else head + body)  # type: ignore[union-attr]
+        self._response_done(channel)
+
+    def _response_done(self, channel: ResponseChannel) -> None:
+        if channel is not self._active:
+            return
+        self._active = None
+        if self._state.access_log:
+            self._log_access(channel, "ok")
+        if not channel._keep_alive or self._closing:
+            self._stopped = self._closing = True
+            self.transport.close()  # type: ignore[union-attr]
+            return
+        self._dispatch_pending()
+
+    def _abort(self) -> None:
+        self._stopped = self._closing = True
+        channel = self._active
+        if channel is not None and self._state.access_log:
+            self._log_access(channel, "aborted")
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _upgrade(self, data: bytes, offset: int) -> None:
+        """llhttp stops after an Upgrade or CONNECT request: serve it as plain HTTP/1.1; after a
+        CONNECT, what follows is not HTTP, so close once it is answered."""
+        if self._parser.get_method() == b"CONNECT":
+            self._stopped = self._closing = True
+            if self._active is None and not self._pending and self.transport is not None:
+                self.transport.close()
+            return
+        rest = data[offset:]
+        if rest and not self._stopped:
+            self.data_received(rest)
+
+    def _reject(self, status: int, message: str) -> None:
+        """Answer the request being read with an error (in its turn) and read nothing more."""
+        self._stopped = True
+        req = self._req
+        if req is None:
+            rid = self._headers.get("x-request-id") if self._in_head else None
+            if rid is None or not _REQUEST_ID_OK(rid):
+                rid = self._state.new_request_id()
+            req = Request("", "", "", {}, b"", rid, self._client)
+            self._pending.append(req)
+        req._error = error_response(GatewayError(status, message))
+        req._close = True
+        self._in_head = False
+        self._finish_message(req)
+
+    def _deadline_passed(self) -> None:
+        if self._active is not None or self.transport is None:
+            return  # a response is under way: never cut it
+        self._deadline = 0.0
+        if self._deadline_408 and (self._in_head or self._req is not None):
+            self._reject(408, "timed out reading the request")
+        else:
+            self._stopped = self._closing = True
+            self.transport.close()
+
+    def _cors_line(self, req: Request) -> bytes:
+        state = self._state
+        if not state.cors_origins:
+            return b""
+        origin = req.headers.get("origin")
+        if not state.cors_allows(origin):
+            return b""
+        return encode_headers(
+            [
+                ("access-control-allow-origin", origin),  # type: ignore[list-item]
+                ("access-control-expose-headers", "x-request-id"),
+                ("vary", "origin"),
+            ]
+        )
+
+    def _options(self, req: Request, channel: ResponseChannel) -> Response:
+        """``OPTIONS`` on a known path: ``Allow``, and a CORS preflight answer when allowed."""
+        allow = self._state.app.allow(req.path)
+        headers = [("allow", allow)]
+        if self._state.cors_allows(req.headers.get("origin")):
+            headers.append(("access-control-allow-methods", allow))
+            requested = req.headers.get("access-control-request-headers")
+            if requested:
+                headers.append(("access-control-allow-headers", requested))
+            headers.append(("access-control-max-age", "600"))
+        return Response(204, b"", headers, content_type="")
+
+    def _log_access(self, channel: ResponseChannel, outcome: str) -> None:
+        req = channel.request
+        took = (self._loop.time() - req._started_at) * 1000.0
+        client = f"{req.client[0]}:{req.client[1]}" if req.client else "-"
+        logger.info(
+            "request method=%s path=%s status=%d outcome=%s ms=%.2f request_id=%s client=%s",
+            req.method or "-",
+            req.path or "-",
+            channel._status,
+            outcome,
+            took,
+            req.request_id,
+            client,
+        )
+
+    # -- shutdown -------------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Graceful: close now when idle, else after the response in flight."""
+        self._closing = True
+        if self._active is None and not self._pending and self.transport is not None:
+            self._stopped = True
+            self.transport.close()
+
+    def force_close(self) -> None:
+        channel = self._active
+        if channel is not None and channel._task is not None:
+            channel._task.cancel()
+        if self.transport is not None:
+            self.transport.abort()
+
+
+if TYPE_CHECKING:
+    _handler_check: Handler = HttpProtocol._options  # type: ignore[assignment]
