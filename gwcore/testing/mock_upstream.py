@@ -20,10 +20,11 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import ssl
 import sys
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import httptools
@@ -96,6 +97,9 @@ class Scenario:
             {"error": {"message": message, "type": type, "param": None, "code": code}}
         )
         return cls(status=status, body=body, content_type="application/json", framing="length")
+
+
+_DEFAULT_SCENARIO = Scenario()
 
 
 @dataclass
@@ -411,8 +415,10 @@ class MockUpstream:
         pace_ms: float = 0.0,
         record: bool = True,
         models: Sequence[str] = ("mock-model", "mock-model-mini"),
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
+        self.ssl_context = ssl_context
         self.port = port
         self.events = events
         self.pace_ms = pace_ms
@@ -438,7 +444,10 @@ class MockUpstream:
     async def start(self) -> MockUpstream:
         self._loop = asyncio.get_running_loop()
         self._server = await self._loop.create_server(
-            lambda: _MockConnection(self, next(self._ids)), self.host, self.port
+            lambda: _MockConnection(self, next(self._ids)),
+            self.host,
+            self.port,
+            ssl=self.ssl_context,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         return self
@@ -463,11 +472,12 @@ class MockUpstream:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}/v1"
+        return self.url + "/v1"
 
     @property
     def open_connections(self) -> int:
@@ -542,11 +552,37 @@ class MockUpstream:
             plan = self._default_plan(req, keep_alive)
             if plan is not None:
                 return plan
-            scenario = self._builtin_scenario(req)
+            return self._scenario_plan(self._builtin_scenario(req), keep_alive)
+        if scenario.body is None and scenario.raw is None and not (scenario.hang or scenario.reset):
+            # no body given: the built-in answer, delivered the way the scenario says
+            builtin = self._builtin_scenario(req)
+            changes = {
+                f.name: getattr(scenario, f.name)
+                for f in fields(Scenario)
+                if getattr(scenario, f.name) != getattr(_DEFAULT_SCENARIO, f.name)
+            }
+            scenario = replace(builtin, **changes)
         return self._scenario_plan(scenario, keep_alive)
 
     def _default_plan(self, req: RecordedRequest, keep_alive: bool) -> list | None:
         """The cached fast path: an OpenAI chat stream at the default pace."""
+        stream = self._chat_stream(req)
+        if stream is None:
+            return None
+        model, include_usage = stream
+        key = (model, include_usage, self.events, self.pace_ms, self.prompt_tokens, keep_alive)
+        plan = self._cache.get(key)
+        if plan is None:
+            events = chat_stream_events(model, self.events, include_usage, self.prompt_tokens)
+            plan = self._scenario_plan(Scenario(body=b"".join(events)), keep_alive, events)
+            if len(self._cache) > 64:
+                self._cache.clear()
+            self._cache[key] = plan
+        return plan
+
+    @staticmethod
+    def _chat_stream(req: RecordedRequest) -> tuple[str, bool] | None:
+        """(model, include_usage) when ``req`` asks for an OpenAI chat stream."""
         if req.method != "POST" or not req.path.startswith("/v1/chat/completions"):
             return None
         try:
@@ -557,16 +593,7 @@ class MockUpstream:
             return None
         opts = payload.get("stream_options")
         include_usage = bool(isinstance(opts, dict) and opts.get("include_usage"))
-        model = str(payload.get("model") or "mock-model")
-        key = (model, include_usage, self.events, self.pace_ms, self.prompt_tokens, keep_alive)
-        plan = self._cache.get(key)
-        if plan is None:
-            events = chat_stream_events(model, self.events, include_usage, self.prompt_tokens)
-            plan = self._scenario_plan(Scenario(body=b"".join(events)), keep_alive, events)
-            if len(self._cache) > 64:
-                self._cache.clear()
-            self._cache[key] = plan
-        return plan
+        return str(payload.get("model") or "mock-model"), include_usage
 
     def _builtin_scenario(self, req: RecordedRequest) -> Scenario:
         path, _, _query = req.path.partition("?")
@@ -578,6 +605,10 @@ class MockUpstream:
             payload = {}
         model = str(payload.get("model") or "mock-model")
         json_type = "application/json"
+        stream = self._chat_stream(req)
+        if stream is not None:
+            events = chat_stream_events(stream[0], self.events, stream[1], self.prompt_tokens)
+            return Scenario(body=b"".join(events))
         if req.method == "POST" and path.endswith("/chat/completions"):
             return Scenario(
                 body=chat_completion(model, self.events, self.prompt_tokens),
@@ -639,7 +670,7 @@ class MockUpstream:
             elif events is not None:
                 pieces = events
             elif ctype.startswith("text/event-stream"):
-                pieces = _split_events(body)
+                pieces = split_sse_events(body)
             else:
                 pieces = [body] if body else []
             lines = [f"HTTP/1.1 {sc.status} {_reason(sc.status)}", f"Content-Type: {ctype}"]
@@ -697,7 +728,7 @@ def _split(data: bytes, positions: Sequence[int] | None) -> list[bytes]:
     return [p for p in out if p]
 
 
-def _split_events(body: bytes) -> list[bytes]:
+def split_sse_events(body: bytes) -> list[bytes]:
     """One piece per SSE event (ends at a blank line, LF or CRLF)."""
     out, start, i = [], 0, 0
     n = len(body)
