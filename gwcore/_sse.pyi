@@ -1,0 +1,56 @@
+"""Typed surface of the compiled SSE scanner (``gwcore._sse``); ``gwcore._sse_py`` matches it."""
+
+from typing import Final
+
+from gwcore._sse_py import SSEError as SSEError
+
+__all__ = [
+    "FIELD_SLACK",
+    "HOLD_LIMIT",
+    "MAX_FRAMING_LINE",
+    "EventParser",
+    "SSEError",
+    "StreamObserver",
+]
+
+MAX_FRAMING_LINE: Final[int]
+HOLD_LIMIT: Final[int]
+FIELD_SLACK: Final[int]
+
+Event = tuple[bytes | None, bytes, bytes | None]
+
+class EventParser:
+    """Parse mode: ``feed`` returns the ``(event, data, id)`` tuples completed by each piece."""
+
+    def __init__(self, *, chunked: bool = False, max_event_size: int = 8388608) -> None: ...
+    @property
+    def complete(self) -> bool: ...
+    def feed(self, data: bytes) -> list[Event]: ...
+    def close(self) -> list[Event]: ...
+
+class StreamObserver:
+    """Observe mode: ``feed`` returns the bytes owed to the client (``data`` if unchanged)."""
+
+    def __init__(
+        self,
+        *,
+        chunked: bool = True,
+        elide_injected_usage: bool = False,
+        max_event_size: int = 8388608,
+    ) -> None: ...
+    @property
+    def complete(self) -> bool: ...
+    @property
+    def usage(self) -> bytes | None: ...
+    @property
+    def first_usage(self) -> bytes | None: ...
+    @property
+    def done(self) -> bool: ...
+    @property
+    def error(self) -> bytes | None: ...
+    @property
+    def events(self) -> int: ...
+    @property
+    def elided(self) -> int: ...
+    def feed(self, data: bytes) -> bytes: ...
+    def close(self) -> bytes: ...

@@ -1,0 +1,997 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Compiled SSE scanner and HTTP/1.1 chunked-framing walker: the relay's hot path, in C.
+
+Owns the byte-level reading of an upstream event stream, in two modes:
+
+* ``EventParser`` (translate path): bytes in, ``(event, data, id)`` tuples out.
+* ``StreamObserver`` (relay path): bytes in, the same bytes object out (unless an elided event is in
+  or straddles the piece), while it notes the usage object, ``[DONE]``, errors, the event count and
+  the end of the chunked body, in one pass over each piece with memchr/memmem.
+
+``gwcore._sse_py`` is the executable spec: same names, results and exceptions, tested side by side;
+change both together. This module must never touch a socket or the event loop, never create a Python
+object per event in observe mode (only the rare usage/error bytes), never call back into Python per
+byte or per event, and never buffer more than what straddles two pieces (bounded).
+"""
+
+cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from libc.string cimport memchr, memcmp, memcpy
+
+from gwcore._sse_py import FIELD_SLACK, HOLD_LIMIT, MAX_FRAMING_LINE, SSEError
+
+__all__ = ["FIELD_SLACK", "HOLD_LIMIT", "MAX_FRAMING_LINE", "EventParser", "SSEError", "StreamObserver"]
+
+cdef extern from *:
+    """
+    #include <string.h>
+    /* Index of needle in h[start:end], or -1; memmem where libc has it (glibc, BSDs, macOS). */
+    static Py_ssize_t gw_find(const unsigned char *h, Py_ssize_t start, Py_ssize_t end,
+                              const char *nd, Py_ssize_t nl) {
+        const unsigned char *p, *last;
+        if (end - start < nl) return -1;
+    #if defined(__GLIBC__) || defined(__APPLE__) || defined(__FreeBSD__) || defined(__OpenBSD__) \
+        || defined(__NetBSD__)
+        p = (const unsigned char *)memmem(h + start, (size_t)(end - start), nd, (size_t)nl);
+        return p ? (Py_ssize_t)(p - h) : -1;
+    #else
+        p = h + start;
+        last = h + end - nl;
+        while (p <= last) {
+            p = (const unsigned char *)memchr(p, (unsigned char)nd[0], (size_t)(last - p + 1));
+            if (!p) return -1;
+            if (memcmp(p, nd, (size_t)nl) == 0) return (Py_ssize_t)(p - h);
+            p++;
+        }
+        return -1;
+    #endif
+    }
+    """
+    Py_ssize_t gw_find(const unsigned char *h, Py_ssize_t start, Py_ssize_t end,
+                       const char *nd, Py_ssize_t nl) noexcept nogil
+
+cdef enum:
+    C_LF = 0x0A
+    C_CR = 0x0D
+    C_SP = 0x20
+    C_HTAB = 0x09
+    C_COLON = 0x3A
+    C_SEMI = 0x3B
+    C_QUOTE = 0x22
+    C_BSLASH = 0x5C
+    C_LBRACE = 0x7B
+    C_RBRACE = 0x7D
+    C_LBRACKET = 0x5B
+    C_RBRACKET = 0x5D
+    FRAMING_LIMIT = 8192
+    HOLD_MAX = 65536
+    SLACK = 64
+    SHRINK_ABOVE = 262144  # a scratch buffer grown past this is freed once empty
+
+# Chunked framing states, numbered as in the twin.
+cdef enum:
+    S_NONE = 0
+    S_SIZE = 1
+    S_SIZE_WS = 2
+    S_EXT = 3
+    S_SIZE_LF = 4
+    S_DATA = 5
+    S_DATA_CR = 6
+    S_DATA_LF = 7
+    S_TRAILER = 8
+    S_TRAILER_LINE = 9
+    S_TRAILER_LF = 10
+    S_FINAL_LF = 11
+    S_DONE = 12
+
+assert FIELD_SLACK == SLACK and HOLD_LIMIT == HOLD_MAX and MAX_FRAMING_LINE == FRAMING_LIMIT
+
+cdef signed char HEXV[256]
+cdef int _k
+for _k in range(256):
+    HEXV[_k] = -1
+for _k in range(10):
+    HEXV[0x30 + _k] = _k
+for _k in range(6):
+    HEXV[0x61 + _k] = 10 + _k
+    HEXV[0x41 + _k] = 10 + _k
+
+cdef const unsigned char* BOM = <const unsigned char*>b"\xef\xbb\xbf"
+cdef const unsigned char* LFBYTE = <const unsigned char*>b"\n"
+cdef const char* HEXDIGITS = b"0123456789abcdef"
+
+
+# ---- growable byte and span buffers (C memory, never Python objects) ----------------------------
+
+cdef struct Buf:
+    unsigned char* p
+    Py_ssize_t n
+    Py_ssize_t cap
+
+
+cdef int buf_grow(Buf* b, Py_ssize_t extra) except -1:
+    cdef Py_ssize_t need = b.n + extra
+    cdef Py_ssize_t cap = b.cap * 2 if b.cap else 256
+    cdef void* p
+    if cap < need:
+        cap = need
+    p = PyMem_Realloc(b.p, <size_t>cap)
+    if p == NULL:
+        raise MemoryError()
+    b.p = <unsigned char*>p
+    b.cap = cap
+    return 0
+
+
+cdef inline int buf_add(Buf* b, const unsigned char* src, Py_ssize_t n) except -1:
+    if n <= 0:
+        return 0
+    if b.n + n > b.cap:
+        buf_grow(b, n)
+    memcpy(b.p + b.n, src, <size_t>n)
+    b.n += n
+    return 0
+
+
+cdef inline void buf_clear(Buf* b) noexcept:
+    b.n = 0
+    if b.cap > SHRINK_ABOVE:  # do not keep a one-off big event's memory for the whole stream
+        PyMem_Free(b.p)
+        b.p = NULL
+        b.cap = 0
+
+
+cdef inline void buf_free(Buf* b) noexcept:
+    PyMem_Free(b.p)
+    b.p = NULL
+    b.n = b.cap = 0
+
+
+cdef struct Spans:
+    Py_ssize_t* v  # pairs (start, end)
+    Py_ssize_t n  # number of pairs
+    Py_ssize_t cap
+
+
+cdef int spans_add(Spans* sp, Py_ssize_t a, Py_ssize_t b) except -1:
+    cdef void* p
+    cdef Py_ssize_t cap
+    if sp.n == sp.cap:
+        cap = sp.cap * 2 if sp.cap else 16
+        p = PyMem_Realloc(sp.v, <size_t>(cap * 2 * sizeof(Py_ssize_t)))
+        if p == NULL:
+            raise MemoryError()
+        sp.v = <Py_ssize_t*>p
+        sp.cap = cap
+    sp.v[2 * sp.n] = a
+    sp.v[2 * sp.n + 1] = b
+    sp.n += 1
+    return 0
+
+
+# ---- JSON peeking for the observer (only on events whose data has a candidate key) --------------
+
+cdef inline bint is_ws(unsigned char c) noexcept nogil:
+    return c == C_SP or c == C_HTAB or c == C_LF or c == C_CR
+
+
+cdef inline Py_ssize_t skip_ws(const unsigned char* d, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    while i < n and is_ws(d[i]):
+        i += 1
+    return i
+
+
+cdef Py_ssize_t object_end(const unsigned char* d, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    """Index after the JSON value opened by the brace at ``d[i]``, or -1 when unbalanced."""
+    cdef Py_ssize_t depth = 0
+    cdef bint in_str = False
+    cdef unsigned char c
+    while i < n:
+        c = d[i]
+        if in_str:
+            if c == C_BSLASH:
+                i += 1
+            elif c == C_QUOTE:
+                in_str = False
+        elif c == C_QUOTE:
+            in_str = True
+        elif c == C_LBRACE or c == C_LBRACKET:
+            depth += 1
+        elif c == C_RBRACE or c == C_RBRACKET:
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return -1
+
+
+cdef struct Nesting:
+    Py_ssize_t pos
+    Py_ssize_t depth
+    bint in_str
+    bint esc
+
+
+cdef void nest_advance(Nesting* t, const unsigned char* d, Py_ssize_t target) noexcept nogil:
+    """Walk JSON text forward to ``target``, tracking container depth and string state."""
+    cdef Py_ssize_t i = t.pos, depth = t.depth
+    cdef bint in_str = t.in_str, esc = t.esc
+    cdef unsigned char c
+    while i < target:
+        c = d[i]
+        if in_str:
+            if esc:
+                esc = False
+            elif c == C_BSLASH:
+                esc = True
+            elif c == C_QUOTE:
+                in_str = False
+        elif c == C_QUOTE:
+            in_str = True
+        elif c == C_LBRACE or c == C_LBRACKET:
+            depth += 1
+        elif c == C_RBRACE or c == C_RBRACKET:
+            depth -= 1
+        i += 1
+    t.pos = i
+    t.depth = depth
+    t.in_str = in_str
+    t.esc = esc
+
+
+cdef inline Py_ssize_t key_value_at(
+    const unsigned char* d, Py_ssize_t k, Py_ssize_t n, unsigned char opener
+) noexcept nogil:
+    """After a key's closing quote at ``k``: index of ``opener`` past ``:`` and spaces, or -1."""
+    k = skip_ws(d, k, n)
+    if k >= n or d[k] != C_COLON:
+        return -1
+    k = skip_ws(d, k + 1, n)
+    if k >= n or d[k] != opener:
+        return -1
+    return k
+
+
+cdef bint has_empty_choices(const unsigned char* d, Py_ssize_t start, Py_ssize_t n) noexcept nogil:
+    """True when the object has a top-level ``"choices":[]`` (the OpenAI usage-only chunk)."""
+    cdef Nesting nest
+    cdef Py_ssize_t p, k
+    nest.pos = start
+    nest.depth = 0
+    nest.in_str = False
+    nest.esc = False
+    p = gw_find(d, start, n, b'"choices"', 9)
+    while p >= 0:
+        k = key_value_at(d, p + 9, n, C_LBRACKET)
+        if k >= 0:
+            k = skip_ws(d, k + 1, n)
+            if k < n and d[k] == C_RBRACKET:
+                nest_advance(&nest, d, p)
+                if not nest.in_str and nest.depth == 1:
+                    return True
+        p = gw_find(d, p + 1, n, b'"choices"', 9)
+    return False
+
+
+# ---- the scanner ----------------------------------------------------------------------------------
+
+cdef class _Scanner:
+    """State shared by both modes: chunked framing, SSE line splitting, the event in progress."""
+
+    cdef bint _chunked, _observe, _elide
+    cdef Py_ssize_t _max, _line_limit
+    # chunked framing
+    cdef int _cst
+    cdef Py_ssize_t _csize, _cdigits, _cline
+    cdef bint _complete, _closed
+    cdef object _failed
+    # lines
+    cdef int _bom  # bytes of a BOM matched so far; -1 once the stream start is behind us
+    cdef bint _cr  # the last byte was a CR ending a line: a following LF belongs to it
+    cdef bint _line_open
+    cdef Buf _lbuf
+    cdef Py_ssize_t _ltrue  # true length of the carried partial line (the observer may truncate)
+    # the event in progress; its first data line stays in the piece while the piece is alive
+    cdef bint _has_data, _doverflow, _d_inplace, _etype_error
+    cdef const unsigned char* _dptr
+    cdef Py_ssize_t _dlen, _dtotal
+    cdef Buf _dbuf
+    cdef object _etype, _id
+    cdef list _out
+    # observer results
+    cdef Py_ssize_t _events, _elided
+    cdef object _usage, _first_usage, _error
+    cdef bint _done
+    # elide-mode bookkeeping: a block is the raw bytes of one event up to its blank line
+    cdef bint _blk, _blk_disq, _elide_lf
+    cdef Py_ssize_t _blk_here, _seg_end, _term_at
+    cdef Buf _hold, _prefix, _obuf
+    cdef Spans _segs, _cuts
+
+    def __dealloc__(self):
+        buf_free(&self._lbuf)
+        buf_free(&self._dbuf)
+        buf_free(&self._hold)
+        buf_free(&self._prefix)
+        buf_free(&self._obuf)
+        PyMem_Free(self._segs.v)
+        PyMem_Free(self._cuts.v)
+
+    cdef _setup(self, bint chunked, Py_ssize_t max_event_size, bint observe, bint elide):
+        if max_event_size < 0:
+            raise ValueError("max_event_size must be >= 0")
+        self._chunked = chunked
+        self._observe = observe
+        self._elide = elide
+        self._max = max_event_size
+        self._line_limit = max_event_size + SLACK
+        self._cst = S_SIZE if chunked else S_NONE
+        self._bom = 0
+        self._blk_here = -1
+        self._seg_end = -1
+        self._term_at = -1
+
+    @property
+    def complete(self):
+        return self._complete
+
+    # ---- input ---------------------------------------------------------------------------------
+
+    @cython.final
+    cdef int _fail(self, str msg) except -1:
+        self._failed = msg
+        raise SSEError(msg)
+
+    @cython.final
+    cdef int _begin(self) except -1:
+        if self._failed is not None:
+            raise SSEError(self._failed)
+        if self._closed:
+            raise SSEError("feed() after close()")
+        return 0
+
+    @cython.final
+    cdef int _run(self, const unsigned char* d, Py_ssize_t n) except -1:
+        if self._chunked:
+            self._walk(d, n)
+        else:
+            self._segment(d, 0, n)
+        if self._d_inplace:  # the piece is about to go away: keep the straddling data
+            self._d_inplace = False
+            self._dbuf.n = 0
+            buf_add(&self._dbuf, self._dptr, self._dlen)
+        return 0
+
+    @cython.final
+    cdef int _walk(self, const unsigned char* d, Py_ssize_t n) except -1:
+        """Walk the chunked framing; hand each run of payload bytes to ``_segment``."""
+        cdef Py_ssize_t pos = 0, take
+        cdef int st = self._cst
+        cdef unsigned char b
+        cdef signed char v
+        try:
+            while pos < n:
+                if st == S_DATA:
+                    take = n - pos
+                    if take > self._csize:
+                        take = self._csize
+                    self._segment(d, pos, pos + take)
+                    pos += take
+                    self._csize -= take
+                    if self._csize == 0:
+                        st = S_DATA_CR
+                    continue
+                b = d[pos]
+                pos += 1
+                if st == S_SIZE:
+                    v = HEXV[b]
+                    if v >= 0:
+                        if self._cdigits >= 15:
+                            self._fail("malformed chunked body: chunk size too large")
+                        self._csize = self._csize * 16 + v
+                        self._cdigits += 1
+                    elif self._cdigits == 0:
+                        self._fail(
+                            f"malformed chunked body: expected a hex chunk size, got byte 0x{b:02x}"
+                        )
+                    elif b == C_CR:
+                        st = S_SIZE_LF
+                    elif b == C_SEMI:
+                        st = S_EXT
+                    elif b == C_SP or b == C_HTAB:
+                        st = S_SIZE_WS
+                    else:
+                        self._fail(
+                            f"malformed chunked body: unexpected byte 0x{b:02x} in chunk size"
+                        )
+                    self._cline += 1
+                elif st == S_SIZE_WS:
+                    if b == C_CR:
+                        st = S_SIZE_LF
+                    elif b == C_SEMI:
+                        st = S_EXT
+                    elif b != C_SP and b != C_HTAB:
+                        self._fail(
+                            f"malformed chunked body: unexpected byte 0x{b:02x} in chunk size"
+                        )
+                    self._cline += 1
+                    if self._cline > FRAMING_LIMIT:
+                        self._fail(
+                            f"malformed chunked body: chunk size line over {FRAMING_LIMIT} bytes"
+                        )
+                elif st == S_EXT:
+                    if b == C_CR:
+                        st = S_SIZE_LF
+                    elif b == C_LF:
+                        self._fail("malformed chunked body: bare LF in chunk size line")
+                    self._cline += 1
+                    if self._cline > FRAMING_LIMIT:
+                        self._fail(
+                            f"malformed chunked body: chunk size line over {FRAMING_LIMIT} bytes"
+                        )
+                elif st == S_SIZE_LF:
+                    if b != C_LF:
+                        self._fail("malformed chunked body: chunk size line not ended by CRLF")
+                    self._cline = 0
+                    self._cdigits = 0
+                    if self._csize:
+                        st = S_DATA
+                    else:
+                        st = S_TRAILER
+                        self._term_at = pos  # the event stream ends with the last chunk
+                        self._eof(self._seg_end)
+                elif st == S_DATA_CR:
+                    if b != C_CR:
+                        self._fail("malformed chunked body: chunk data not followed by CRLF")
+                    st = S_DATA_LF
+                elif st == S_DATA_LF:
+                    if b != C_LF:
+                        self._fail("malformed chunked body: chunk data not followed by CRLF")
+                    st = S_SIZE
+                elif st == S_TRAILER or st == S_TRAILER_LINE:
+                    if b == C_CR:
+                        st = S_FINAL_LF if st == S_TRAILER else S_TRAILER_LF
+                    elif b == C_LF:
+                        self._fail("malformed chunked body: bare LF in trailer")
+                    else:
+                        st = S_TRAILER_LINE
+                    self._cline += 1
+                    if self._cline > FRAMING_LIMIT:
+                        self._fail(f"malformed chunked body: trailers over {FRAMING_LIMIT} bytes")
+                elif st == S_TRAILER_LF:
+                    if b != C_LF:
+                        self._fail("malformed chunked body: trailer line not ended by CRLF")
+                    st = S_TRAILER
+                    self._cline += 1
+                    if self._cline > FRAMING_LIMIT:
+                        self._fail(f"malformed chunked body: trailers over {FRAMING_LIMIT} bytes")
+                elif st == S_FINAL_LF:
+                    if b != C_LF:
+                        self._fail("malformed chunked body: last chunk not ended by CRLF")
+                    st = S_DONE
+                    self._complete = True
+                else:
+                    self._fail("data after the end of the chunked body")
+        finally:
+            self._cst = st
+        return 0
+
+    @cython.final
+    cdef bint _boundary(self) noexcept:
+        """The input is between two chunks (or past the last-chunk line, or not chunked)."""
+        cdef int st = self._cst
+        return st == S_NONE or (st == S_SIZE and self._cdigits == 0) or st >= S_TRAILER
+
+    @cython.final
+    cdef int _segment(self, const unsigned char* d, Py_ssize_t s, Py_ssize_t e) except -1:
+        """Split the payload bytes ``d[s:e]`` into SSE lines (any piece, any split)."""
+        cdef Py_ssize_t pos = s, i, nxt, k
+        cdef const unsigned char* nlf
+        cdef const unsigned char* ncr
+        cdef const unsigned char* hit
+        if self._elide:
+            spans_add(&self._segs, s, e)
+            self._seg_end = e
+            if self._blk and self._blk_here < 0:
+                self._blk_here = s
+        if pos >= e:
+            return 0
+        if self._cr:
+            self._cr = False
+            if d[pos] == C_LF:
+                if self._elide_lf:
+                    spans_add(&self._cuts, pos, pos + 1)
+                pos += 1
+            self._elide_lf = False
+        if self._bom >= 0:
+            k = self._bom
+            while k < 3 and pos < e:
+                if d[pos] != BOM[k]:
+                    break
+                k += 1
+                pos += 1
+            if k == 3:
+                self._bom = -1
+            elif pos == e:
+                self._bom = <int>k
+                return 0
+            else:
+                self._bom = -1
+                if k:  # a false start of a BOM is the beginning of the first line
+                    self._carry(BOM, k)
+        # Next LF and CR, each searched again only once passed; NULL: none left in the segment.
+        nlf = <const unsigned char*>memchr(d + pos, C_LF, <size_t>(e - pos))
+        ncr = <const unsigned char*>memchr(d + pos, C_CR, <size_t>(e - pos))
+        while pos < e:
+            if self._elide and not self._blk:
+                self._blk = True
+                self._blk_here = pos
+            if nlf != NULL and nlf < d + pos:
+                nlf = <const unsigned char*>memchr(d + pos, C_LF, <size_t>(e - pos))
+            if ncr != NULL and ncr < d + pos:
+                ncr = <const unsigned char*>memchr(d + pos, C_CR, <size_t>(e - pos))
+            if nlf == NULL:
+                hit = ncr
+            elif ncr == NULL or nlf < ncr:
+                hit = nlf
+            else:
+                hit = ncr
+            if hit == NULL:
+                self._carry(d + pos, e - pos)
+                return 0
+            i = hit - d
+            nxt = i + 1
+            if d[i] == C_CR:
+                if nxt < e:
+                    if d[nxt] == C_LF:
+                        nxt += 1
+                else:
+                    self._cr = True
+            if self._line_open:
+                if i > pos:
+                    self._carry(d + pos, i - pos)
+                self._line_open = False
+                self._line(self._lbuf.p, 0, self._lbuf.n, self._ltrue, nxt, False)
+                self._ltrue = 0
+                buf_clear(&self._lbuf)
+            else:
+                self._line(d, pos, i, i - pos, nxt, True)
+            pos = nxt
+        return 0
+
+    @cython.final
+    cdef int _carry(self, const unsigned char* src, Py_ssize_t n) except -1:
+        """Keep the start of a line whose end is in a later piece."""
+        cdef Py_ssize_t room
+        self._line_open = True
+        self._ltrue += n
+        if self._ltrue > self._line_limit:
+            if not self._observe:
+                self._fail(f"SSE line exceeds max_event_size ({self._max} bytes)")
+            room = self._line_limit - self._lbuf.n
+            if room > 0:
+                buf_add(&self._lbuf, src, room)
+        else:
+            buf_add(&self._lbuf, src, n)
+        return 0
+
+    @cython.final
+    cdef int _line(
+        self,
+        const unsigned char* buf,
+        Py_ssize_t s,
+        Py_ssize_t e,
+        Py_ssize_t length,
+        Py_ssize_t nxt,
+        bint inplace,
+    ) except -1:
+        """One complete line ``buf[s:e]`` (``length`` is its true length) ended before ``nxt``."""
+        cdef const unsigned char* colon
+        cdef Py_ssize_t ne, vs, nl
+        if length == 0:
+            return self._dispatch(nxt)
+        if length > self._line_limit and not self._observe:
+            self._fail(f"SSE line exceeds max_event_size ({self._max} bytes)")
+        if buf[s] == C_COLON:
+            return 0
+        colon = <const unsigned char*>memchr(buf + s, C_COLON, <size_t>(e - s))
+        if colon == NULL:
+            ne = vs = e
+        else:
+            ne = colon - buf
+            vs = ne + 1
+            if vs < e and buf[vs] == C_SP:
+                vs += 1
+        nl = ne - s
+        if nl == 4 and memcmp(buf + s, b"data", 4) == 0:
+            self._on_data(buf, vs, e, length - (vs - s), inplace)
+        elif nl == 5 and memcmp(buf + s, b"event", 5) == 0:
+            if self._observe:
+                self._blk_disq = True
+                self._etype_error = e - vs == 5 and memcmp(buf + vs, b"error", 5) == 0
+            elif e > vs:
+                self._etype = PyBytes_FromStringAndSize(<const char*>buf + vs, e - vs)
+            else:
+                self._etype = None
+        elif nl == 2 and not self._observe and memcmp(buf + s, b"id", 2) == 0:
+            if memchr(buf + vs, 0, <size_t>(e - vs)) == NULL:
+                if e > vs:
+                    self._id = PyBytes_FromStringAndSize(<const char*>buf + vs, e - vs)
+                else:
+                    self._id = None
+        return 0
+
+    @cython.final
+    cdef int _on_data(
+        self, const unsigned char* buf, Py_ssize_t vs, Py_ssize_t e, Py_ssize_t vlen, bint inplace
+    ) except -1:
+        cdef Py_ssize_t total = self._dtotal + 1 + vlen if self._has_data else vlen
+        self._dtotal = total
+        if total > self._max:
+            if not self._observe:
+                self._fail(f"SSE event exceeds max_event_size ({self._max} bytes)")
+            self._doverflow = True
+            self._d_inplace = False
+        elif not self._doverflow:
+            if not self._has_data:
+                if inplace:
+                    self._dptr = buf + vs
+                    self._dlen = e - vs
+                    self._d_inplace = True
+                else:
+                    self._dbuf.n = 0
+                    buf_add(&self._dbuf, buf + vs, e - vs)
+            else:
+                if self._d_inplace:
+                    self._d_inplace = False
+                    self._dbuf.n = 0
+                    buf_add(&self._dbuf, self._dptr, self._dlen)
+                buf_add(&self._dbuf, LFBYTE, 1)
+                buf_add(&self._dbuf, buf + vs, e - vs)
+        self._has_data = True
+        return 0
+
+    @cython.final
+    cdef int _dispatch(self, Py_ssize_t nxt) except -1:
+        """A blank line (or the end of the stream) ends the event in progress."""
+        cdef const unsigned char* dp = NULL
+        cdef Py_ssize_t dn = 0
+        cdef bint elidable = False
+        if self._has_data:
+            if self._d_inplace:
+                dp = self._dptr
+                dn = self._dlen
+            else:
+                dp = self._dbuf.p
+                dn = self._dbuf.n
+        if self._observe:
+            if self._has_data:
+                self._events += 1
+                if not self._doverflow:
+                    elidable = self._analyze(dp, dn)
+            if self._elide and self._blk:
+                if elidable:
+                    self._elided += 1
+                    if self._blk_here >= 0:
+                        spans_add(&self._cuts, self._blk_here, nxt)
+                    buf_clear(&self._hold)
+                    self._elide_lf = self._cr
+                elif self._hold.n:
+                    buf_add(&self._prefix, self._hold.p, self._hold.n)
+                    buf_clear(&self._hold)
+            self._etype_error = False
+            self._blk = False
+            self._blk_here = -1
+            self._blk_disq = False
+        else:
+            if self._has_data:
+                self._out.append(
+                    (self._etype, PyBytes_FromStringAndSize(<const char*>dp, dn), self._id)
+                )
+            self._etype = None
+        self._has_data = False
+        self._d_inplace = False
+        self._doverflow = False
+        self._dtotal = 0
+        if self._dbuf.n:
+            buf_clear(&self._dbuf)
+        return 0
+
+    @cython.final
+    cdef int _eof(self, Py_ssize_t end) except -1:
+        """End of the event stream: a pending partial line and event count as complete."""
+        if 0 < self._bom < 3:
+            self._carry(BOM, self._bom)
+        self._bom = -1
+        self._cr = False
+        if self._line_open:
+            self._line_open = False
+            self._line(self._lbuf.p, 0, self._lbuf.n, self._ltrue, end, False)
+            self._ltrue = 0
+            buf_clear(&self._lbuf)
+        return self._dispatch(end)
+
+    @cython.final
+    cdef int _run_eof(self) except -1:
+        try:
+            self._eof(-1)
+        except SSEError as exc:
+            self._failed = str(exc)
+            raise
+        return 0
+
+    @cython.final
+    cdef bint _finish(self) except -1:
+        """close(): True when the end of the event stream is still to be processed."""
+        if self._failed is not None:
+            raise SSEError(self._failed)
+        if self._closed:
+            return False
+        self._closed = True
+        if self._chunked:
+            return not self._complete  # a finished chunked body already ended the event stream
+        self._complete = True
+        return True
+
+    # ---- observe mode: what the stream tells the gateway ----------------------------------------
+
+    @cython.final
+    cdef int _analyze(self, const unsigned char* d, Py_ssize_t n) except -1:
+        """Note [DONE], an error, the usage object; 1 when the event is to be elided."""
+        cdef Py_ssize_t i, j, k, p, o, q, first_o = -1, first_q = -1, last_o = -1, last_q = -1
+        cdef bint meta, top_usage = False
+        cdef Nesting nest
+        if n == 6 and memcmp(d, b"[DONE]", 6) == 0:
+            self._done = True
+            return 0
+        if self._etype_error and self._error is None:
+            self._error = PyBytes_FromStringAndSize(<const char*>d, n)
+        i = skip_ws(d, 0, n)
+        if i >= n or d[i] != C_LBRACE:
+            return 0
+        j = skip_ws(d, i + 1, n)
+        if self._error is None and n - j >= 7 and memcmp(d + j, b'"error"', 7) == 0:
+            k = skip_ws(d, j + 7, n)
+            if k < n and d[k] == C_COLON:
+                self._error = PyBytes_FromStringAndSize(<const char*>d, n)
+        p = gw_find(d, i, n, b'"usage', 6)
+        if p < 0:
+            return 0
+        nest.pos = i
+        nest.depth = 0
+        nest.in_str = False
+        nest.esc = False
+        while p >= 0:
+            k = p + 6
+            meta = n - k >= 9 and memcmp(d + k, b'Metadata"', 9) == 0
+            if meta:
+                k += 9
+            elif k < n and d[k] == C_QUOTE:
+                k += 1
+            else:
+                p = gw_find(d, p + 1, n, b'"usage', 6)
+                continue
+            o = key_value_at(d, k, n, C_LBRACE)
+            if o < 0:
+                p = gw_find(d, p + 1, n, b'"usage', 6)
+                continue
+            nest_advance(&nest, d, p)
+            if nest.in_str or nest.depth > 2:
+                p = gw_find(d, p + 1, n, b'"usage', 6)
+                continue
+            q = object_end(d, o, n)
+            if q < 0:
+                break
+            last_o = o
+            last_q = q
+            if first_o < 0:
+                first_o = o
+                first_q = q
+            if not meta and nest.depth == 1:
+                top_usage = True
+            p = gw_find(d, q, n, b'"usage', 6)
+        if last_o < 0:
+            return 0
+        self._usage = PyBytes_FromStringAndSize(<const char*>d + last_o, last_q - last_o)
+        if self._first_usage is None:
+            self._first_usage = PyBytes_FromStringAndSize(
+                <const char*>d + first_o, first_q - first_o
+            )
+        return self._elide and top_usage and not self._blk_disq and has_empty_choices(d, i, n)
+
+
+@cython.final
+cdef class EventParser(_Scanner):
+    """Parse mode, for the translation path: raw bytes in, completed events out.
+
+    ``feed(data)`` returns the events completed by this piece as ``(event, data, id)`` tuples of
+    ``bytes | None, bytes, bytes | None``: ``event`` is None for the default type ("message"),
+    ``id`` is the last event ID (None while empty). ``close()`` flushes at end of stream.
+    """
+
+    def __init__(self, *, chunked=False, max_event_size=8 * 1024 * 1024):
+        self._setup(bool(chunked), max_event_size, False, False)
+
+    def feed(self, bytes data not None):
+        cdef list out = []
+        self._begin()
+        self._out = out
+        self._run(<const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+        self._out = None
+        return out
+
+    def close(self):
+        cdef list out = []
+        if not self._finish():
+            return out
+        self._out = out
+        self._run_eof()
+        self._out = None
+        return out
+
+
+@cython.final
+cdef class StreamObserver(_Scanner):
+    """Observe mode, for the zero-copy relay: watches the upstream body bytes on their way out.
+
+    ``feed(data)`` returns what to write to the client: ``data`` itself (same object) unless an
+    elided event is in or straddles this piece. No per-event state is kept beyond counters and the
+    usage bytes; only a line or an elidable event straddling two pieces is buffered.
+    """
+
+    def __init__(
+        self, *, chunked=True, elide_injected_usage=False, max_event_size=8 * 1024 * 1024
+    ):
+        self._setup(bool(chunked), max_event_size, True, bool(elide_injected_usage))
+
+    @property
+    def usage(self):
+        return self._usage
+
+    @property
+    def first_usage(self):
+        return self._first_usage
+
+    @property
+    def done(self):
+        return self._done
+
+    @property
+    def error(self):
+        return self._error
+
+    @property
+    def events(self):
+        return self._events
+
+    @property
+    def elided(self):
+        return self._elided
+
+    def feed(self, bytes data not None):
+        cdef const unsigned char* d = <const unsigned char*>PyBytes_AS_STRING(data)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        cdef bint changed
+        if self._failed is not None or self._closed:
+            self._begin()
+        if not self._elide:
+            self._run(d, n)
+            return data
+        # Held bytes, or input framing not at a chunk boundary, at either end: re-frame the piece.
+        changed = self._hold.n != 0 or not self._boundary()
+        self._run(d, n)
+        return self._assemble(data, d, n, changed or not self._boundary())
+
+    def close(self):
+        cdef bytes out
+        if not self._finish():
+            return b""
+        self._run_eof()
+        if not self._elide:
+            return b""
+        buf_add(&self._prefix, self._hold.p, self._hold.n)
+        buf_clear(&self._hold)
+        out = self._framed(NULL, 0, -1)
+        buf_clear(&self._prefix)
+        return out
+
+    cdef bytes _framed(self, const unsigned char* d, Py_ssize_t n, Py_ssize_t term_at):
+        """The prefix + scratch payload as one chunk (or raw), then the raw terminal if any."""
+        cdef Py_ssize_t plen = self._prefix.n + self._obuf.n
+        cdef Py_ssize_t hlen = 0, tlen = 0, total, x
+        cdef char hexbuf[24]
+        cdef bytes out
+        cdef unsigned char* w
+        if self._chunked:
+            if plen:
+                x = plen
+                while x:
+                    hexbuf[hlen] = HEXDIGITS[x & 15]
+                    x >>= 4
+                    hlen += 1
+            if term_at >= 0:
+                tlen = n - term_at
+        total = plen + (hlen + 4 if plen and self._chunked else 0)
+        if term_at >= 0:
+            total += 3 + tlen
+        out = PyBytes_FromStringAndSize(NULL, total)
+        w = <unsigned char*>PyBytes_AS_STRING(out)
+        if plen:
+            if self._chunked:
+                for x in range(hlen):
+                    w[0] = hexbuf[hlen - 1 - x]
+                    w += 1
+                w[0] = C_CR
+                w[1] = C_LF
+                w += 2
+            memcpy(w, self._prefix.p, <size_t>self._prefix.n)
+            w += self._prefix.n
+            memcpy(w, self._obuf.p, <size_t>self._obuf.n)
+            w += self._obuf.n
+            if self._chunked:
+                w[0] = C_CR
+                w[1] = C_LF
+                w += 2
+        if term_at >= 0:
+            w[0] = 0x30
+            w[1] = C_CR
+            w[2] = C_LF
+            memcpy(w + 3, d + term_at, <size_t>tlen)
+        return out
+
+    cdef object _assemble(self, bytes data, const unsigned char* d, Py_ssize_t n, bint changed):
+        """Elide mode: the bytes owed to the client for this piece, re-framed only if changed."""
+        cdef Py_ssize_t hold_from = -1, tail = 0, idx, c, s, e, a, cs, ce, h
+        cdef object out
+        if self._blk:
+            if self._blk_disq:
+                if self._hold.n:
+                    buf_add(&self._prefix, self._hold.p, self._hold.n)
+                    buf_clear(&self._hold)
+            elif self._blk_here >= 0:
+                for idx in range(self._segs.n):
+                    s = self._segs.v[2 * idx]
+                    e = self._segs.v[2 * idx + 1]
+                    if e > self._blk_here:
+                        tail += e - (s if s > self._blk_here else self._blk_here)
+                if self._hold.n + tail > HOLD_MAX:
+                    buf_add(&self._prefix, self._hold.p, self._hold.n)
+                    buf_clear(&self._hold)
+                    self._blk_disq = True
+                else:
+                    hold_from = self._blk_here
+        if not (changed or self._hold.n or self._cuts.n or self._prefix.n or hold_from >= 0):
+            out = data
+        else:
+            self._obuf.n = 0
+            for idx in range(self._segs.n):
+                s = self._segs.v[2 * idx]
+                e = self._segs.v[2 * idx + 1]
+                a = s
+                for c in range(self._cuts.n):
+                    cs = self._cuts.v[2 * c]
+                    ce = self._cuts.v[2 * c + 1]
+                    if ce <= a or cs >= e:
+                        continue
+                    if cs > a:
+                        buf_add(&self._obuf, d + a, cs - a)
+                    if ce > a:
+                        a = ce
+                if a < e:
+                    if 0 <= hold_from < e:
+                        h = hold_from if hold_from > a else a
+                        buf_add(&self._obuf, d + a, h - a)
+                        buf_add(&self._hold, d + h, e - h)
+                    else:
+                        buf_add(&self._obuf, d + a, e - a)
+            out = self._framed(d, n, self._term_at)
+            buf_clear(&self._obuf)
+        buf_clear(&self._prefix)
+        self._segs.n = 0
+        self._cuts.n = 0
+        self._seg_end = -1
+        self._term_at = -1
+        if self._blk:
+            self._blk_here = -1
+        return out

@@ -1,0 +1,828 @@
+"""Pure-Python twin of ``gwcore._sse``: the SSE scanner and HTTP/1.1 chunked-framing walker.
+
+Owns the byte-level reading of an upstream event stream, in two modes:
+
+* ``EventParser`` (translate path): bytes in, ``(event, data, id)`` tuples out.
+* ``StreamObserver`` (relay path): bytes in, the same bytes out (the same object when nothing
+  changes), while it notes the usage object, ``[DONE]``, errors, the event count and the end of
+  the chunked body; optionally it elides the usage-only chunk the gateway asked for itself.
+
+This module is the executable spec of the compiled one: same names, same results, same exceptions,
+tested side by side. It must never touch a socket or the event loop, never split lines on anything
+but CR and LF, and never buffer more of a stream than what straddles two pieces (bounded).
+
+Deliberate deviation from WHATWG: at end of stream (``close()``, or the last chunk of a chunked
+body) an event whose data lines are complete but which lacks its final blank line IS dispatched,
+because upstreams omit it; a trailing line without a line end counts as a complete line.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "FIELD_SLACK",
+    "HOLD_LIMIT",
+    "MAX_FRAMING_LINE",
+    "EventParser",
+    "SSEError",
+    "StreamObserver",
+]
+
+MAX_FRAMING_LINE = 8192  # bound of a chunk-size line and of all trailer lines together
+HOLD_LIMIT = 65536  # elide mode: an unfinished event bigger than this is released, never elided
+FIELD_SLACK = 64  # a line may exceed max_event_size by this much (room for the field name)
+
+_LF = 0x0A
+_CR = 0x0D
+_SP = 0x20
+_HTAB = 0x09
+_COLON = 0x3A
+_SEMI = 0x3B
+_QUOTE = 0x22
+_BSLASH = 0x5C
+_LBRACE = 0x7B
+_RBRACE = 0x7D
+_LBRACKET = 0x5B
+_RBRACKET = 0x5D
+_BOM = b"\xef\xbb\xbf"
+_JSON_WS = frozenset(b" \t\r\n")
+
+# Chunked framing states (the numbering is shared with the compiled module).
+_C_NONE = 0
+_C_SIZE = 1
+_C_SIZE_WS = 2
+_C_EXT = 3
+_C_SIZE_LF = 4
+_C_DATA = 5
+_C_DATA_CR = 6
+_C_DATA_LF = 7
+_C_TRAILER = 8
+_C_TRAILER_LINE = 9
+_C_TRAILER_LF = 10
+_C_FINAL_LF = 11
+_C_DONE = 12
+
+_HEX = [-1] * 256
+for _i, _c in enumerate(b"0123456789abcdef"):
+    _HEX[_c] = _i
+for _i, _c in enumerate(b"ABCDEF"):
+    _HEX[_c] = 10 + _i
+del _i, _c
+
+
+class SSEError(ValueError):
+    """The stream cannot be read on: malformed chunked framing, or an event over the size limit."""
+
+
+def _skip_ws(d: bytes, i: int) -> int:
+    n = len(d)
+    while i < n and d[i] in _JSON_WS:
+        i += 1
+    return i
+
+
+def _object_end(d: bytes, i: int) -> int:
+    """Index after the JSON value opened by ``d[i]`` (a brace), or -1 when it is unbalanced."""
+    n = len(d)
+    depth = 0
+    in_str = False
+    while i < n:
+        c = d[i]
+        if in_str:
+            if c == _BSLASH:
+                i += 1
+            elif c == _QUOTE:
+                in_str = False
+        elif c == _QUOTE:
+            in_str = True
+        elif c in (_LBRACE, _LBRACKET):
+            depth += 1
+        elif c in (_RBRACE, _RBRACKET):
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return -1
+
+
+class _Nesting:
+    """Walks JSON text forward, tracking container depth and whether it is inside a string."""
+
+    __slots__ = ("d", "depth", "esc", "in_str", "pos")
+
+    def __init__(self, d: bytes, pos: int) -> None:
+        self.d = d
+        self.pos = pos
+        self.depth = 0
+        self.in_str = False
+        self.esc = False
+
+    def advance(self, target: int) -> None:
+        d = self.d
+        i = self.pos
+        depth = self.depth
+        in_str = self.in_str
+        esc = self.esc
+        while i < target:
+            c = d[i]
+            if in_str:
+                if esc:
+                    esc = False
+                elif c == _BSLASH:
+                    esc = True
+                elif c == _QUOTE:
+                    in_str = False
+            elif c == _QUOTE:
+                in_str = True
+            elif c in (_LBRACE, _LBRACKET):
+                depth += 1
+            elif c in (_RBRACE, _RBRACKET):
+                depth -= 1
+            i += 1
+        self.pos = i
+        self.depth = depth
+        self.in_str = in_str
+        self.esc = esc
+
+
+def _key_value_at(d: bytes, k: int, opener: int) -> int:
+    """After a key's closing quote at ``k``: index of ``opener`` past ``: `` or -1."""
+    n = len(d)
+    k = _skip_ws(d, k)
+    if k >= n or d[k] != _COLON:
+        return -1
+    k = _skip_ws(d, k + 1)
+    if k >= n or d[k] != opener:
+        return -1
+    return k
+
+
+def _has_empty_choices(d: bytes, start: int) -> bool:
+    """True when the object has a top-level ``"choices":[]`` (the OpenAI usage-only chunk)."""
+    nest = _Nesting(d, start)
+    n = len(d)
+    p = d.find(b'"choices"', start)
+    while p >= 0:
+        k = _key_value_at(d, p + 9, _LBRACKET)
+        if k >= 0:
+            k = _skip_ws(d, k + 1)
+            if k < n and d[k] == _RBRACKET:
+                nest.advance(p)
+                if not nest.in_str and nest.depth == 1:
+                    return True
+        p = d.find(b'"choices"', p + 1)
+    return False
+
+
+class _Scanner:
+    """State shared by both modes: chunked framing, SSE line splitting, the event in progress."""
+
+    __slots__ = (
+        "_blk",
+        "_blk_disq",
+        "_blk_here",
+        "_bom",
+        "_cdigits",
+        "_chunked",
+        "_cline",
+        "_closed",
+        "_complete",
+        "_cr",
+        "_csize",
+        "_cst",
+        "_cuts",
+        "_dfirst",
+        "_dmore",
+        "_done",
+        "_doverflow",
+        "_dtotal",
+        "_elide",
+        "_elide_lf",
+        "_elided",
+        "_error",
+        "_etype",
+        "_etype_error",
+        "_events",
+        "_failed",
+        "_first_usage",
+        "_has_data",
+        "_hold",
+        "_id",
+        "_lbuf",
+        "_line_limit",
+        "_line_open",
+        "_ltrue",
+        "_max",
+        "_observe",
+        "_out",
+        "_prefix",
+        "_seg_end",
+        "_segs",
+        "_term_at",
+        "_usage",
+    )
+
+    def __init__(self, chunked: bool, max_event_size: int, observe: bool, elide: bool) -> None:
+        if max_event_size < 0:
+            raise ValueError("max_event_size must be >= 0")
+        self._chunked = bool(chunked)
+        self._observe = observe
+        self._elide = elide
+        self._max = max_event_size
+        self._line_limit = max_event_size + FIELD_SLACK
+        self._cst = _C_SIZE if self._chunked else _C_NONE
+        self._csize = 0
+        self._cdigits = 0
+        self._cline = 0
+        self._complete = False
+        self._closed = False
+        self._failed: str | None = None
+        self._bom = 0  # bytes of a BOM matched so far; -1 once the stream start is behind us
+        self._cr = False  # the last byte was a CR ending a line: a following LF belongs to it
+        self._lbuf = bytearray()
+        self._ltrue = 0  # true length of the carried partial line (the observer may truncate it)
+        self._line_open = False
+        self._has_data = False
+        self._dfirst = b""
+        self._dmore: bytearray | None = None
+        self._dtotal = 0
+        self._doverflow = False
+        self._etype: bytes | None = None
+        self._etype_error = False
+        self._id: bytes | None = None
+        self._out: list = []
+        self._events = 0
+        self._usage: bytes | None = None
+        self._first_usage: bytes | None = None
+        self._done = False
+        self._error: bytes | None = None
+        self._elided = 0
+        # Elide-mode bookkeeping: the block is the raw bytes of one event up to its blank line.
+        self._blk = False
+        self._blk_here = -1  # where the block's bytes start in the current piece (-1: not here)
+        self._blk_disq = False  # the block can no longer be elided
+        self._elide_lf = False  # the LF completing an elided block's CRLF is still to come
+        self._hold = bytearray()
+        self._prefix = bytearray()
+        self._segs: list = []
+        self._cuts: list = []
+        self._seg_end = -1
+        self._term_at = -1
+
+    @property
+    def complete(self) -> bool:
+        return self._complete
+
+    # ---- input ---------------------------------------------------------------------------------
+
+    def _begin(self, data: object) -> None:
+        if type(data) is not bytes:
+            raise TypeError(f"feed() takes bytes, not {type(data).__name__}")
+        if self._failed is not None:
+            raise SSEError(self._failed)
+        if self._closed:
+            raise SSEError("feed() after close()")
+
+    def _run(self, data: bytes) -> None:
+        try:
+            if self._chunked:
+                self._walk(data)
+            else:
+                self._segment(data, 0, len(data))
+        except SSEError as exc:
+            self._failed = str(exc)
+            raise
+
+    def _walk(self, data: bytes) -> None:
+        """Walk the chunked framing; hand each run of payload bytes to ``_segment``."""
+        n = len(data)
+        pos = 0
+        st = self._cst
+        try:
+            while pos < n:
+                if st == _C_DATA:
+                    take = min(self._csize, n - pos)
+                    self._segment(data, pos, pos + take)
+                    pos += take
+                    self._csize -= take
+                    if self._csize == 0:
+                        st = _C_DATA_CR
+                    continue
+                b = data[pos]
+                pos += 1
+                if st == _C_SIZE:
+                    v = _HEX[b]
+                    if v >= 0:
+                        if self._cdigits >= 15:
+                            raise SSEError("malformed chunked body: chunk size too large")
+                        self._csize = self._csize * 16 + v
+                        self._cdigits += 1
+                    elif self._cdigits == 0:
+                        raise SSEError(
+                            f"malformed chunked body: expected a hex chunk size, got byte 0x{b:02x}"
+                        )
+                    elif b == _CR:
+                        st = _C_SIZE_LF
+                    elif b == _SEMI:
+                        st = _C_EXT
+                    elif b in (_SP, _HTAB):
+                        st = _C_SIZE_WS
+                    else:
+                        raise SSEError(
+                            f"malformed chunked body: unexpected byte 0x{b:02x} in chunk size"
+                        )
+                    self._cline += 1
+                elif st == _C_SIZE_WS:
+                    if b == _CR:
+                        st = _C_SIZE_LF
+                    elif b == _SEMI:
+                        st = _C_EXT
+                    elif b != _SP and b != _HTAB:
+                        raise SSEError(
+                            f"malformed chunked body: unexpected byte 0x{b:02x} in chunk size"
+                        )
+                    self._cline += 1
+                    if self._cline > MAX_FRAMING_LINE:
+                        raise SSEError(
+                            f"malformed chunked body: chunk size line over {MAX_FRAMING_LINE} bytes"
+                        )
+                elif st == _C_EXT:
+                    if b == _CR:
+                        st = _C_SIZE_LF
+                    elif b == _LF:
+                        raise SSEError("malformed chunked body: bare LF in chunk size line")
+                    self._cline += 1
+                    if self._cline > MAX_FRAMING_LINE:
+                        raise SSEError(
+                            f"malformed chunked body: chunk size line over {MAX_FRAMING_LINE} bytes"
+                        )
+                elif st == _C_SIZE_LF:
+                    if b != _LF:
+                        raise SSEError("malformed chunked body: chunk size line not ended by CRLF")
+                    self._cline = 0
+                    self._cdigits = 0
+                    if self._csize:
+                        st = _C_DATA
+                    else:
+                        st = _C_TRAILER
+                        self._last_chunk(pos)
+                elif st == _C_DATA_CR:
+                    if b != _CR:
+                        raise SSEError("malformed chunked body: chunk data not followed by CRLF")
+                    st = _C_DATA_LF
+                elif st == _C_DATA_LF:
+                    if b != _LF:
+                        raise SSEError("malformed chunked body: chunk data not followed by CRLF")
+                    st = _C_SIZE
+                elif st in (_C_TRAILER, _C_TRAILER_LINE):
+                    if b == _CR:
+                        st = _C_FINAL_LF if st == _C_TRAILER else _C_TRAILER_LF
+                    elif b == _LF:
+                        raise SSEError("malformed chunked body: bare LF in trailer")
+                    else:
+                        st = _C_TRAILER_LINE
+                    self._cline += 1
+                    if self._cline > MAX_FRAMING_LINE:
+                        raise SSEError(
+                            f"malformed chunked body: trailers over {MAX_FRAMING_LINE} bytes"
+                        )
+                elif st == _C_TRAILER_LF:
+                    if b != _LF:
+                        raise SSEError("malformed chunked body: trailer line not ended by CRLF")
+                    st = _C_TRAILER
+                    self._cline += 1
+                    if self._cline > MAX_FRAMING_LINE:
+                        raise SSEError(
+                            f"malformed chunked body: trailers over {MAX_FRAMING_LINE} bytes"
+                        )
+                elif st == _C_FINAL_LF:
+                    if b != _LF:
+                        raise SSEError("malformed chunked body: last chunk not ended by CRLF")
+                    st = _C_DONE
+                    self._complete = True
+                else:  # _C_DONE
+                    raise SSEError("data after the end of the chunked body")
+        finally:
+            self._cst = st
+
+    def _finish(self) -> bool:
+        """close(): True when the end of the event stream is still to be processed."""
+        if self._failed is not None:
+            raise SSEError(self._failed)
+        if self._closed:
+            return False
+        self._closed = True
+        if self._chunked:
+            return not self._complete  # a finished chunked body already ended the event stream
+        self._complete = True
+        return True
+
+    def _run_eof(self) -> None:
+        try:
+            self._eof(-1)
+        except SSEError as exc:
+            self._failed = str(exc)
+            raise
+
+    def _boundary(self) -> bool:
+        """The input is between two chunks (or past the last-chunk line, or not chunked)."""
+        st = self._cst
+        return st == _C_NONE or (st == _C_SIZE and self._cdigits == 0) or st >= _C_TRAILER
+
+    def _last_chunk(self, pos: int) -> None:
+        """The last-chunk line ended at ``pos``: the event stream ends here."""
+        self._term_at = pos
+        self._eof(self._seg_end)
+
+    def _segment(self, data: bytes, s: int, e: int) -> None:
+        """Split the payload bytes ``data[s:e]`` into SSE lines (any piece, any split)."""
+        if self._elide:
+            self._segs.append((s, e))
+            self._seg_end = e
+            if self._blk and self._blk_here < 0:
+                self._blk_here = s
+        pos = s
+        if pos >= e:
+            return
+        if self._cr:
+            self._cr = False
+            if data[pos] == _LF:
+                if self._elide_lf:
+                    self._cuts.append((pos, pos + 1))
+                pos += 1
+            self._elide_lf = False
+        if self._bom >= 0:
+            k = self._bom
+            while k < 3 and pos < e:
+                if data[pos] != _BOM[k]:
+                    break
+                k += 1
+                pos += 1
+            if k == 3:
+                self._bom = -1
+            elif pos == e:
+                self._bom = k
+                return
+            else:
+                self._bom = -1
+                if k:  # a false start of a BOM is the beginning of the first line
+                    self._carry(_BOM, 0, k)
+        # Positions of the next LF and CR, each searched again only once passed; -1: none left.
+        nlf = data.find(b"\n", pos, e)
+        ncr = data.find(b"\r", pos, e)
+        while pos < e:
+            if self._elide and not self._blk:
+                self._blk = True
+                self._blk_here = pos
+            if 0 <= nlf < pos:
+                nlf = data.find(b"\n", pos, e)
+            if 0 <= ncr < pos:
+                ncr = data.find(b"\r", pos, e)
+            if nlf < 0:
+                i = ncr
+            elif ncr < 0 or nlf < ncr:
+                i = nlf
+            else:
+                i = ncr
+            if i < 0:
+                self._carry(data, pos, e)
+                return
+            nxt = i + 1
+            if data[i] == _CR:
+                if nxt < e:
+                    if data[nxt] == _LF:
+                        nxt += 1
+                else:
+                    self._cr = True
+            if self._line_open:
+                if i > pos:
+                    self._carry(data, pos, i)
+                buf = self._lbuf
+                ln = self._ltrue
+                self._lbuf = bytearray()
+                self._ltrue = 0
+                self._line_open = False
+                self._line(buf, 0, len(buf), ln, nxt)
+            else:
+                self._line(data, pos, i, i - pos, nxt)
+            pos = nxt
+
+    def _carry(self, data: bytes, s: int, e: int) -> None:
+        """Keep the start of a line whose end is in a later piece."""
+        self._line_open = True
+        self._ltrue += e - s
+        if self._ltrue > self._line_limit:
+            if not self._observe:
+                raise SSEError(f"SSE line exceeds max_event_size ({self._max} bytes)")
+            room = self._line_limit - len(self._lbuf)
+            if room > 0:
+                self._lbuf += data[s : s + room]
+        else:
+            self._lbuf += data[s:e]
+
+    def _line(self, buf: bytes, s: int, e: int, length: int, nxt: int) -> None:
+        """One complete line ``buf[s:e]`` (``length`` is its true length) ended before ``nxt``."""
+        if length == 0:
+            self._dispatch(nxt)
+            return
+        if length > self._line_limit and not self._observe:
+            raise SSEError(f"SSE line exceeds max_event_size ({self._max} bytes)")
+        if buf[s] == _COLON:
+            return
+        colon = buf.find(b":", s, e)
+        if colon < 0:
+            name = buf[s:e]
+            vs = e
+        else:
+            name = buf[s:colon]
+            vs = colon + 1
+            if vs < e and buf[vs] == _SP:
+                vs += 1
+        if name == b"data":
+            self._on_data(buf, vs, e, length - (vs - s))
+        elif name == b"event":
+            if self._observe:
+                self._blk_disq = True
+                self._etype_error = buf[vs:e] == b"error"
+            else:
+                self._etype = bytes(buf[vs:e]) or None
+        elif name == b"id" and not self._observe:
+            v = bytes(buf[vs:e])
+            if b"\x00" not in v:
+                self._id = v or None
+
+    def _on_data(self, buf: bytes, vs: int, e: int, vlen: int) -> None:
+        total = self._dtotal + 1 + vlen if self._has_data else vlen
+        self._dtotal = total
+        if total > self._max:
+            if not self._observe:
+                raise SSEError(f"SSE event exceeds max_event_size ({self._max} bytes)")
+            self._doverflow = True
+        elif not self._doverflow:
+            if not self._has_data:
+                self._dfirst = bytes(buf[vs:e])
+            else:
+                if self._dmore is None:
+                    self._dmore = bytearray(self._dfirst)
+                self._dmore.append(_LF)
+                self._dmore += buf[vs:e]
+        self._has_data = True
+
+    def _dispatch(self, nxt: int) -> None:
+        """A blank line (or the end of the stream) ends the event in progress."""
+        if self._observe:
+            elidable = False
+            if self._has_data:
+                self._events += 1
+                if not self._doverflow:
+                    d = bytes(self._dmore) if self._dmore is not None else self._dfirst
+                    elidable = self._analyze(d)
+            if self._elide and self._blk:
+                if elidable:
+                    self._elided += 1
+                    if self._blk_here >= 0:
+                        self._cuts.append((self._blk_here, nxt))
+                    self._hold.clear()
+                    self._elide_lf = self._cr
+                elif self._hold:
+                    self._prefix += self._hold
+                    self._hold.clear()
+            self._etype_error = False
+            self._blk = False
+            self._blk_here = -1
+            self._blk_disq = False
+        else:
+            if self._has_data:
+                d = bytes(self._dmore) if self._dmore is not None else self._dfirst
+                self._out.append((self._etype, d, self._id))
+            self._etype = None
+        self._has_data = False
+        self._dfirst = b""
+        self._dmore = None
+        self._dtotal = 0
+        self._doverflow = False
+
+    def _eof(self, end: int) -> None:
+        """End of the event stream: a pending partial line and event count as complete."""
+        if 0 < self._bom < 3:
+            self._carry(_BOM, 0, self._bom)
+        self._bom = -1
+        self._cr = False
+        if self._line_open:
+            buf = self._lbuf
+            ln = self._ltrue
+            self._lbuf = bytearray()
+            self._ltrue = 0
+            self._line_open = False
+            self._line(buf, 0, len(buf), ln, end)
+        self._dispatch(end)
+
+    # ---- observe mode: what the stream tells the gateway ----------------------------------------
+
+    def _analyze(self, d: bytes) -> bool:
+        """Note [DONE], an error, the usage object; True when the event is to be elided."""
+        n = len(d)
+        if n == 6 and d == b"[DONE]":
+            self._done = True
+            return False
+        if self._etype_error and self._error is None:
+            self._error = d
+        i = _skip_ws(d, 0)
+        if i >= n or d[i] != _LBRACE:
+            return False
+        j = _skip_ws(d, i + 1)
+        if self._error is None and d.startswith(b'"error"', j):
+            k = _skip_ws(d, j + 7)
+            if k < n and d[k] == _COLON:
+                self._error = d
+        p = d.find(b'"usage', i)
+        if p < 0:
+            return False
+        nest = _Nesting(d, i)
+        first = last = None
+        top_usage = False
+        while p >= 0:
+            k = p + 6
+            meta = d.startswith(b'Metadata"', k)
+            if meta:
+                k += 9
+            elif k < n and d[k] == _QUOTE:
+                k += 1
+            else:
+                p = d.find(b'"usage', p + 1)
+                continue
+            o = _key_value_at(d, k, _LBRACE)
+            if o < 0:
+                p = d.find(b'"usage', p + 1)
+                continue
+            nest.advance(p)
+            if nest.in_str or nest.depth > 2:
+                p = d.find(b'"usage', p + 1)
+                continue
+            q = _object_end(d, o)
+            if q < 0:
+                break
+            last = (o, q)
+            if first is None:
+                first = last
+            if not meta and nest.depth == 1:
+                top_usage = True
+            p = d.find(b'"usage', q)
+        if last is None:
+            return False
+        self._usage = d[last[0] : last[1]]
+        if self._first_usage is None:
+            self._first_usage = d[first[0] : first[1]]
+        return self._elide and top_usage and not self._blk_disq and _has_empty_choices(d, i)
+
+
+class EventParser(_Scanner):
+    """Parse mode, for the translation path: raw bytes in, completed events out.
+
+    ``feed(data)`` returns the events completed by this piece as ``(event, data, id)`` tuples of
+    ``bytes | None, bytes, bytes | None``: ``event`` is None for the default type ("message"),
+    ``id`` is the last event ID (None while empty). ``close()`` flushes at end of stream.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, *, chunked: bool = False, max_event_size: int = 8 * 1024 * 1024) -> None:
+        super().__init__(chunked, max_event_size, False, False)
+
+    def feed(self, data: bytes) -> list[tuple[bytes | None, bytes, bytes | None]]:
+        self._begin(data)
+        out = self._out = []
+        self._run(data)
+        self._out = []
+        return out
+
+    def close(self) -> list[tuple[bytes | None, bytes, bytes | None]]:
+        if not self._finish():
+            return []
+        out = self._out = []
+        self._run_eof()
+        self._out = []
+        return out
+
+
+class StreamObserver(_Scanner):
+    """Observe mode, for the zero-copy relay: watches the upstream body bytes on their way out.
+
+    ``feed(data)`` returns what to write to the client: ``data`` itself (same object) unless an
+    elided event is in or straddles this piece. No per-event state is kept beyond counters and the
+    usage bytes; only a line or an elidable event straddling two pieces is buffered.
+    """
+
+    __slots__ = ()
+
+    def __init__(
+        self,
+        *,
+        chunked: bool = True,
+        elide_injected_usage: bool = False,
+        max_event_size: int = 8 * 1024 * 1024,
+    ) -> None:
+        super().__init__(chunked, max_event_size, True, bool(elide_injected_usage))
+
+    @property
+    def usage(self) -> bytes | None:
+        return self._usage
+
+    @property
+    def first_usage(self) -> bytes | None:
+        return self._first_usage
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    @property
+    def error(self) -> bytes | None:
+        return self._error
+
+    @property
+    def events(self) -> int:
+        return self._events
+
+    @property
+    def elided(self) -> int:
+        return self._elided
+
+    def feed(self, data: bytes) -> bytes:
+        self._begin(data)
+        if not self._elide:
+            self._run(data)
+            return data
+        # Held bytes, or input framing not at a chunk boundary, at either end: re-frame the piece.
+        changed = bool(self._hold) or not self._boundary()
+        self._run(data)
+        return self._assemble(data, changed or not self._boundary())
+
+    def close(self) -> bytes:
+        if not self._finish():
+            return b""
+        self._run_eof()
+        if not self._elide:
+            return b""
+        out = bytes(self._prefix) + bytes(self._hold)
+        self._prefix.clear()
+        self._hold.clear()
+        if self._chunked and out:
+            return b"%x\r\n%s\r\n" % (len(out), out)
+        return out
+
+    def _assemble(self, data: bytes, changed: bool) -> bytes:
+        """Elide mode: the bytes owed to the client for this piece, re-framed only if changed."""
+        segs = self._segs
+        hold_from = -1
+        if self._blk:
+            if self._blk_disq:
+                if self._hold:
+                    self._prefix += self._hold
+                    self._hold.clear()
+            elif self._blk_here >= 0:
+                tail = 0
+                for s, e in segs:
+                    if e > self._blk_here:
+                        tail += e - max(s, self._blk_here)
+                if len(self._hold) + tail > HOLD_LIMIT:
+                    self._prefix += self._hold
+                    self._hold.clear()
+                    self._blk_disq = True
+                else:
+                    hold_from = self._blk_here
+        if not (changed or self._hold or self._cuts or self._prefix or hold_from >= 0):
+            out = data
+        else:
+            payload = bytearray(self._prefix)
+            tail_bytes = bytearray()
+            cuts = self._cuts
+            for s, e in segs:
+                a = s
+                for cs, ce in cuts:
+                    if ce <= a or cs >= e:
+                        continue
+                    if cs > a:
+                        payload += data[a:cs]
+                    a = max(a, ce)
+                if a < e:
+                    if 0 <= hold_from < e:
+                        h = max(a, hold_from)
+                        payload += data[a:h]
+                        tail_bytes += data[h:e]
+                    else:
+                        payload += data[a:e]
+            self._hold += tail_bytes
+            if self._chunked:
+                out = b"%x\r\n%s\r\n" % (len(payload), payload) if payload else b""
+                if self._term_at >= 0:
+                    out += b"0\r\n" + data[self._term_at :]
+            else:
+                out = bytes(payload)
+        self._prefix.clear()
+        self._segs = []
+        self._cuts = []
+        self._seg_end = -1
+        self._term_at = -1
+        if self._blk:
+            self._blk_here = -1
+        return out
