@@ -1,0 +1,155 @@
+"""Usage records and the per-dialect usage mappings, checked on recorded provider answers."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import orjson
+import pytest
+
+from gwcore.testing import recorded_fixture
+from gwcore.testing.mock_upstream import chat_stream_events
+from gwcore.usage import (
+    FanoutSink,
+    LogSink,
+    MemorySink,
+    UsageRecord,
+    UsageSink,
+    usage_from_anthropic,
+    usage_from_gemini,
+    usage_from_openai,
+    usage_from_responses,
+)
+
+
+def fixture(*parts: str):
+    path = recorded_fixture(__file__, *parts)
+    if path is None:
+        pytest.skip("recorded fixtures are not in this checkout")
+    return path
+
+
+def sse_data(text: str) -> list[dict]:
+    out = []
+    for line in text.splitlines():
+        if line.startswith("data:") and line[5:].strip() != "[DONE]":
+            out.append(json.loads(line[5:]))
+    return out
+
+
+def tokens(prompt, completion, total, cached, reasoning) -> dict:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": total,
+        "cached_tokens": cached,
+        "reasoning_tokens": reasoning,
+    }
+
+
+def test_openai_chat_usage_with_details():
+    body = json.loads(fixture("openai", "chat_completion_reasoning.json").read_text())
+    assert usage_from_openai(body["usage"]) == tokens(13, 85, 98, 0, 64)
+    body = json.loads(fixture("groq", "chat_completion.json").read_text())
+    assert usage_from_openai(body["usage"]) == tokens(38, 4, 42, None, None)
+    body = json.loads(fixture("gemini", "chat_completion.json").read_text())  # OpenAI-compatible
+    assert usage_from_openai(body["usage"]) == tokens(4, 2, 6, None, None)
+
+
+def test_openai_stream_usage_chunk():
+    chunks = sse_data(fixture("groq", "chat_completion_stream.txt").read_text())
+    last = [c for c in chunks if c.get("usage")][-1]
+    assert usage_from_openai(last["usage"]) == tokens(38, 4, 42, None, None)
+    # the mock's include_usage stream: only the usage-only chunk carries numbers
+    events = chat_stream_events("m", 6, True, 11)
+    parsed = [orjson.loads(e[6:]) for e in events[:-1]]
+    assert [p["usage"] for p in parsed[:-1]] == [None] * (len(parsed) - 1)
+    assert parsed[-1]["choices"] == []
+    assert usage_from_openai(parsed[-1]["usage"]) == tokens(11, 3, 14, 0, 0)
+
+
+def test_missing_or_odd_usage_is_none_not_zero():
+    assert usage_from_openai(None) == tokens(None, None, None, None, None)
+    assert usage_from_openai({"prompt_tokens": 3, "completion_tokens": 2}) == tokens(
+        3, 2, 5, None, None
+    )
+    odd = {"prompt_tokens": True, "completion_tokens": "7", "total_tokens": 9.0}
+    assert usage_from_openai(odd) == tokens(None, None, 9, None, None)
+
+
+def test_anthropic_stream_usage_is_cumulative_never_summed():
+    events = sse_data(fixture("anthropic", "messages_stream.txt").read_text())
+    start = next(e for e in events if e["type"] == "message_start")
+    delta = [e for e in events if e["type"] == "message_delta"][-1]
+    # message_start says output 3, message_delta says 5 (cumulative): 5, not 8
+    assert usage_from_anthropic(start, delta) == tokens(10, 5, 15, 0, None)
+    assert usage_from_anthropic(start["message"]["usage"], delta["usage"]) == tokens(
+        10, 5, 15, 0, None
+    )
+    message = json.loads(fixture("anthropic", "messages.json").read_text())
+    assert usage_from_anthropic(message) == tokens(14, 5, 19, None, None)
+    thinking = json.loads(fixture("anthropic", "messages_extended_thinking.json").read_text())
+    assert usage_from_anthropic(thinking["usage"]) == tokens(53, 211, 264, 0, None)
+
+
+def test_anthropic_cache_tokens_count_as_prompt():
+    start = {
+        "input_tokens": 5,
+        "cache_read_input_tokens": 100,
+        "cache_creation_input_tokens": 20,
+        "output_tokens": 1,
+    }
+    assert usage_from_anthropic(start, {"output_tokens": 50}) == tokens(125, 50, 175, 100, None)
+    assert usage_from_anthropic(None, None) == tokens(None, None, None, None, None)
+
+
+def test_responses_usage():
+    body = json.loads(fixture("openai", "responses.json").read_text())
+    assert usage_from_responses(body["usage"]) == tokens(17, 5, 22, 0, 0)
+    text = fixture("openai", "responses_stream.txt").read_text()
+    done = next(e for e in sse_data(text) if e.get("type") == "response.completed")
+    assert usage_from_responses(done["response"]["usage"]) == tokens(17, 5, 22, 0, 0)
+
+
+def test_gemini_usage_metadata():
+    meta = {
+        "promptTokenCount": 40,
+        "candidatesTokenCount": 10,
+        "thoughtsTokenCount": 25,
+        "cachedContentTokenCount": 32,
+        "totalTokenCount": 75,
+    }
+    assert usage_from_gemini(meta) == tokens(40, 35, 75, 32, 25)
+    assert usage_from_gemini({"promptTokenCount": 4, "candidatesTokenCount": 2}) == tokens(
+        4, 2, 6, None, None
+    )
+    assert usage_from_gemini({"promptTokenCount": 4}) == tokens(4, None, None, None, None)
+
+
+def test_usage_record_and_sinks(caplog):
+    rec = UsageRecord("req-1", "openai", "openai/gpt-4o", "gpt-4o", "relay", True, status=200)
+    assert not hasattr(rec, "__dict__")  # slots
+    assert rec.prompt_tokens is None and rec.created_at > 0 and rec.aborted is False
+    rec.set_tokens(usage_from_openai({"prompt_tokens": 3, "completion_tokens": 4}))
+    assert (rec.prompt_tokens, rec.completion_tokens, rec.total_tokens) == (3, 4, 7)
+
+    memory = MemorySink(maxlen=2)
+    assert isinstance(memory, UsageSink)
+    for i in range(3):
+        memory.record(UsageRecord(f"r{i}", "p", "m", "m", "demo", False))
+    assert [r.request_id for r in memory.records] == ["r1", "r2"]
+
+    class Broken:
+        def record(self, rec: UsageRecord) -> None:
+            raise RuntimeError("disk full")
+
+    logged = MemorySink()
+    fanout = FanoutSink([Broken(), logged, LogSink()])
+    with caplog.at_level(logging.INFO, logger="gwcore.usage"):
+        fanout.record(rec)
+    assert logged.records == [rec]
+    lines = [r for r in caplog.records if r.name == "gwcore.usage" and r.levelno == logging.INFO]
+    assert len(lines) == 1
+    assert json.loads(lines[0].getMessage()) == rec.to_dict()
+    assert any("disk full" in (r.exc_text or "") for r in caplog.records if r.levelno >= 40)
