@@ -1,0 +1,533 @@
+"""Hand-written edge cases of the SSE scanner, run over both implementations (fixture ``sse``)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+
+import pytest
+
+import gwcore.sse
+
+
+def frame(
+    payload: bytes, size: int = 7, *, upper: bool = False, ext: bytes = b"", trailers: bytes = b""
+) -> bytes:
+    """HTTP/1.1 chunked encoding of ``payload`` in chunks of ``size`` bytes."""
+    out = []
+    for i in range(0, len(payload), size):
+        part = payload[i : i + size]
+        head = b"%X" % len(part) if upper else b"%x" % len(part)
+        out.append(head + ext + b"\r\n" + part + b"\r\n")
+    return b"".join(out) + b"0" + ext + b"\r\n" + trailers + b"\r\n"
+
+
+def dechunk(body: bytes) -> bytes:
+    """Strict reference de-chunker: fails on anything but one complete, valid chunked body."""
+    out = []
+    pos = 0
+    while True:
+        eol = body.index(b"\r\n", pos)
+        size = int(body[pos:eol].split(b";")[0], 16)
+        pos = eol + 2
+        if size == 0:
+            break
+        out.append(body[pos : pos + size])
+        assert body[pos + size : pos + size + 2] == b"\r\n", "chunk data not followed by CRLF"
+        pos += size + 2
+    while True:  # trailer lines, then the empty line
+        eol = body.index(b"\r\n", pos)
+        line = body[pos:eol]
+        pos = eol + 2
+        if not line:
+            break
+    assert pos == len(body), "bytes after the end of the chunked body"
+    return b"".join(out)
+
+
+def parse(sse, data: bytes, step: int = 0, **kw) -> list:
+    p = sse.EventParser(**kw)
+    events = []
+    step = step or max(len(data), 1)
+    for i in range(0, len(data), step):
+        events += p.feed(data[i : i + step])
+    return events + p.close()
+
+
+def observe(obs, data: bytes, step: int = 0) -> bytes:
+    step = step or max(len(data), 1)
+    out = [obs.feed(data[i : i + step]) for i in range(0, len(data), step)]
+    return b"".join(out) + obs.close()
+
+
+def ev(data: bytes, event: bytes | None = None, id: bytes | None = None) -> tuple:
+    return (event, data, id)
+
+
+CHUNK = (
+    b'{"id":"c1","object":"chat.completion.chunk",'
+    b'"choices":[{"index":0,"delta":{"content":"%s"}}],"usage":null}'
+)
+USAGE_ONLY = (
+    b'{"id":"c1","object":"chat.completion.chunk","choices":[],'
+    b'"usage":{"prompt_tokens":9,"completion_tokens":3,"total_tokens":12}}'
+)
+CHAT = (
+    b"data: " + CHUNK % b"Hel" + b"\n\n"
+    b": keep-alive\n\n"
+    b"data: " + CHUNK % b"lo" + b"\n\n"
+    b"data: " + USAGE_ONLY + b"\n\n"
+    b"data: [DONE]\n\n"
+)
+CHAT_WITHOUT_USAGE = CHAT.replace(b"data: " + USAGE_ONLY + b"\n\n", b"")
+
+
+# ---- import switch -------------------------------------------------------------------------------
+
+
+def test_compiled_scanner_in_use():
+    if os.environ.get("GWCORE_REQUIRE_EXTENSIONS") != "1":
+        pytest.skip("only enforced when GWCORE_REQUIRE_EXTENSIONS=1")
+    assert gwcore.sse.IMPLEMENTATION == "cython"
+
+
+def test_switch_exports_one_implementation():
+    name = "gwcore._sse" if gwcore.sse.IMPLEMENTATION == "cython" else "gwcore._sse_py"
+    mod = importlib.import_module(name)
+    assert gwcore.sse.EventParser is mod.EventParser
+    assert gwcore.sse.StreamObserver is mod.StreamObserver
+    assert gwcore.sse.SSEError is importlib.import_module("gwcore._sse_py").SSEError
+
+
+# ---- parse mode: WHATWG line and field rules -----------------------------------------------------
+
+
+def test_line_ends_crlf_lf_and_lone_cr(sse):
+    data = b"data: a\r\n\r\ndata: b\n\ndata: c\r\rdata: d\r\n\ndata: e\n\r"
+    assert parse(sse, data) == [ev(b"a"), ev(b"b"), ev(b"c"), ev(b"d"), ev(b"e")]
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 5, 8])
+def test_crlf_split_across_pieces_dispatches_once(sse, step):
+    data = b"data: a\r\n\r\ndata: b\r\n\r\n\r\n\r\ndata: c\r\r\n"
+    assert parse(sse, data, step) == [ev(b"a"), ev(b"b"), ev(b"c")]
+
+
+def test_cr_at_piece_end_then_lf_is_one_line_end(sse):
+    p = sse.EventParser()
+    assert p.feed(b"data: a\r") == []
+    assert p.feed(b"\n\r") == [ev(b"a")]
+    assert p.feed(b"\ndata: b\r") == []
+    assert p.feed(b"\r") == [ev(b"b")]
+    assert p.close() == []
+
+
+def test_only_cr_and_lf_split_lines(sse):
+    odd = "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029".encode()
+    assert parse(sse, b"data: a" + odd + b"b\n\n") == [ev(b"a" + odd + b"b")]
+
+
+def test_comments_keepalives_and_ping_events(sse):
+    data = b": ping\n\n:\n\nevent: ping\ndata: {}\n\n: x\ndata: y\n\n"
+    assert parse(sse, data) == [ev(b"{}", b"ping"), ev(b"y")]
+
+
+def test_multiline_data_joined_by_lf(sse):
+    assert parse(sse, b"data: a\ndata:\ndata: c\n\n") == [ev(b"a\n\nc")]
+
+
+def test_one_optional_space_after_colon(sse):
+    data = b"data:x\n\ndata: x\n\ndata:  x\n\ndata\n\ndata:\n\n"
+    assert parse(sse, data) == [ev(b"x"), ev(b"x"), ev(b" x"), ev(b""), ev(b"")]
+
+
+def test_fields_and_unknown_lines(sse):
+    data = b"retry: 10\nfoo: bar\nDATA: no\nevent: e1\ndata: x\n\nevent: e2\n\ndata: y\n\n"
+    # event without data is not dispatched, and its type does not leak into the next event
+    assert parse(sse, data) == [ev(b"x", b"e1"), ev(b"y")]
+
+
+def test_event_id_persists_resets_and_ignores_nul(sse):
+    data = (
+        b"id: 1\ndata: a\n\ndata: b\n\nid: 2\x003\ndata: c\n\nid\ndata: d\n\nid: 4\n\ndata: e\n\n"
+    )
+    assert parse(sse, data) == [
+        ev(b"a", id=b"1"),
+        ev(b"b", id=b"1"),
+        ev(b"c", id=b"1"),
+        ev(b"d"),
+        ev(b"e", id=b"4"),
+    ]
+
+
+def test_empty_event_type_means_default(sse):
+    assert parse(sse, b"event:\ndata: a\n\n") == [ev(b"a")]
+
+
+@pytest.mark.parametrize("step", [1, 2, 4, 100])
+def test_event_without_final_blank_line_is_dispatched_at_close(sse, step):
+    assert parse(sse, b"data: a\n\ndata: b\n", step) == [ev(b"a"), ev(b"b")]
+    assert parse(sse, b"data: a\n\nevent: t\ndata: b", step) == [ev(b"a"), ev(b"b", b"t")]
+    assert parse(sse, b"data: a\r", step) == [ev(b"a")]
+    assert parse(sse, b"event: t\n", step) == []
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 100])
+def test_bom_skipped_only_at_start(sse, step):
+    bom = b"\xef\xbb\xbf"
+    assert parse(sse, bom + b"data: a\n\n" + bom + b"data: b\n\n", step) == [ev(b"a")]
+    assert parse(sse, bom + bom + b"data: a\n\n", step) == []
+    assert parse(sse, b"\xef\xbbdata: a\n\ndata: b\n\n", step) == [ev(b"b")]
+    assert parse(sse, b"\xef", step) == []
+
+
+def test_one_mib_single_event(sse):
+    big = b"x" * (1 << 20)
+    for step in (0, 65536, 1000):
+        assert parse(sse, b"data: " + big + b"\n\n", step) == [ev(big)]
+        assert parse(sse, frame(b"data: " + big + b"\n\n", 70000), step, chunked=True) == [ev(big)]
+
+
+def test_over_limit_event_raises(sse):
+    with pytest.raises(sse.SSEError, match=r"max_event_size \(100 bytes\)"):
+        parse(sse, b"data: " + b"x" * 101 + b"\n\n", max_event_size=100)
+    with pytest.raises(sse.SSEError, match="100 bytes"):
+        parse(sse, b"data: " + b"x" * 60 + b"\ndata: " + b"x" * 60 + b"\n\n", 7, max_event_size=100)
+    with pytest.raises(sse.SSEError, match="100 bytes"):  # a line without end is bounded too
+        p = sse.EventParser(max_event_size=100)
+        for _ in range(100):
+            p.feed(b": comment that never ends ")
+    assert parse(sse, b"data: " + b"x" * 100 + b"\n\n", 9, max_event_size=100) == [ev(b"x" * 100)]
+
+
+def test_failure_is_sticky_and_close_is_idempotent(sse):
+    p = sse.EventParser(max_event_size=3)
+    with pytest.raises(sse.SSEError):
+        p.feed(b"data: 1234\n\n")
+    with pytest.raises(sse.SSEError):
+        p.feed(b"data: 1\n\n")
+    q = sse.EventParser()
+    assert q.feed(b"data: 1") == []
+    assert q.close() == [ev(b"1")]
+    assert q.close() == []
+    assert q.complete
+    with pytest.raises(sse.SSEError, match="after close"):
+        q.feed(b"data: 2\n\n")
+
+
+def test_feed_takes_bytes_only(sse):
+    for obj in (sse.EventParser(), sse.StreamObserver()):
+        with pytest.raises(TypeError):
+            obj.feed("data: x\n\n")
+        with pytest.raises(TypeError):
+            obj.feed(bytearray(b"data"))
+
+
+# ---- chunked framing -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("step", [1, 3, 7, 1000])
+def test_chunked_hex_case_extensions_and_trailers(sse, step):
+    payload = b"data: " + b"y" * 300 + b"\n\ndata: z\n\n"
+    expected = [ev(b"y" * 300), ev(b"z")]
+    for body in (
+        frame(payload, 200),
+        frame(payload, 200, upper=True),
+        frame(payload, 171, ext=b";name=value;x"),
+        frame(payload, 45, ext=b' ;q="a b"', trailers=b"X-T: 1\r\nX-U: 2\r\n"),
+        b"0000F\r\ndata: z\n\ndata:a\r\n0\r\n\r\n",
+    ):
+        p = sse.EventParser(chunked=True)
+        events = []
+        for i in range(0, len(body), step):
+            assert not p.complete
+            events += p.feed(body[i : i + step])
+        assert p.complete
+        assert p.close() == []
+        if body.startswith(b"0000F"):
+            assert events == [ev(b"z"), ev(b"a")]
+        else:
+            assert events == expected
+
+
+def test_chunked_complete_only_after_trailers(sse):
+    p = sse.EventParser(chunked=True)
+    assert p.feed(b"6\r\ndata: ") == []
+    assert p.feed(b"\r\n1\r\nq\r\n0\r\nX-A: b\r\n") == [ev(b"q")]  # the last chunk ends the stream
+    assert not p.complete
+    assert p.feed(b"\r") == []
+    assert not p.complete
+    assert p.feed(b"\n") == []
+    assert p.complete
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"g\r\n", "expected a hex chunk size"),
+        (b"\r\n", "expected a hex chunk size"),
+        (b" 5\r\n", "expected a hex chunk size"),
+        (b"5x\r\n", "unexpected byte"),
+        (b"5\n", "unexpected byte"),
+        (b"5 x\r\n", "unexpected byte"),
+        (b"5;a\nb", "bare LF"),
+        (b"5\rx", "not ended by CRLF"),
+        (b"1\r\nab\r\n", "not followed by CRLF"),
+        (b"1\r\na\rx", "not followed by CRLF"),
+        (b"1234567890abcdef0\r\n", "too large"),
+        (b"1;" + b"e" * 9000 + b"\r\n", "over 8192"),
+        (b"0\r\n" + b"X: y\r\n" * 2000, "over 8192"),
+        (b"0\r\nX\n", "bare LF in trailer"),
+        (b"0\r\nX\rY", "trailer line not ended"),
+        (b"0\r\n\rx", "last chunk not ended"),
+        (b"0\r\n\r\nHTTP/1.1 200 OK\r\n", "after the end"),
+    ],
+)
+def test_malformed_chunking_raises(sse, body, message):
+    for step in (1, len(body)):
+        for obj in (sse.EventParser(chunked=True), sse.StreamObserver()):
+            with pytest.raises(sse.SSEError, match=message):
+                for i in range(0, len(body), step):
+                    obj.feed(body[i : i + step])
+            with pytest.raises(sse.SSEError, match=message):
+                obj.close()
+
+
+def test_truncated_chunked_body_is_not_complete(sse):
+    p = sse.EventParser(chunked=True)
+    assert p.feed(b"8\r\ndata: a\n") == []
+    assert p.close() == [ev(b"a")]
+    assert not p.complete
+    o = sse.StreamObserver()
+    o.feed(b"8\r\ndata: a\n")
+    assert o.close() == b""
+    assert not o.complete
+    assert o.events == 1
+
+
+# ---- observe mode --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+@pytest.mark.parametrize("step", [1, 5, 64, 10000])
+def test_observer_returns_the_same_object(sse, chunked, step):
+    data = frame(CHAT, 33) if chunked else CHAT
+    o = sse.StreamObserver(chunked=chunked)
+    for i in range(0, len(data), step):
+        piece = data[i : i + step]
+        assert o.feed(piece) is piece
+    assert o.close() == b""
+    assert o.events == 4
+    assert o.done
+    assert o.complete
+    assert json.loads(o.usage) == {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}
+    assert o.usage == o.first_usage
+    assert o.error is None
+    assert o.elided == 0
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_elide_mode_without_usage_chunk_is_zero_copy_on_event_boundaries(sse, chunked):
+    o = sse.StreamObserver(chunked=chunked, elide_injected_usage=True)
+    for block in CHAT_WITHOUT_USAGE.split(b"\n\n")[:-1]:
+        piece = block + b"\n\n"
+        if chunked:
+            piece = b"%x\r\n%s\r\n" % (len(piece), piece)
+        assert o.feed(piece) is piece
+    end = b"0\r\n\r\n" if chunked else b""
+    assert o.feed(end) is end
+    assert o.close() == b""
+    assert o.elided == 0
+    assert o.done
+
+
+def test_keepalive_comments_pass_byte_for_byte(sse):
+    data = b": ping\r\n\r\n:\n\n" + CHAT + b": bye"
+    for elide in (False, True):
+        for step in (1, 3, 1000):
+            o = sse.StreamObserver(chunked=False, elide_injected_usage=elide)
+            out = observe(o, data, step)
+            assert out == (data.replace(b"data: " + USAGE_ONLY + b"\n\n", b"") if elide else data)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_elision_at_every_split_position(sse, chunked):
+    data = frame(CHAT, 50) if chunked else CHAT
+    for cut in range(len(data) + 1):
+        o = sse.StreamObserver(chunked=chunked, elide_injected_usage=True)
+        out = [o.feed(data[:cut]), o.feed(data[cut:]), o.close()]
+        payload = dechunk(b"".join(out)) if chunked else b"".join(out)
+        assert payload == CHAT_WITHOUT_USAGE, cut
+        assert o.elided == 1
+        assert o.done
+        assert json.loads(o.usage)["total_tokens"] == 12
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+@pytest.mark.parametrize("step", [1, 2, 7, 40])
+def test_elision_in_small_pieces(sse, chunked, step):
+    data = frame(CHAT, 9, upper=True, ext=b";e=1") if chunked else CHAT
+    o = sse.StreamObserver(chunked=chunked, elide_injected_usage=True)
+    out = observe(o, data, step)
+    assert (dechunk(out) if chunked else out) == CHAT_WITHOUT_USAGE
+    assert (o.elided, o.events, o.done, o.complete) == (1, 4, True, True)
+
+
+@pytest.mark.parametrize("ending", [b"\r\n\r\n", b"\r\r", b"\n\n", b"\r\n", b"\n", b""])
+@pytest.mark.parametrize("chunked", [False, True])
+def test_elision_of_the_last_event_with_any_ending(sse, ending, chunked):
+    head = b"data: " + CHUNK % b"a" + b"\r\n\r\n"
+    data = head + b"data: " + USAGE_ONLY + ending
+    body = frame(data, 16) if chunked else data
+    for step in (1, 3, 16, 1000):
+        o = sse.StreamObserver(chunked=chunked, elide_injected_usage=True)
+        out = observe(o, body, step)
+        assert (dechunk(out) if chunked else out) == head
+        assert o.elided == 1
+
+
+def test_elision_keeps_trailers(sse):
+    body = frame(CHAT, 21, trailers=b"X-Checksum: abc\r\n")
+    for step in (1, 4, 10000):
+        o = sse.StreamObserver(elide_injected_usage=True)
+        out = observe(o, body, step)
+        assert out.endswith(b"0\r\nX-Checksum: abc\r\n\r\n")
+        assert dechunk(out) == CHAT_WITHOUT_USAGE
+
+
+def test_only_the_usage_only_chunk_is_elided(sse):
+    kept = [
+        b"event: x\ndata: " + USAGE_ONLY + b"\n\n",  # a typed event is never the OpenAI chunk
+        b"data: " + USAGE_ONLY.replace(b'"choices":[]', b'"choices":[{"index":0}]') + b"\n\n",
+        b"data: " + USAGE_ONLY.replace(b'"usage":{', b'"x":{"usage":{') + b"}\n\n",  # nested
+        b'data: {"choices":[],"usage":null}\n\n',
+        b'data: {"a":{"choices":[]},"usage":{"t":1}}\n\n',
+    ]
+    for block in kept:
+        o = sse.StreamObserver(chunked=False, elide_injected_usage=True)
+        assert observe(o, block, 5) == block
+        assert o.elided == 0
+    spaced = b'data: { "choices" : [ ] , "usage" : { "t" : 1 } }\n\n'
+    o = sse.StreamObserver(chunked=False, elide_injected_usage=True)
+    assert observe(o, b"data: [DONE]\n\n" + spaced) == b"data: [DONE]\n\n"
+    assert o.elided == 1
+
+
+def test_an_unfinished_event_over_the_hold_limit_is_released(sse):
+    from gwcore._sse_py import HOLD_LIMIT
+
+    big = b'data: {"choices":[{"delta":{"content":"' + b"x" * HOLD_LIMIT + b'"}}]}\n\n'
+    data = big + b"data: " + USAGE_ONLY + b"\n\n" + big
+    o = sse.StreamObserver(chunked=False, elide_injected_usage=True)
+    assert observe(o, data, 4096) == big + big
+    assert o.elided == 1
+
+
+def test_usage_null_does_not_overwrite_and_first_usage_is_kept(sse):
+    data = (
+        b'data: {"usage":null}\n\n'
+        b'data: {"usage":{"a":1}}\n\n'
+        b'data: {"usage":null}\n\n'
+        b'data: {"usage" : {"a":2, "n":{"x":"}\\"{"}}}\n\n'
+        b'data: {"usage":null}\n\n'
+    )
+    for step in (1, 7, 1000):
+        o = sse.StreamObserver(chunked=False)
+        observe(o, data, step)
+        assert o.first_usage == b'{"a":1}'
+        assert o.usage == b'{"a":2, "n":{"x":"}\\"{"}}'
+        assert json.loads(o.usage) == {"a": 2, "n": {"x": '}"{'}}
+
+
+def test_usage_inside_a_string_is_not_a_key(sse):
+    data = (
+        b'data: {"choices":[{"delta":{"content":"the \\"usage\\":{ key"}}]}\n\n'
+        b'data: {"content":"\\\\\\"usage\\":{\\"a\\":1}","usage":null}\n\n'
+        b'data: {"t":"x\\\\","v":"\\"usage\\" : {}"}\n\n'
+        b'data: {"content":"say \\"usage\\"","b":{"c":{"usage":{"deep":1}}}}\n\n'
+        b'data: "\\"usage\\":{}"\n\n'
+        b'data: {"usage":{"a":\n\n'
+    )
+    o = sse.StreamObserver(chunked=False)
+    observe(o, data, 3)
+    assert o.usage is None
+    assert o.first_usage is None
+    assert o.events == 6
+
+
+def test_usage_per_dialect(sse):
+    anthropic = (
+        b"event: message_start\n"
+        b'data: {"type":"message_start","message":{"id":"m","usage":{"input_tokens":10,'
+        b'"output_tokens":1}}}\n\n'
+        b"event: message_delta\n"
+        b'data: {"type":"message_delta","delta":{},"usage":{"output_tokens":5}}\n\n'
+    )
+    responses = (
+        b"event: response.created\n"
+        b'data: {"type":"response.created","response":{"tools":[{"parameters":{"properties":'
+        b'{"usage":{"type":"string"}}}}],"usage":null}}\n\n'
+        b"event: response.completed\n"
+        b'data: {"type":"response.completed","response":{"usage":{"input_tokens":3}}}\n\n'
+    )
+    gemini = b'data: {"candidates":[],"usageMetadata":{"promptTokenCount":4}}\r\n\r\n'
+    cases = [
+        (anthropic, b'{"input_tokens":10,"output_tokens":1}', b'{"output_tokens":5}'),
+        (responses, b'{"input_tokens":3}', b'{"input_tokens":3}'),
+        (gemini, b'{"promptTokenCount":4}', b'{"promptTokenCount":4}'),
+    ]
+    for data, first, last in cases:
+        o = sse.StreamObserver(chunked=False)
+        observe(o, data, 11)
+        assert (o.first_usage, o.usage) == (first, last)
+
+
+def test_error_events(sse):
+    for data, error in [
+        (b'event: error\ndata: {"type":"error","error":{"message":"overloaded"}}\n\n', True),
+        (b'data: {"error":{"message":"boom","code":500}}\n\n', True),
+        (b'data: { "error" : null}\n\n', True),
+        (b"event: error\ndata: not json\n\n", True),
+        (b'data: {"id":"x","error":{}}\n\n', False),  # not the first key
+        (b'data: {"choices":[{"delta":{"content":"error"}}]}\n\n', False),
+        (b"event: error\n\n", False),  # no data: no event
+    ]:
+        o = sse.StreamObserver(chunked=False)
+        observe(o, data, 4)
+        expected = data.split(b"data: ")[1].rstrip(b"\n") if error else None
+        assert o.error == expected, data
+    o = sse.StreamObserver(chunked=False)
+    observe(o, b'data: {"error":1}\n\ndata: {"error":2}\n\n')
+    assert o.error == b'{"error":1}'  # the first error is the cause
+
+
+def test_done_needs_the_exact_data(sse):
+    for data, done in [
+        (b"data: [DONE]\n\n", True),
+        (b"data:[DONE]", True),
+        (b"data: [DONE] \n\n", False),
+        (b"data: [DONE]\ndata: x\n\n", False),
+        (b": [DONE]\n\n", False),
+    ]:
+        o = sse.StreamObserver(chunked=False)
+        observe(o, data, 2)
+        assert o.done is done, data
+
+
+def test_observer_limit_skips_inspection_but_counts_and_passes(sse):
+    data = b'data: {"usage":{"a":1},"pad":"' + b"p" * 200 + b'"}\n\ndata: [DONE]\n\n'
+    for step in (1, 50, 1000):
+        o = sse.StreamObserver(chunked=False, max_event_size=100)
+        assert observe(o, data, step) == data
+        assert (o.events, o.usage, o.done) == (2, None, True)
+
+
+def test_observer_over_chunked_bom_and_crlf(sse):
+    data = b"\xef\xbb\xbfdata: " + USAGE_ONLY + b"\r\n\r\ndata: [DONE]\r\n\r\n"
+    body = frame(data, 5)
+    for step in (1, 2, 9, 1000):
+        o = sse.StreamObserver(elide_injected_usage=True)
+        out = observe(o, body, step)
+        assert dechunk(out) == b"\xef\xbb\xbfdata: [DONE]\r\n\r\n"
+        assert o.elided == 1
