@@ -11,12 +11,14 @@ where the body ends; the connection only counts a Content-Length. It never logs 
 retries once a response byte arrived.
 
 Listener protocol (see ``UpstreamListener``), all called from the event loop, in this order:
-``on_head(conn, status, headers, chunked, content_length)``, then ``on_data(data)`` zero or more
+``on_head(conn, status, headers, chunked, content_length)`` where ``conn`` is the request's
+``UpstreamExchange`` (the same object ``open_raw`` returns), then ``on_data(data)`` zero or more
 times, then at most one of ``on_eof()`` (the connection itself saw the body end: Content-Length
 reached, a bodiless response, or a close-delimited body's clean EOF) or ``on_error(GatewayError)``
 (502 closed mid-response, 504 idle timeout). The listener ends every exchange with
 ``conn.release()`` (back to the pool when reusable) or ``conn.close()`` (dropped at once); after
-either, it hears nothing. ``on_head`` may already call them.
+either, it hears nothing and further calls on ``conn`` are no-ops. ``on_head`` may already call
+them.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ __all__ = [
     "HOP_BY_HOP",
     "Origin",
     "UpstreamConnection",
+    "UpstreamExchange",
     "UpstreamListener",
     "UpstreamPool",
     "UpstreamResponse",
@@ -193,7 +196,7 @@ class UpstreamListener(Protocol):
 
     def on_head(
         self,
-        conn: UpstreamConnection,
+        conn: UpstreamExchange,
         status: int,
         headers: list[tuple[bytes, bytes]],
         chunked: bool,
@@ -233,15 +236,73 @@ def _bad_head(detail: str) -> GatewayError:
     )
 
 
+# -------------------------------------------------------------------------------------- exchange
+
+
+class UpstreamExchange:
+    """One request/response on a pooled connection: what ``open_raw`` returns and ``on_head`` gets.
+
+    The listener ends it with ``release()`` (the connection goes back to the pool when keep-alive
+    and complete, else it is closed) or ``close()`` (dropped at once, never pooled). Every method is
+    a no-op once the exchange ended, so a late call (say, a client disconnect after the release)
+    can never touch the connection's next exchange.
+    """
+
+    __slots__ = ("_conn", "_end", "reused")
+
+    def __init__(self, conn: UpstreamConnection) -> None:
+        self._conn = conn
+        self._end = 0  # 0 running, 1 released to the pool, 2 closed
+        self.reused = conn.reused  # ran on a pooled connection that had served before
+
+    @property
+    def origin(self) -> Origin:
+        return self._conn.origin
+
+    @property
+    def ended(self) -> bool:
+        return self._end != 0
+
+    @property
+    def closed(self) -> bool:
+        """The connection was dropped during or at the end of this exchange."""
+        return self._end == 2 or (self._end == 0 and self._conn.closed)
+
+    @property
+    def complete(self) -> bool:
+        """The connection itself saw the body end (Content-Length reached, bodiless response)."""
+        return self._end == 0 and self._conn.complete
+
+    def release(self) -> None:
+        if self._end == 0:
+            conn = self._conn
+            conn.release()
+            self._end = 2 if conn.closed else 1
+
+    def close(self) -> None:
+        if self._end == 0:
+            self._end = 2
+            self._conn.close()
+
+    def pause_reading(self) -> None:
+        if self._end == 0:
+            self._conn.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._end == 0:
+            self._conn.resume_reading()
+
+
 # ------------------------------------------------------------------------------------ connection
 
 
 class UpstreamConnection(asyncio.Protocol):
-    """One keep-alive connection to an origin. Created by ``UpstreamPool``; callers get one from
-    ``open_raw`` (or inside ``on_head``) and end the exchange with ``release()`` or ``close()``."""
+    """One keep-alive connection to an origin, owned by ``UpstreamPool``. Listeners never hold it:
+    they hold the ``UpstreamExchange`` of their request."""
 
     __slots__ = (
         "_counted",
+        "_exchange",
         "_head_buf",
         "_head_fut",
         "_header_handle",
@@ -273,6 +334,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._state = _CONNECTING
         self._listener: UpstreamListener | None = None
+        self._exchange: UpstreamExchange | None = None
         self._head_buf = b""
         self._head_fut: asyncio.Future | None = None
         self._header_handle: asyncio.TimerHandle | None = None
@@ -291,7 +353,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.reused = False  # served a request before (came from the pool)
         self.requests = 0
 
-    # ---- public, for the listener
+    # ---- for the exchange and the pool
 
     @property
     def closed(self) -> bool:
@@ -419,6 +481,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _send(self, data: bytes, listener: UpstreamListener, method: str) -> asyncio.Future:
         self._state = _HEAD
         self._listener = listener
+        self._exchange = UpstreamExchange(self)
         self._method = method
         self._head_buf = b""
         self.got_bytes = False
@@ -540,7 +603,7 @@ class UpstreamConnection(asyncio.Protocol):
         listener = self._listener
         fut = self._head_fut
         try:
-            listener.on_head(self, status, headers, chunked, length)
+            listener.on_head(self._exchange, status, headers, chunked, length)
         except BaseException as exc:
             self.close()
             if not fut.done():
@@ -673,7 +736,7 @@ class _BufferingListener:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, max_body: int) -> None:
         self.fut: asyncio.Future[UpstreamResponse] = loop.create_future()
-        self.conn: UpstreamConnection | None = None
+        self.conn: UpstreamExchange | None = None
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self._parts: list[bytes] = []
@@ -684,7 +747,7 @@ class _BufferingListener:
 
     def on_head(
         self,
-        conn: UpstreamConnection,
+        conn: UpstreamExchange,
         status: int,
         headers: list[tuple[bytes, bytes]],
         chunked: bool,
@@ -795,9 +858,9 @@ class UpstreamPool:
         headers: Sequence[tuple[str, str]],
         body: bytes,
         listener: UpstreamListener,
-    ) -> UpstreamConnection:
+    ) -> UpstreamExchange:
         """Send the request; return once the response head reached ``listener.on_head`` (which
-        already got the connection). The body then flows to the listener as raw bytes."""
+        already got the exchange). The body then flows to the listener as raw bytes."""
         data = build_request(origin, method, path, headers, body)
         fresh = False
         while True:
@@ -811,7 +874,7 @@ class UpstreamPool:
             except BaseException:
                 conn.close()
                 raise
-            return conn
+            return conn._exchange
 
     async def request(
         self,
@@ -914,6 +977,10 @@ class UpstreamPool:
                     f"{self.connect_timeout:g}s",
                     code="upstream_timeout",
                 ) from None
+            except BaseException:
+                if fut.done() and not fut.cancelled():
+                    self._wake(op)  # we were woken but leave: pass the turn on
+                raise
             finally:
                 if not fut.done():
                     fut.cancel()

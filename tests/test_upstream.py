@@ -253,7 +253,7 @@ def test_content_length_body_counted_then_pooled(arun):
             assert await asyncio.wait_for(rec.done, 2) == "eof"
             assert rec.head[2:] == (False, 100_000)
             assert rec.body == body
-            assert conn.reused is True and not conn.closed  # released into the pool
+            assert conn.ended and not conn.closed  # released into the pool
             assert stats(pool, mock)["idle"] == 1
             await pool.aclose()
 
@@ -272,6 +272,19 @@ def test_keep_alive_reuses_one_connection(arun):
             resp = await pool.request(o, "GET", "/v1/models")
             assert resp.status == 200
             assert mock.connections_opened == 1
+
+            # a late call on an ended exchange never touches the connection's next exchange
+            first = Recorder()
+            ex1 = await pool.open_raw(o, "POST", CHAT, JSON, STREAM_BODY, first)
+            await asyncio.wait_for(first.done, 2)
+            mock.scenarios.append(Scenario(pace_ms=5))
+            second = Recorder()
+            ex2 = await pool.open_raw(o, "POST", CHAT, JSON, STREAM_BODY, second)
+            assert ex1.ended and ex2.reused and not ex2.ended
+            ex1.pause_reading()
+            ex1.close()
+            assert await asyncio.wait_for(second.done, 2) == "complete"
+            assert not ex2.closed
             assert {r.connection for r in mock.requests} == {1}
             assert stats(pool, mock)["open"] == 1
             await pool.aclose()
@@ -382,7 +395,7 @@ def test_stale_pooled_connection_is_retried_once_on_a_fresh_one(arun):
             rec = Recorder()
             conn = await pool.open_raw(o, "POST", CHAT, JSON, STREAM_BODY, rec)
             assert await asyncio.wait_for(rec.done, 2) == "complete"
-            assert conn.reused is True  # released after use; it was fresh for this request
+            assert conn.reused is False and conn.ended  # ran on the fresh connection
             assert len(mock.requests) == 3
             assert [r.connection for r in mock.requests] == [1, 1, 2]
             assert stats(pool, mock)["open"] == 1
