@@ -1,0 +1,126 @@
+"""Property tests of the response-head finder, driven without sockets: whatever the read
+boundaries, the listener gets the right head and, after it, the very bytes objects received."""
+
+from __future__ import annotations
+
+import asyncio
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gwcore.upstream import Origin, UpstreamConnection, UpstreamPool
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def get_extra_info(self, name: str, default=None):
+        return default
+
+    def set_write_buffer_limits(self, high=None, low=None) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return self.aborted
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.head = None
+        self.data: list[bytes] = []
+        self.eof = 0
+        self.errors: list = []
+
+    def on_head(self, conn, status, headers, chunked, content_length):
+        self.head = (status, headers, chunked, content_length)
+
+    def on_data(self, data):
+        self.data.append(data)
+
+    def on_eof(self):
+        self.eof += 1
+
+    def on_error(self, exc):
+        self.errors.append(exc)
+
+
+def feed(response: bytes, cuts: list[int], method: str = "POST"):
+    loop = asyncio.new_event_loop()
+    try:
+        pool = UpstreamPool(header_timeout=None, idle_timeout=None)
+        conn = UpstreamConnection(pool, Origin("http", "127.0.0.1", 1), loop)
+        conn.connection_made(FakeTransport())
+        listener = Listener()
+        fut = conn._send(b"GET / HTTP/1.1\r\n\r\n", listener, method)
+        bounds = sorted({c for c in cuts if 0 < c < len(response)})
+        pieces = [
+            response[a:b] for a, b in zip([0, *bounds], [*bounds, len(response)], strict=True)
+        ]
+        for piece in pieces:
+            conn.data_received(piece)
+        return listener, pieces, fut
+    finally:
+        loop.close()
+
+
+HEADER = st.tuples(
+    st.sampled_from(["X-A", "x-request-id", "Server", "Set-Cookie"]),
+    st.text(alphabet="abcdefghij0123456789 -_/:;=", min_size=0, max_size=30).map(str.strip),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    body=st.binary(min_size=1, max_size=300),
+    headers=st.lists(HEADER, max_size=5),
+    interim=st.booleans(),
+    cuts=st.lists(st.integers(min_value=0, max_value=600), max_size=8),
+)
+def test_chunked_head_found_at_any_split(body, headers, interim, cuts):
+    head = b"HTTP/1.1 200 OK\r\n"
+    head += b"".join(f"{k}: {v}\r\n".encode() for k, v in headers)
+    head += b"Transfer-Encoding: chunked\r\n\r\n"
+    wire = b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body)
+    prefix = b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" if interim else b""
+    response = prefix + head + wire
+    listener, pieces, fut = feed(response, cuts)
+    assert fut.done() and fut.exception() is None
+    status, got_headers, chunked, length = listener.head
+    assert (status, chunked, length) == (200, True, None)
+    assert [(k.decode(), v.decode()) for k, v in got_headers[:-1]] == headers
+    assert b"".join(listener.data) == wire
+    # every piece wholly after the head is handed over as the same object, not a copy
+    head_end = len(prefix) + len(head)
+    offset = 0
+    for piece in pieces:
+        if offset >= head_end:
+            assert any(piece is d for d in listener.data)
+        offset += len(piece)
+    assert listener.eof == 0 and not listener.errors  # the scanner, not the connection, ends it
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    body=st.binary(min_size=0, max_size=200),
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=6),
+)
+def test_content_length_counted_at_any_split(body, cuts):
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+    listener, _, _ = feed(response, cuts)
+    assert listener.head[2:] == (False, len(body))
+    assert b"".join(listener.data) == body
+    assert listener.eof == 1 and not listener.errors
