@@ -32,26 +32,6 @@ __all__ = [
 class Request:
     """One parsed request; its body was read in full (and size-checked) before the handler runs."""
 
-    __slots__ = (
-        "_allow",
-        "_close",
-        "_complete",
-        "_error",
-        "_expect",
-        "_handler",
-        "_head",
-        "_keep_alive",
-        "_started_at",
-        "body",
-        "client",
-        "headers",
-        "http_version",
-        "method",
-        "path",
-        "query",
-        "request_id",
-    )
-
     method: str
     path: str
     query: str
@@ -60,6 +40,16 @@ class Request:
     request_id: str
     client: tuple[str, int] | None
     http_version: str
+
+    # Front-door bookkeeping, not for handlers (class defaults keep construction cheap).
+    _handler: Handler | None = None
+    _error: Response | None = None  # answer with this instead of running a handler
+    _close = False  # close the connection after answering (framing lost or rejected)
+    _complete = False  # the whole body has arrived
+    _expect = False  # the client waits for "100 Continue"
+    _head = False  # HEAD: headers only
+    _keep_alive = True
+    _started_at = 0.0
 
     def __init__(
         self,
@@ -80,16 +70,6 @@ class Request:
         self.request_id = request_id
         self.client = client
         self.http_version = http_version
-        # Front-door bookkeeping, not for handlers.
-        self._handler: Handler | None = None
-        self._error: Response | None = None  # answer with this instead of running a handler
-        self._close = False  # close the connection after answering (framing lost or rejected)
-        self._complete = False  # the whole body has arrived
-        self._expect = False  # the client waits for "100 Continue"
-        self._head = False  # HEAD: headers only
-        self._keep_alive = True
-        self._allow = ""
-        self._started_at = 0.0
 
     def json(self) -> Any:
         """The body parsed as JSON; malformed JSON is a 400 in the OpenAI shape."""

@@ -41,7 +41,9 @@ logger = logging.getLogger("gwcore.server")
 
 _EAGER_TASKS = sys.version_info >= (3, 12)  # asyncio.Task(eager_start=True)
 _STATUS = {code: status_line(code) for code in range(100, 600)}
+_STATUS_STR = {code: line.decode("latin-1") for code, line in _STATUS.items()}
 _CONNECTION = {True: b"connection: keep-alive\r\n", False: b"connection: close\r\n"}
+_CONNECTION_STR = {True: "connection: keep-alive\r\n", False: "connection: close\r\n"}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _TERMINATOR = b"0\r\n\r\n"
 _REQUEST_ID_OK = re.compile(r"[A-Za-z0-9._:\-]{1,128}").fullmatch
@@ -67,26 +69,28 @@ def _drop(data: bytes) -> None:
     """``write_raw`` for a HEAD request: the body is not sent."""
 
 
-def encode_headers(headers: list[tuple[str, str]] | None) -> bytes:
+def header_lines(headers: list[tuple[str, str]] | None) -> str:
     """``name: value\\r\\n`` lines; a CR or LF inside a name or value is refused."""
     if not headers:
-        return b""
+        return ""
     text = "".join([f"{name}: {value}\r\n" for name, value in headers])
     n = len(headers)
     if text.count("\n") != n or text.count("\r") != n:
         raise ValueError("CR or LF in a response header")
-    return text.encode("latin-1")
+    return text
 
 
-_CT_LINES: dict[str, bytes] = {}
+def encode_headers(headers: list[tuple[str, str]] | None) -> bytes:
+    return header_lines(headers).encode("latin-1")
 
 
-def _content_type_line(content_type: str) -> bytes:
-    line = _CT_LINES.get(content_type)
-    if line is None:
-        line = encode_headers([("content-type", content_type)]) if content_type else b""
-        if len(_CT_LINES) < 64:
-            _CT_LINES[content_type] = line
+_CT_LINES: dict[str, str] = {"application/json": "content-type: application/json\r\n", "": ""}
+
+
+def _content_type_line(content_type: str) -> str:
+    line = header_lines([("content-type", content_type)])
+    if len(_CT_LINES) < 64:
+        _CT_LINES[content_type] = line
     return line
 
 
@@ -115,17 +119,20 @@ class ServerState:
         self.cors_origins = frozenset(config.cors_origins)
         self.access_log = config.access_log
         self.shutting_down = False
-        self._server_line = encode_headers([("server", config.server_name)])
+        self._server_line = header_lines([("server", config.server_name)])
         self._second = -1
-        self.common = b""  # date + server lines, refreshed once a second
+        self.common = ""  # date + server lines, refreshed once a second
+        self.common_bytes = b""
         self._refresh_date()
-        self._ids = count(1)
-        self._id_prefix = os.urandom(6).hex()
+        # Deadlines are coarse: set from this clock (updated by the ticker), checked by the ticker.
+        self.now = loop.time()
+        self.ids = count(1)
+        self.id_prefix = os.urandom(6).hex()
         self._tick_interval = max(0.05, min(1.0, timeouts.header / 4, timeouts.keep_alive / 4))
         self._tick_handle: asyncio.TimerHandle | None = None
 
     def new_request_id(self) -> str:
-        return f"{self._id_prefix}{next(self._ids):08x}"
+        return f"{self.id_prefix}{next(self.ids):08x}"
 
     def cors_allows(self, origin: str | None) -> bool:
         return origin is not None and (self.cors_any or origin in self.cors_origins)
@@ -143,11 +150,12 @@ class ServerState:
         if now != self._second:
             self._second = now
             date = formatdate(now, usegmt=True)
-            self.common = f"date: {date}\r\n".encode("ascii") + self._server_line
+            self.common = f"date: {date}\r\n{self._server_line}"
+            self.common_bytes = self.common.encode("latin-1")
 
     def _tick(self) -> None:
         self._refresh_date()
-        now = self.loop.time()
+        now = self.now = self.loop.time()
         for conn in list(self.connections):
             deadline = conn._deadline
             if deadline and now >= deadline:
@@ -165,44 +173,31 @@ class ResponseChannel:
     run when the connection is lost before ``end()`` (also after ``abort()``).
     """
 
-    __slots__ = (
-        "_callbacks",
-        "_done",
-        "_ended",
-        "_flow_target",
-        "_head",
-        "_keep_alive",
-        "_proto",
-        "_status",
-        "_task",
-        "chunked",
-        "disconnected",
-        "loop",
-        "request",
-        "started",
-        "transport",
-        "write_raw",
-    )
-
     write_raw: Callable[[bytes], object]
+    started = False
+    disconnected = False
+    chunked = False  # the body is sent with chunked framing (known after start())
+    # Class defaults keep the per-request construction to three attribute stores.
+    _ended = False  # end() was called
+    _done = False  # end() or abort() was called
+    _keep_alive = False
+    _status = 0
+    _flow_target: FlowTarget | None = None
+    _callbacks: list[Callable[[], object]] | None = None
+    _task: asyncio.Task[Any] | None = None
 
     def __init__(self, proto: HttpProtocol, request: Request) -> None:
         self._proto = proto
         self.request = request
-        self.transport: asyncio.Transport = proto.transport  # type: ignore[assignment]
-        self.loop = proto._loop
-        self._head = request._head
-        self.write_raw = _drop if request._head else self.transport.write
-        self.started = False
-        self.disconnected = False
-        self.chunked = False
-        self._ended = False  # end() was called
-        self._done = False  # end() or abort() was called
-        self._keep_alive = False
-        self._status = 0
-        self._flow_target: FlowTarget | None = None
-        self._callbacks: list[Callable[[], object]] | None = None
-        self._task: asyncio.Task[Any] | None = None
+        self.write_raw = _drop if request._head else proto.transport.write  # type: ignore[union-attr]
+
+    @property
+    def transport(self) -> asyncio.Transport:
+        return self._proto.transport  # type: ignore[return-value]
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._proto._loop
 
     def start(
         self,
@@ -220,45 +215,37 @@ class ResponseChannel:
         keep_alive = req._keep_alive and not req._close and not proto._closing
         self.chunked = False
         if status < 200 or status in _NO_BODY_STATUS:
-            framing = b""
+            framing = ""
         elif content_length is not None:
-            framing = b"content-length: %d\r\n" % content_length
+            framing = f"content-length: {int(content_length)}\r\n"
         elif chunked and req.http_version == "1.1":
-            framing = b"transfer-encoding: chunked\r\n"
+            framing = "transfer-encoding: chunked\r\n"
             self.chunked = True
         else:  # the end of the body is the end of the connection
-            framing = b""
+            framing = ""
             keep_alive = False
-        head = b"".join(
-            (
-                _STATUS.get(status) or status_line(status),
-                proto._state.common,
-                b"x-request-id: ",
-                req.request_id.encode("latin-1"),
-                b"\r\n",
-                framing,
-                _CONNECTION[keep_alive],
-                proto._cors_line(req),
-                encode_headers(headers),
-                b"\r\n",
-            )
-        )
+        head = (
+            f"{_STATUS_STR.get(status) or status_line(status).decode('latin-1')}"
+            f"{proto._state.common}x-request-id: {req.request_id}\r\n{framing}"
+            f"{_CONNECTION_STR[keep_alive]}{proto._cors_lines(req)}{header_lines(headers)}\r\n"
+        ).encode("latin-1")
         self.started = True
         self._status = status
         self._keep_alive = keep_alive
         if not self.disconnected:
-            self.transport.write(head)
+            proto.transport.write(head)  # type: ignore[union-attr]
 
     def write(self, data: bytes) -> None:
         """Write ``data`` as one HTTP chunk (as is when not chunked); empty data is skipped."""
-        if not data or self._head or self._done or self.disconnected:
+        if not data or self.request._head or self._done or self.disconnected:
             return
+        transport = self._proto.transport
         if not self.chunked:
-            self.transport.write(data)
+            transport.write(data)  # type: ignore[union-attr]
         elif len(data) < _BIG_CHUNK:
-            self.transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+            transport.write(b"%x\r\n%s\r\n" % (len(data), data))  # type: ignore[union-attr]
         else:
-            self.transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+            transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))  # type: ignore[union-attr]
 
     def end(self, *, terminator_sent: bool = False) -> None:
         """The response is complete; the connection serves the next request or closes."""
@@ -267,8 +254,13 @@ class ResponseChannel:
         if not self.started:
             raise RuntimeError("end() before start()")
         self._done = self._ended = True
-        if self.chunked and not terminator_sent and not self._head and not self.disconnected:
-            self.transport.write(_TERMINATOR)
+        if (
+            self.chunked
+            and not terminator_sent
+            and not self.request._head
+            and not self.disconnected
+        ):
+            self._proto.transport.write(_TERMINATOR)  # type: ignore[union-attr]
         self._proto._response_done(self)
 
     def abort(self) -> None:
@@ -292,13 +284,14 @@ class ResponseChannel:
         if proto._write_paused:
             waiter = proto._drain_waiter
             if waiter is None:
-                waiter = proto._drain_waiter = self.loop.create_future()
+                waiter = proto._drain_waiter = proto._loop.create_future()
             await waiter
 
     def on_disconnect(self, callback: Callable[[], object]) -> None:
         """Run ``callback()`` once if the connection is lost before ``end()``."""
-        if self.disconnected and not self._ended:
-            self.loop.call_soon(callback)
+        if self.disconnected:
+            if not self._ended:
+                self._proto._loop.call_soon(callback)
         elif self._callbacks is None:
             self._callbacks = [callback]
         else:
@@ -323,6 +316,11 @@ class HttpProtocol(asyncio.Protocol):
         self._state = state
         self._loop = state.loop
         self._routes = state.routes
+        self._max_body = state.max_body
+        self._max_url = state.max_url
+        self._header_timeout = state.header_timeout
+        self._keep_alive_timeout = state.keep_alive_timeout
+        self._cors = bool(state.cors_origins)
         self._parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self._client: tuple[str, int] | None = None
@@ -347,7 +345,7 @@ class HttpProtocol(asyncio.Protocol):
         self._write_paused = False
         self._read_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
-        self._deadline = 0.0  # loop time; 0 = none
+        self._deadline = 0.0  # on the state's coarse clock; 0 = none
         self._deadline_408 = False  # on expiry answer 408 (a request was under way) or just close
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
@@ -364,7 +362,7 @@ class HttpProtocol(asyncio.Protocol):
         if isinstance(peer, tuple) and len(peer) >= 2:
             self._client = (peer[0], peer[1])
         state.connections.add(self)
-        self._deadline = self._loop.time() + state.header_timeout
+        self._deadline = state.now + state.header_timeout
         if state.shutting_down:
             self._closing = True
             transport.close()
@@ -405,9 +403,8 @@ class HttpProtocol(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             if not self._stopped:
                 self._reject(400, f"malformed HTTP request: {exc}")
-        else:
-            if self._in_head and self._head_bytes > self._state.head_guard:
-                self._reject(431, "request header fields too large")
+        if self._in_head and self._head_bytes > self._state.head_guard and not self._stopped:
+            self._reject(431, "request header fields too large")
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -426,23 +423,21 @@ class HttpProtocol(asyncio.Protocol):
             waiter.set_result(None)
         self._dispatch_pending()
 
-    # -- httptools callbacks --------------------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        if self._last_request or self._closing:
-            self._stopped = True
-            raise _StopParsing
-        self._in_head = True
-        self._head_bytes = 0
-        self._url = b""
-        self._headers = {}
-        self._nheaders = self._header_bytes = 0
-        self._deadline = self._loop.time() + self._state.header_timeout
-        self._deadline_408 = True
+    # -- httptools callbacks (no on_message_begin: on_url's first fragment starts a request) ---
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
-        if len(self._url) > self._state.max_url:
+        if self._in_head:  # a later fragment
+            url = self._url = self._url + url
+        else:
+            if self._last_request or self._closing:
+                self._stopped = True
+                raise _StopParsing
+            self._in_head = True
+            self._head_bytes = 0
+            self._url = url
+            self._deadline = self._state.now + self._header_timeout
+            self._deadline_408 = True
+        if len(url) > self._max_url:
             self._reject(414, "request URL too long")
             raise _StopParsing
 
@@ -463,122 +458,128 @@ class HttpProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         state = self._state
         parser = self._parser
+        headers = self._headers
+        self._headers = {}
+        self._nheaders = self._header_bytes = 0
         self._in_head = False
         raw_method = parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("latin-1")
         url = self._url
-        if url[:1] == b"/":
+        if url[0] != 47:  # not "/...": absolute-form or "*"
+            url = self._origin_form(url)
+        if b"?" in url:
             raw_path, _, raw_query = url.partition(b"?")
-        else:  # absolute-form or "*"
-            try:
-                parsed = httptools.parse_url(url)
-                raw_path, raw_query = parsed.path or b"", parsed.query or b""
-            except httptools.HttpParserInvalidURLError:
-                raw_path, raw_query = url, b""
+            query = raw_query.decode("latin-1")
+        else:
+            raw_path, query = url, ""
         path = raw_path.decode("latin-1")
         if "%" in path:
             path = unquote(path, encoding="latin-1")
-        headers = self._headers
+        keep_alive = parser.should_keep_alive()
+        if keep_alive and "connection" not in headers:
+            version = "1.1"  # HTTP/1.0 is keep-alive only with a Connection header
+        else:
+            version = parser.get_http_version()
+            if not keep_alive:
+                self._last_request = True
         request_id = headers.get("x-request-id")
         if request_id is None or not _REQUEST_ID_OK(request_id):
-            request_id = state.new_request_id()
-        req = Request(
-            method,
-            path,
-            raw_query.decode("latin-1"),
-            headers,
-            b"",
-            request_id,
-            self._client,
-            parser.get_http_version(),
-        )
-        keep_alive = req._keep_alive = parser.should_keep_alive()
-        if not keep_alive:
-            self._last_request = True
+            request_id = f"{state.id_prefix}{next(state.ids):08x}"
+        req = Request(method, path, query, headers, b"", request_id, self._client, version)
+        req._keep_alive = keep_alive
         self._req = req
         self._pending.append(req)
-        self._body = []
-        self._body_size = 0
-        self._discard_body = False
-        expect = "expect" in headers and headers["expect"].lower() == "100-continue"
-        length = headers.get("content-length")
-        has_body = "transfer-encoding" in headers or (length is not None and length != "0")
-        expect = expect and req.http_version == "1.1"
-
-        error: Response | None = None
         methods = self._routes.get(path)
-        if methods is None:
-            error = error_response(GatewayError(404, f"no route for {path}", code="not_found"))
-        else:
-            handler = methods.get(method)
-            if handler is None:
-                if method == "HEAD" and "GET" in methods:
-                    handler = methods["GET"]
-                    req._head = True
-                elif method == "OPTIONS":
-                    handler = self._options
-                else:
-                    allow = state.app.allow(path)
-                    error = error_response(
-                        GatewayError(405, f"method {method} not allowed for {path}"),
-                        [("allow", allow)],
-                    )
-            req._handler = handler
-        if (
-            error is None
-            and length is not None
-            and len(length) < 20
-            and int(length) > state.max_body
-        ):
-            error = error_response(GatewayError(413, "request body too large"))
-            req._close = True
-        if error is not None:
-            req._error = error
-            req._handler = None
-            if expect or req._close:
-                # The client may or may not send the body now: the framing is lost.
-                req._close = True
-                self._stopped = True
-                self._finish_message(req)
-                raise _StopParsing
-            self._discard_body = True
-        else:
-            req._expect = expect
-        if has_body:
-            self._deadline = self._loop.time() + state.body_timeout
-            if expect:
-                self._dispatch_pending()  # sends "100 Continue" when it is this request's turn
-        else:
-            self._deadline = 0.0
+        handler = methods.get(method) if methods is not None else None
+        if handler is None:
+            handler = self._route_miss(req, methods)
+        req._handler = handler
+        if "content-length" in headers or "transfer-encoding" in headers:
+            self._expect_body(req, headers)
 
     def on_body(self, body: bytes) -> None:
         if self._discard_body:
             return
         size = self._body_size + len(body)
-        if size > self._state.max_body:
+        if size > self._max_body:
             self._reject(413, "request body too large")
             raise _StopParsing
         self._body_size = size
         self._body.append(body)
-        self._deadline = self._loop.time() + self._state.body_timeout
+        self._deadline = self._state.now + self._state.body_timeout
 
     def on_message_complete(self) -> None:
         req = self._req
         if req is None:
             return
+        self._req = None
         body = self._body
         if body:
             req.body = body[0] if len(body) == 1 else b"".join(body)
             self._body = []
-        self._finish_message(req)
-
-    # -- service --------------------------------------------------------------------------------
-
-    def _finish_message(self, req: Request) -> None:
-        self._req = None
         req._complete = True
         self._deadline = 0.0
         self._dispatch_pending()
+
+    # -- request head details (off the hot path) -----------------------------------------------
+
+    @staticmethod
+    def _origin_form(url: bytes) -> bytes:
+        try:
+            parsed = httptools.parse_url(url)
+        except httptools.HttpParserInvalidURLError:
+            return url
+        path = parsed.path or b"/"
+        return path + b"?" + parsed.query if parsed.query else path
+
+    def _route_miss(self, req: Request, methods: dict[str, Handler] | None) -> Handler | None:
+        method, path = req.method, req.path
+        if methods is None:
+            req._error = error_response(GatewayError(404, f"no route for {path}", code="not_found"))
+            return None
+        if method == "HEAD" and "GET" in methods:
+            req._head = True
+            return methods["GET"]
+        if method == "OPTIONS":
+            return self._options
+        req._error = error_response(
+            GatewayError(405, f"method {method} not allowed for {path}"),
+            [("allow", self._state.app.allow(path))],
+        )
+        return None
+
+    def _expect_body(self, req: Request, headers: dict[str, str]) -> None:
+        """A body follows the head: check its declared size, answer ``Expect``, arm the timer."""
+        self._body_size = 0
+        self._discard_body = False
+        length = headers.get("content-length")
+        if length == "0" and "transfer-encoding" not in headers:
+            self._deadline = 0.0
+            return
+        expect = (
+            "expect" in headers
+            and headers["expect"].lower() == "100-continue"
+            and req.http_version == "1.1"
+        )
+        if req._error is None and length is not None and int(length) > self._max_body:
+            req._error = error_response(GatewayError(413, "request body too large"))
+            req._close = True
+        if req._error is not None:
+            if expect or req._close:
+                # The client may or may not send the body now: the framing is lost.
+                req._close = True
+                self._stopped = True
+                self._req = None
+                req._complete = True
+                self._dispatch_pending()
+                raise _StopParsing
+            self._discard_body = True
+        self._deadline = self._state.now + self._state.body_timeout
+        if expect:
+            req._expect = True
+            self._dispatch_pending()  # sends "100 Continue" when it is this request's turn
+
+    # -- service --------------------------------------------------------------------------------
 
     def _dispatch_pending(self) -> None:
         """Serve queued requests in order, then set reading and the idle deadline to match."""
@@ -598,27 +599,23 @@ class HttpProtocol(asyncio.Protocol):
                 self._serve(req)
         finally:
             self._dispatching = False
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
         if self._active is None and not pending:
             if self._closing:
-                transport.close()
+                self._stopped = True
+                self.transport.close()  # type: ignore[union-attr]
                 return
             if not self._in_head and self._req is None:
-                self._deadline = self._loop.time() + self._state.keep_alive_timeout
+                self._deadline = self._state.now + self._keep_alive_timeout
                 self._deadline_408 = False
-        # Stop reading while a whole request waits behind another, or the client is not reading.
-        self._set_reading(
-            not self._stopped and not self._write_paused and not (pending and pending[0]._complete)
-        )
+        # Read unless a whole request waits behind another, or the client is not reading.
+        reading = not (self._stopped or self._write_paused or (pending and pending[0]._complete))
+        if reading is self._read_paused:
+            self._set_reading(reading)
 
     def _set_reading(self, reading: bool) -> None:
-        if reading is not self._read_paused:
-            return  # already in that state
         transport = self.transport
-        if transport is None or transport.is_closing():
-            return
+        if reading is not self._read_paused or transport is None or transport.is_closing():
+            return  # already so, or moot
         if reading:
             transport.resume_reading()
         else:
@@ -638,12 +635,16 @@ class HttpProtocol(asyncio.Protocol):
         except Exception as exc:
             self._handler_failed(channel, exc)
             return
-        if result is None or isinstance(result, Response):
+        if result.__class__ is Response and not channel.started:
+            self._send(channel, result)  # the common case, inline
+        elif result is None or isinstance(result, Response):
             self._handler_returned(channel, result)
         elif _EAGER_TASKS:
             channel._task = asyncio.Task(
-                self._run(channel, result), loop=self._loop, eager_start=True
-            )  # type: ignore[call-arg]
+                self._run(channel, result),
+                loop=self._loop,
+                eager_start=True,  # type: ignore[call-arg]
+            )
         else:
             channel._task = self._loop.create_task(self._run(channel, result))
 
@@ -657,7 +658,10 @@ class HttpProtocol(asyncio.Protocol):
         except Exception as exc:
             self._handler_failed(channel, exc)
         else:
-            self._handler_returned(channel, result)
+            if result.__class__ is Response and not channel.started:
+                self._send(channel, result)
+            else:
+                self._handler_returned(channel, result)
         finally:
             channel._task = None
 
@@ -723,39 +727,44 @@ class HttpProtocol(asyncio.Protocol):
 
     def _send(self, channel: ResponseChannel, response: Response) -> None:
         """Write a complete response in one write and finish the request."""
-        req = channel.request
         if channel.disconnected:
             channel._done = True
             return
+        req = channel.request
         status = response.status
         body = response.body
         keep_alive = req._keep_alive and not req._close and not self._closing
+        content_type = _CT_LINES.get(response.content_type)
         try:
-            extra = encode_headers(response.headers)
-        except ValueError:
+            if content_type is None:
+                content_type = _content_type_line(response.content_type)
+            extra = header_lines(response.headers) if response.headers else ""
+            if self._cors:
+                extra += self._cors_lines(req)
+            if status < 200 or status in _NO_BODY_STATUS:
+                length = ""
+                body = b""
+            else:
+                length = f"content-length: {len(body)}\r\n"
+            head = (
+                f"{_STATUS_STR.get(status) or status_line(status).decode('latin-1')}"
+                f"{self._state.common}{content_type}{length}x-request-id: {req.request_id}\r\n"
+                f"{_CONNECTION_STR[keep_alive]}{extra}\r\n"
+            ).encode("latin-1")
+        except (ValueError, UnicodeEncodeError):
             logger.error("invalid response header (request_id=%s)", req.request_id)
-            response = internal_error()
-            status, body, extra = 500, response.body, b""
-        if status < 200 or status in _NO_BODY_STATUS:
-            length = b""
-            body = b""
-        else:
-            length = b"content-length: %d\r\n" % len(body)
-        head = b"%s%s%s%sx-request-id: %s\r\n%s%s%s\r\n" % (
-            _STATUS.get(status) or status_line(status),
-            self._state.common,
-            _content_type_line(response.content_type),
-            length,
-            req.request_id.encode("latin-1"),
-            _CONNECTION[keep_alive],
-            self._cors_line(req) if self._state.cors_origins else b"",
-            extra,
-        )
+            self._send(channel, internal_error())
+            return
         channel.started = channel._done = channel._ended = True
         channel._status = status
         channel._keep_alive = keep_alive
-        self.transport.write(head if req._head or not body else head + body)  # type: ignore[union-attr]
-        self._response_done(channel)
+        self.transport.write(head + body if body and not req._head else head)  # type: ignore[union-attr]
+        if self._active is channel and self._dispatching and keep_alive and not self._closing:
+            self._active = None  # the dispatch loop goes on with the next request
+            if self._state.access_log:
+                self._log_access(channel, "ok")
+        else:
+            self._response_done(channel)
 
     def _response_done(self, channel: ResponseChannel) -> None:
         if channel is not self._active:
@@ -766,8 +775,8 @@ class HttpProtocol(asyncio.Protocol):
         if not channel._keep_alive or self._closing:
             self._stopped = self._closing = True
             self.transport.close()  # type: ignore[union-attr]
-            return
-        self._dispatch_pending()
+        elif not self._dispatching:
+            self._dispatch_pending()
 
     def _abort(self) -> None:
         self._stopped = self._closing = True
@@ -799,10 +808,13 @@ class HttpProtocol(asyncio.Protocol):
                 rid = self._state.new_request_id()
             req = Request("", "", "", {}, b"", rid, self._client)
             self._pending.append(req)
+        self._req = None
         req._error = error_response(GatewayError(status, message))
         req._close = True
+        req._complete = True
         self._in_head = False
-        self._finish_message(req)
+        self._deadline = 0.0
+        self._dispatch_pending()
 
     def _deadline_passed(self) -> None:
         if self._active is not None or self.transport is None:
@@ -814,14 +826,13 @@ class HttpProtocol(asyncio.Protocol):
             self._stopped = self._closing = True
             self.transport.close()
 
-    def _cors_line(self, req: Request) -> bytes:
-        state = self._state
-        if not state.cors_origins:
-            return b""
+    def _cors_lines(self, req: Request) -> str:
+        if not self._cors:
+            return ""
         origin = req.headers.get("origin")
-        if not state.cors_allows(origin):
-            return b""
-        return encode_headers(
+        if not self._state.cors_allows(origin):
+            return ""
+        return header_lines(
             [
                 ("access-control-allow-origin", origin),  # type: ignore[list-item]
                 ("access-control-expose-headers", "x-request-id"),
@@ -871,7 +882,3 @@ class HttpProtocol(asyncio.Protocol):
             channel._task.cancel()
         if self.transport is not None:
             self.transport.abort()
-
-
-if TYPE_CHECKING:
-    _handler_check: Handler = HttpProtocol._options  # type: ignore[assignment]
