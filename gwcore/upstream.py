@@ -869,6 +869,7 @@ class UpstreamPool:
                 await conn._send(data, listener, method)
             except _StaleConnection:
                 # The upstream had closed this pooled connection before answering: once, afresh.
+                log.debug("pooled connection to %s was stale; retrying on a fresh one", origin)
                 fresh = True
                 continue
             except BaseException:
