@@ -8,13 +8,24 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from gwcore.testing.mock_upstream import MockUpstream, RecordedRequest, Scenario
+if TYPE_CHECKING:
+    from gwcore.testing.mock_upstream import MockUpstream, RecordedRequest, Scenario
 
 __all__ = ["MockUpstream", "RecordedRequest", "Scenario", "recorded_fixture", "run"]
 
 T = TypeVar("T")
+_LAZY = ("MockUpstream", "RecordedRequest", "Scenario")
+
+
+def __getattr__(name: str) -> Any:
+    # imported on first use, so ``python -m gwcore.testing.mock_upstream`` runs it only once
+    if name in _LAZY:
+        from gwcore.testing import mock_upstream
+
+        return getattr(mock_upstream, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def run(coro: Coroutine[Any, Any, T], *, use_uvloop: bool = False) -> T:
