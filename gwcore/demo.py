@@ -11,8 +11,6 @@ import uuid
 
 import orjson
 
-DEMO_MODELS = ("demo-model",)
-
 _ANSWER = (
     "Hello from gwcore's built-in demo model. No provider key is configured, so this canned "
     "answer is streamed by the gateway itself. Set OPENAI_API_KEY (or another provider's key) "

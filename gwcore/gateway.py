@@ -1,0 +1,247 @@
+"""The gateway's API handlers: ``/v1/chat/completions`` and ``/v1/models``, and what they share.
+
+It owns one request's decisions: validate the body, resolve the model to a provider, rewrite the
+request only when something must change (model name, ``stream_options.include_usage``), then relay
+the response (``gwcore.relay``) or answer from the built-in demo model. It also owns the shared
+state of a worker: the provider registry, the upstream pool and the usage sink.
+
+It never imports the server: handlers take the front door's request and channel by duck typing.
+It never forwards a client's credentials, and never asks an upstream for a compressed response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from gwcore.config import GatewayConfig, load_config
+from gwcore.demo import demo_completion, demo_stream_events, demo_usage
+from gwcore.errors import GatewayError
+from gwcore.providers import CREDENTIAL_HEADERS, ProviderRegistry
+from gwcore.relay import RelayedResponse, stream_headers
+from gwcore.upstream import HOP_BY_HOP, UpstreamPool
+from gwcore.usage import FanoutSink, LogSink, MemorySink, UsageRecord, UsageSink, usage_from_openai
+
+__all__ = ["Gateway"]
+
+log = logging.getLogger("gwcore.gateway")
+
+# Client headers never forwarded upstream: framing, credentials, and what the gateway sets itself.
+_NOT_FORWARDED = (
+    HOP_BY_HOP
+    | CREDENTIAL_HEADERS
+    | {"host", "content-length", "accept-encoding", "content-type", "accept", "cookie", "expect"}
+)
+
+
+class Gateway:
+    """One worker's gateway: configuration, providers, upstream pool, usage sink, handlers."""
+
+    def __init__(
+        self,
+        config: GatewayConfig | None = None,
+        *,
+        sink: UsageSink | None = None,
+        refresh_models: bool = True,
+    ) -> None:
+        self.config = config if config is not None else load_config(None, os.environ)
+        self.registry: ProviderRegistry = self.config.build_registry()
+        self.pool: UpstreamPool = self.config.build_pool()
+        self.memory = MemorySink()
+        self.sink: UsageSink = sink if sink is not None else FanoutSink([self.memory, LogSink()])
+        self.refresh_models = refresh_models
+
+    @classmethod
+    def from_file(cls, path: str | None, environ: Mapping[str, str] | None = None) -> Gateway:
+        return cls(load_config(path, os.environ if environ is None else environ))
+
+    # ---- lifecycle (App hooks)
+
+    async def startup(self) -> None:
+        if self.registry.demo_only:
+            log.warning(
+                "NO PROVIDER IS CONFIGURED: serving the built-in demo model only. Set "
+                "OPENAI_API_KEY (or another provider key, or --config) to route to real models."
+            )
+        else:
+            names = ", ".join(f"{p.name} ({p.kind})" for p in self.registry)
+            log.info("providers: %s", names)
+            if self.refresh_models:
+                await self.registry.refresh_models(self.pool)
+                self.registry.start_refresher(self.pool)
+
+    async def shutdown(self) -> None:
+        await self.pool.aclose()
+
+    # ---- handlers
+
+    def models(self, request: Any, channel: Any) -> None:
+        """``GET /v1/models``: every provider's models as ``provider/model``."""
+        _send_json(channel, orjson.dumps({"object": "list", "data": self.registry.list_models()}))
+
+    async def chat_completions(self, request: Any, channel: Any) -> Any:
+        started = time.perf_counter()
+        body = _json_object(request.body)
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise GatewayError(
+                400, "you must provide a model parameter", code="missing_model", param="model"
+            )
+        if not isinstance(body.get("messages"), list) or not body["messages"]:
+            raise GatewayError(
+                400, "messages must be a non-empty array", code="invalid_messages", param="messages"
+            )
+        stream = body.get("stream", False)
+        if stream is not None and not isinstance(stream, bool):
+            raise GatewayError(400, "stream must be a boolean", param="stream")
+        stream = bool(stream)
+        provider, upstream_model, rewritten = self.registry.resolve(model)
+        if provider.kind == "demo":
+            return await self._demo(request, channel, body, model, stream, started)
+        if provider.dialect != "openai_chat":
+            raise GatewayError(
+                501,
+                f"provider {provider.name!r} speaks {provider.dialect}; the translation path "
+                "is not available in this version",
+                type="invalid_request_error",
+                code="dialect_not_supported",
+            )
+
+        elide = False
+        if stream:
+            options = body.get("stream_options")
+            if options is not None and not isinstance(options, dict):
+                raise GatewayError(400, "stream_options must be an object", param="stream_options")
+            if not (options and options.get("include_usage") is True):
+                # Ask for usage anyway (the ledger needs it) and hide the answer from the client.
+                body["stream_options"] = {**(options or {}), "include_usage": True}
+                elide = True
+        if rewritten:
+            body["model"] = upstream_model
+        payload = orjson.dumps(body) if (elide or rewritten) else request.body
+
+        record = UsageRecord(
+            request_id=request.request_id,
+            provider=provider.name,
+            requested_model=model,
+            upstream_model=upstream_model,
+            route="relay",
+            stream=stream,
+        )
+        headers = provider.request_headers(_forwarded(request.headers))
+        headers += [
+            ("content-type", "application/json"),
+            ("accept", "text/event-stream" if stream else "application/json"),
+            ("accept-encoding", "identity"),
+            ("x-request-id", request.request_id),
+        ]
+        relay = RelayedResponse(
+            channel, record, self.sink, stream=stream, elide_usage=elide, started_at=started
+        )
+        channel.on_disconnect(relay.client_gone)
+        try:
+            await self.pool.open_raw(
+                provider.origin,
+                "POST",
+                provider.path("/chat/completions"),
+                headers,
+                payload,
+                relay,
+            )
+            await relay.ready
+        except GatewayError as exc:
+            _record_failure(record, self.sink, exc.status, exc.message, started, relay)
+            raise
+        except asyncio.CancelledError:  # the client went away before the upstream answered
+            _record_failure(record, self.sink, 499, "client disconnected", started, relay)
+            raise
+        return None
+
+    async def _demo(
+        self, request: Any, channel: Any, body: dict, model: str, stream: bool, started: float
+    ) -> Any:
+        record = UsageRecord(
+            request_id=request.request_id,
+            provider="demo",
+            requested_model=model,
+            upstream_model=model,
+            route="demo",
+            stream=stream,
+            status=200,
+        )
+        record.set_tokens(usage_from_openai(demo_usage(body)))
+        try:
+            if not stream:
+                _send_json(channel, demo_completion(body, model), [("x-gwcore-route", "demo")])
+                return None
+            options = body.get("stream_options")
+            include_usage = isinstance(options, dict) and options.get("include_usage") is True
+            channel.start(200, stream_headers("demo"), chunked=True)
+            for i, event in enumerate(demo_stream_events(body, model, include_usage)):
+                if i == 1:
+                    record.ttfb_ms = (time.perf_counter() - started) * 1000.0
+                channel.write(event)
+                await channel.drain()
+                await asyncio.sleep(0)  # one event per loop turn: a stream, not a blob
+            channel.end()
+        except BaseException:
+            record.aborted = True
+            record.error = "client disconnected"
+            raise
+        finally:
+            record.duration_ms = (time.perf_counter() - started) * 1000.0
+            self.sink.record(record)
+        return None
+
+
+def _send_json(channel: Any, body: bytes, headers: list[tuple[str, str]] | None = None) -> None:
+    channel.start(
+        200, [("content-type", "application/json"), *(headers or ())], content_length=len(body)
+    )
+    channel.write_raw(body)
+    channel.end()
+
+
+def _json_object(raw: bytes) -> dict:
+    if not raw:
+        raise GatewayError(400, "the request body is empty; expected a JSON object")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise GatewayError(400, f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise GatewayError(400, "the request body must be a JSON object")
+    return body
+
+
+def _forwarded(headers: Mapping[str, str]) -> list[tuple[str, str]]:
+    return [
+        (name, value)
+        for name, value in headers.items()
+        if name not in _NOT_FORWARDED and not name.startswith("proxy-")
+    ]
+
+
+def _record_failure(
+    record: UsageRecord,
+    sink: UsageSink,
+    status: int,
+    message: str,
+    started: float,
+    relay: RelayedResponse,
+) -> None:
+    """A request that ended before its response started still leaves exactly one record."""
+    if relay._recorded:
+        return
+    relay._recorded = True
+    record.status = record.status or status
+    record.error = record.error or message
+    record.aborted = status == 499
+    record.duration_ms = (time.perf_counter() - started) * 1000.0
+    sink.record(record)

@@ -1,0 +1,339 @@
+"""The relay: an upstream response in the client's dialect goes to the client as it arrives.
+
+It owns one relayed response: it is the upstream connection's listener (``on_head``, ``on_data``,
+``on_eof``, ``on_error``) and the client channel's flow target (``pause_reading``,
+``resume_reading``), so flow control is crossed without a task or a queue. On the hot path (an
+upstream chunked stream to an HTTP/1.1 client) each received ``bytes`` is fed to the scanner and the
+very same object is written to the client: one scanner call and one ``transport.write`` per piece.
+
+It never parses JSON per event, never re-frames a chunk unless an event is elided, never logs per
+chunk, and never lets an upstream connection that a client abandoned go back to the pool. It writes
+exactly one usage record per response, also for aborted ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httptools
+import orjson
+
+from gwcore.errors import GatewayError
+from gwcore.sse import StreamObserver
+from gwcore.upstream import UpstreamExchange
+from gwcore.usage import UsageRecord, UsageSink, usage_from_openai
+
+__all__ = ["RelayedResponse", "stream_headers", "upstream_error"]
+
+# What each upstream error status becomes for the client (before the first byte).
+_ERROR_TYPES = {
+    401: "authentication_error",
+    403: "authentication_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+}
+
+# Upstream response headers a client may see (everything else is the gateway's business).
+_PASS_HEADERS = frozenset(
+    {
+        b"openai-processing-ms",
+        b"openai-version",
+        b"openai-organization",
+        b"x-ratelimit-limit-requests",
+        b"x-ratelimit-limit-tokens",
+        b"x-ratelimit-remaining-requests",
+        b"x-ratelimit-remaining-tokens",
+        b"x-ratelimit-reset-requests",
+        b"x-ratelimit-reset-tokens",
+        b"retry-after",
+    }
+)
+
+_WAITING, _RAW, _FRAMED, _BODY, _ERROR, _DONE = range(6)
+
+
+def stream_headers(route: str) -> list[tuple[str, str]]:
+    """The head of every streamed chat response (no compression of event streams, ever)."""
+    return [
+        ("content-type", "text/event-stream; charset=utf-8"),
+        ("cache-control", "no-cache"),
+        ("x-accel-buffering", "no"),
+        ("x-gwcore-route", route),
+    ]
+
+
+def upstream_error(status: int, body: bytes) -> GatewayError:
+    """An upstream error response as the client's error: the upstream's status and message."""
+    message = code = param = None
+    try:
+        obj = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        obj = None
+    err = obj.get("error") if isinstance(obj, dict) else None
+    if isinstance(err, dict):
+        message = err.get("message")
+        code = err.get("code")
+        param = err.get("param")
+    elif isinstance(err, str):
+        message = err
+    elif isinstance(obj, dict) and isinstance(obj.get("message"), str):
+        message = obj["message"]
+    if not isinstance(message, str) or not message:
+        text = body[:200].decode("utf-8", "replace").strip()
+        message = f"upstream returned HTTP {status}" + (f": {text}" if text else "")
+    if status >= 500:
+        etype = "server_error"
+    else:
+        etype = _ERROR_TYPES.get(status, "invalid_request_error")
+    return GatewayError(
+        status if 400 <= status <= 599 else 502,
+        message,
+        type=etype,
+        code=code if isinstance(code, str) else None,
+        param=param if isinstance(param, str) else None,
+    )
+
+
+class _Dechunker:
+    """httptools walks a chunked body for the cold paths (errors, HTTP/1.0 clients, bodies)."""
+
+    __slots__ = ("complete", "out", "parser")
+
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+        self.complete = False
+        self.parser = httptools.HttpResponseParser(self)
+        self.parser.feed_data(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        self.out.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+    def feed(self, data: bytes) -> bytes:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            raise GatewayError(
+                502, f"upstream sent broken chunked framing: {exc}", code="upstream_bad_response"
+            ) from None
+        out, self.out = self.out, []
+        return b"".join(out)
+
+
+class RelayedResponse:
+    """Listener of one upstream exchange whose response is relayed to one client channel.
+
+    ``ready`` resolves once the client's response has started (the handler may return), or fails
+    with the ``GatewayError`` to answer with (an upstream error status, read in full first).
+    """
+
+    def __init__(
+        self,
+        channel: Any,
+        record: UsageRecord,
+        sink: UsageSink,
+        *,
+        stream: bool,
+        elide_usage: bool,
+        started_at: float,
+    ) -> None:
+        self.channel = channel
+        self.record = record
+        self.sink = sink
+        self.stream = stream
+        self.elide_usage = elide_usage
+        self.started_at = started_at
+        self.exchange: UpstreamExchange | None = None
+        self.observer: StreamObserver | None = None
+        self.ready: asyncio.Future[None] = channel.loop.create_future()
+        self._mode = _WAITING
+        self._dechunker: _Dechunker | None = None
+        self._kept: list[bytes] = []  # body of a non-streamed or error response
+        self._recorded = False
+        self._feed = None
+        self._write = None
+
+    # ---- upstream listener
+
+    def on_head(
+        self,
+        exchange: UpstreamExchange,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        chunked: bool,
+        content_length: int | None,
+    ) -> None:
+        self.exchange = exchange
+        self.record.status = status
+        self.record.ttfb_ms = (time.perf_counter() - self.started_at) * 1000.0
+        if chunked:
+            self._dechunker = _Dechunker()
+        if not 200 <= status < 300:
+            self._mode = _ERROR
+            return
+        channel = self.channel
+        passed = [
+            (k.decode("latin-1"), v.decode("latin-1"))
+            for k, v in headers
+            if k.lower() in _PASS_HEADERS
+        ]
+        if self.stream:
+            channel.start(status, stream_headers("relay") + passed, chunked=True)
+            self.observer = StreamObserver(
+                chunked=chunked and channel.chunked, elide_injected_usage=self.elide_usage
+            )
+            self._feed = self.observer.feed
+            if chunked and channel.chunked:
+                self._mode = _RAW
+                self._write = channel.write_raw
+            else:
+                self._mode = _FRAMED
+                self._write = channel.write
+        else:
+            ctype = "application/json"
+            for k, v in headers:
+                if k.lower() == b"content-type":
+                    ctype = v.decode("latin-1")
+            passed += [("content-type", ctype), ("x-gwcore-route", "relay")]
+            if chunked:
+                channel.start(status, passed, chunked=True)
+            else:
+                channel.start(status, passed, chunked=False, content_length=content_length)
+            self._mode = _BODY
+            self._write = channel.write_raw if (chunked == channel.chunked) else channel.write
+        channel.set_flow_target(self)
+        self.ready.set_result(None)
+
+    def on_data(self, data: bytes) -> None:
+        if self._mode == _RAW:  # the hot path
+            self._write(self._feed(data))
+            if self.observer.complete:
+                self._finish()
+            return
+        self._on_data_slow(data)
+
+    def _on_data_slow(self, data: bytes) -> None:
+        mode = self._mode
+        dechunker = self._dechunker
+        try:
+            payload = dechunker.feed(data) if dechunker is not None else data
+        except GatewayError as exc:
+            self.on_error(exc)
+            return
+        if mode == _FRAMED:
+            self._write(self._feed(payload))
+        elif mode == _BODY:
+            self._kept.append(payload)
+            self._write(data if self._write is self.channel.write_raw else payload)
+        elif mode == _ERROR:
+            self._kept.append(payload)
+        else:
+            return
+        if dechunker is not None and dechunker.complete:
+            self.on_eof()
+
+    def on_eof(self) -> None:
+        mode = self._mode
+        if mode == _ERROR:
+            self._mode = _DONE
+            self._release()
+            err = upstream_error(self.record.status, b"".join(self._kept))
+            self.record.error = err.message
+            self._write_record()
+            if not self.ready.done():
+                self.ready.set_exception(err)
+            return
+        if mode == _FRAMED:
+            tail = self.observer.close()
+            if tail:
+                self._write(tail)
+        self._finish()
+
+    def on_error(self, exc: GatewayError) -> None:
+        """The upstream failed after its head: a terminal error event, never a silent cut."""
+        mode = self._mode
+        self._mode = _DONE
+        self._close_upstream()
+        rec = self.record
+        rec.error = exc.message
+        rec.aborted = True
+        if mode == _ERROR or mode == _WAITING:
+            self._write_record()
+            if not self.ready.done():
+                self.ready.set_exception(exc)
+            return
+        channel = self.channel
+        if self.stream and mode in (_RAW, _FRAMED) and self.observer.at_boundary:
+            event = b"data: " + orjson.dumps(exc.to_dict()) + b"\n\n"
+            channel.write(event)
+            channel.end()
+        else:  # mid-chunk or non-streamed: only a broken connection tells the client the truth
+            channel.abort()
+        self._write_record()
+
+    # ---- client side
+
+    def pause_reading(self) -> None:
+        if self.exchange is not None:
+            self.exchange.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.exchange is not None:
+            self.exchange.resume_reading()
+
+    def client_gone(self) -> None:
+        """The client went away: close the upstream connection at once, record what was seen."""
+        if self._mode == _DONE:
+            return
+        self._mode = _DONE
+        self._close_upstream()
+        self.record.aborted = True
+        self.record.error = self.record.error or "client disconnected"
+        self._write_record()
+
+    # ---- endings
+
+    def _finish(self) -> None:
+        self._mode = _DONE
+        self._release()
+        channel = self.channel
+        # Raw chunked pass-through already forwarded the upstream's own last chunk.
+        channel.end(terminator_sent=channel.chunked and self._write is channel.write_raw)
+        self._write_record()
+
+    def _release(self) -> None:
+        if self.exchange is not None:
+            self.exchange.release()
+
+    def _close_upstream(self) -> None:
+        if self.exchange is not None:
+            self.exchange.close()
+
+    def _write_record(self) -> None:
+        if self._recorded:
+            return
+        self._recorded = True
+        rec = self.record
+        rec.duration_ms = (time.perf_counter() - self.started_at) * 1000.0
+        usage = None
+        observer = self.observer
+        if observer is not None:
+            raw = observer.usage
+            if raw is not None:
+                try:
+                    usage = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    usage = None
+        elif self._mode == _DONE and self._kept and rec.status < 300:
+            try:
+                body = orjson.loads(b"".join(self._kept))
+                usage = body.get("usage") if isinstance(body, dict) else None
+            except orjson.JSONDecodeError:
+                usage = None
+        if isinstance(usage, dict):
+            rec.set_tokens(usage_from_openai(usage))
+        self.sink.record(rec)
