@@ -83,10 +83,7 @@ def upstream_error(status: int, body: bytes) -> GatewayError:
     if not isinstance(message, str) or not message:
         text = body[:200].decode("utf-8", "replace").strip()
         message = f"upstream returned HTTP {status}" + (f": {text}" if text else "")
-    if status >= 500:
-        etype = "server_error"
-    else:
-        etype = _ERROR_TYPES.get(status, "invalid_request_error")
+    etype = "server_error" if status >= 500 else _ERROR_TYPES.get(status, "invalid_request_error")
     return GatewayError(
         status if 400 <= status <= 599 else 502,
         message,
@@ -261,7 +258,7 @@ class RelayedResponse:
         rec = self.record
         rec.error = exc.message
         rec.aborted = True
-        if mode == _ERROR or mode == _WAITING:
+        if mode in (_ERROR, _WAITING):
             self._write_record()
             if not self.ready.done():
                 self.ready.set_exception(exc)
