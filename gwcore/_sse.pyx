@@ -798,7 +798,11 @@ cdef class _Scanner:
             self._first_usage = PyBytes_FromStringAndSize(
                 <const char*>d + first_o, first_q - first_o
             )
-        return self._elide and top_usage and not self._blk_disq and has_empty_choices(d, i, n)
+        if not (self._elide and top_usage and not self._blk_disq):
+            return 0
+        # Elide only an event whose data is exactly one object with an empty top-level choices.
+        q = object_end(d, i, n)
+        return q > 0 and skip_ws(d, q, n) == n and has_empty_choices(d, i, n)
 
 
 @cython.final

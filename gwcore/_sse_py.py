@@ -672,7 +672,11 @@ class _Scanner:
         self._usage = d[last[0] : last[1]]
         if self._first_usage is None:
             self._first_usage = d[first[0] : first[1]]
-        return self._elide and top_usage and not self._blk_disq and _has_empty_choices(d, i)
+        if not (self._elide and top_usage and not self._blk_disq):
+            return False
+        # Elide only an event whose data is exactly one object with an empty top-level choices.
+        end = _object_end(d, i)
+        return end > 0 and _skip_ws(d, end) == n and _has_empty_choices(d, i)
 
 
 class EventParser(_Scanner):
