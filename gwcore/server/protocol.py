@@ -50,6 +50,7 @@ _REQUEST_ID_OK = re.compile(r"[A-Za-z0-9._:\-]{1,128}").fullmatch
 _METHODS = {m.encode(): m for m in ("GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH")}
 _NO_BODY_STATUS = frozenset((204, 304))
 _BIG_CHUNK = 16 * 1024  # write() frames smaller data by copying, larger by writelines
+_LINGER = 2.0  # seconds a half-closed connection waits for the client's EOF
 
 
 class ClientDisconnected(ConnectionError):
@@ -340,6 +341,8 @@ class HttpProtocol(asyncio.Protocol):
         self._active: ResponseChannel | None = None
         self._dispatching = False
         self._stopped = False  # ignore all further input
+        self._eof = False  # the client half-closed
+        self._lingering = False  # we half-closed and wait for the client's EOF
         self._last_request = False  # a request without keep-alive was parsed: no more after it
         self._closing = False  # close once the active response is done
         self._write_paused = False
@@ -383,7 +386,7 @@ class HttpProtocol(asyncio.Protocol):
             waiter.set_exception(ClientDisconnected("client disconnected"))
 
     def eof_received(self) -> bool:
-        self._stopped = True
+        self._stopped = self._eof = True
         if self._req is not None:  # a half-sent request will never complete
             self._pending.remove(self._req)
             self._req = None
@@ -588,7 +591,7 @@ class HttpProtocol(asyncio.Protocol):
         pending = self._pending
         self._dispatching = True
         try:
-            while self._active is None and pending and not self._write_paused:
+            while self._active is None and pending and not self._write_paused and not self._closing:
                 req = pending[0]
                 if not req._complete:
                     if req._expect:
@@ -599,10 +602,9 @@ class HttpProtocol(asyncio.Protocol):
                 self._serve(req)
         finally:
             self._dispatching = False
-        if self._active is None and not pending:
+        if self._active is None and (not pending or self._closing):
             if self._closing:
-                self._stopped = True
-                self.transport.close()  # type: ignore[union-attr]
+                self._close_after_response()
                 return
             if not self._in_head and self._req is None:
                 self._deadline = self._state.now + self._keep_alive_timeout
@@ -773,10 +775,25 @@ class HttpProtocol(asyncio.Protocol):
         if self._state.access_log:
             self._log_access(channel, "ok")
         if not channel._keep_alive or self._closing:
-            self._stopped = self._closing = True
-            self.transport.close()  # type: ignore[union-attr]
+            self._close_after_response()
         elif not self._dispatching:
             self._dispatch_pending()
+
+    def _close_after_response(self) -> None:
+        """Half-close, then drop input until the client's EOF (or a short linger): closing with
+        unread input would reset the connection and could destroy the response in flight."""
+        self._stopped = self._closing = True
+        transport = self.transport
+        if transport is None or transport.is_closing() or self._lingering:
+            return
+        if self._eof or not transport.can_write_eof():
+            transport.close()
+            return
+        self._lingering = True
+        transport.write_eof()
+        self._set_reading(True)
+        self._deadline = self._state.now + _LINGER
+        self._deadline_408 = False
 
     def _abort(self) -> None:
         self._stopped = self._closing = True
