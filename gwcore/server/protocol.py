@@ -893,6 +893,10 @@ class HttpProtocol(asyncio.Protocol):
             self._stopped = True
             self.transport.close()
 
+    def close_if_lingering(self) -> None:
+        if self._lingering and self.transport is not None:
+            self.transport.close()
+
     def force_close(self) -> None:
         channel = self._active
         if channel is not None and channel._task is not None:

@@ -91,6 +91,8 @@ async def _drain(server: asyncio.AbstractServer, state: ServerState, timeout: fl
     loop = state.loop
     deadline = loop.time() + timeout
     while state.connections and loop.time() < deadline:
+        for conn in list(state.connections):
+            conn.close_if_lingering()  # its response is out: do not wait for the client's EOF
         await asyncio.sleep(0.02)
     if state.connections:
         logger.warning(
