@@ -1,0 +1,352 @@
+"""The relay fast path end to end: real sockets, the mock upstream, gwcore in between."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+from gateway_harness import CHUNK_END, chat_body, gateway_with_mock, raw_post
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gwcore.testing import Scenario, recorded_fixture, run
+
+OPENAI_STREAM = recorded_fixture(__file__, "openai", "chat_completion_stream.txt")
+GROQ_STREAM = recorded_fixture(__file__, "groq", "chat_completion_stream.txt")
+needs_recorded = pytest.mark.skipif(
+    OPENAI_STREAM is None or GROQ_STREAM is None,
+    reason="shared/fixtures/recorded is not beside this checkout",
+)
+
+
+def _events(payload: bytes) -> list[bytes]:
+    return [e for e in payload.replace(b"\r\n", b"\n").split(b"\n\n") if e.strip()]
+
+
+def _usage_of(payload: bytes) -> dict | None:
+    usage = None
+    for event in _events(payload):
+        data = event.removeprefix(b"data: ")
+        if data.startswith(b"{"):
+            obj = orjson.loads(data)
+            if obj.get("usage"):
+                usage = obj["usage"]
+    return usage
+
+
+def _wire(pieces: list[bytes]) -> bytes:
+    return b"".join(b"%x\r\n%b\r\n" % (len(p), p) for p in pieces if p) + CHUNK_END
+
+
+def _pieces(body: bytes, cuts: list[int]) -> list[bytes]:
+    out, prev = [], 0
+    for pos in sorted(set(cuts)):
+        if 0 < pos < len(body) and pos > prev:
+            out.append(body[prev:pos])
+            prev = pos
+    out.append(body[prev:])
+    return out
+
+
+# ---- byte identity and elision, any split -------------------------------------------------------
+
+
+@needs_recorded
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+def test_stream_relayed_byte_identical_for_any_split(data):
+    """The client asked for usage itself: every upstream byte reaches it unchanged, framing too."""
+    body = data.draw(st.sampled_from([OPENAI_STREAM, GROQ_STREAM])).read_bytes()
+    cuts = data.draw(st.lists(st.integers(1, len(body) - 1), max_size=12))
+
+    async def main():
+        async with gateway_with_mock() as h:
+            h.mock.scenarios.append(Scenario.replay(body, split_at=cuts))
+            resp = await raw_post(h.host, h.port, chat_body(True, include_usage=True))
+            assert resp.status == 200
+            assert resp.body == _wire(_pieces(body, cuts))
+            assert resp.headers["x-gwcore-route"] == "relay"
+            assert resp.headers["cache-control"] == "no-cache"
+            assert resp.headers["x-accel-buffering"] == "no"
+            assert resp.headers["content-type"].startswith("text/event-stream")
+            assert "content-encoding" not in resp.headers
+            (rec,) = h.sink.records
+            expected = _usage_of(body)
+            if expected is None:
+                assert rec.prompt_tokens is None
+            else:
+                assert rec.prompt_tokens == expected["prompt_tokens"]
+                assert rec.completion_tokens == expected["completion_tokens"]
+                assert rec.total_tokens == expected["total_tokens"]
+            assert rec.status == 200 and not rec.aborted and rec.stream
+
+    run(main(), use_uvloop=True)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(cuts=st.lists(st.integers(1, 6000), max_size=10), ask=st.booleans())
+def test_injected_usage_chunk_elided_everything_else_unchanged(cuts, ask):
+    """A client that did not ask for usage never sees the usage chunk the gateway asked for; the
+    record still has the usage; every other byte of the payload passes unchanged."""
+
+    async def main():
+        async with gateway_with_mock(events=8) as h:
+            # The mock's own stream, as it answers a request that asks for usage.
+            upstream = await raw_post(h.mock.host, h.mock.port, chat_body(True, include_usage=True))
+            full = upstream.payload()
+            h.mock.scenarios.append(Scenario.replay(full, split_at=[c % len(full) for c in cuts]))
+            resp = await raw_post(h.host, h.port, chat_body(True, include_usage=ask or None))
+            assert resp.status == 200 and resp.complete
+            forwarded = h.mock.requests[-1].json()
+            assert forwarded["stream_options"] == {"include_usage": True}
+            usage_event = [e for e in _events(full) if b'"choices":[]' in e]
+            assert len(usage_event) == 1
+            expected = full if ask else full.replace(usage_event[0] + b"\n\n", b"", 1)
+            assert resp.payload() == expected
+            assert _events(resp.payload())[-1] == b"data: [DONE]"
+            (rec,) = h.sink.records
+            usage = orjson.loads(usage_event[0].removeprefix(b"data: "))["usage"]
+            assert (rec.prompt_tokens, rec.completion_tokens, rec.total_tokens) == (
+                usage["prompt_tokens"],
+                usage["completion_tokens"],
+                usage["total_tokens"],
+            )
+
+    run(main(), use_uvloop=True)
+
+
+def test_comments_and_pings_pass_through():
+    body = b': ping\n\ndata: {"choices":[]}\n\n: keep-alive\r\n\r\ndata: [DONE]\n\n'
+
+    async def main():
+        async with gateway_with_mock() as h:
+            h.mock.scenarios.append(Scenario.replay(body))
+            resp = await raw_post(h.host, h.port, chat_body(True, include_usage=True))
+            assert resp.payload() == body
+
+    run(main(), use_uvloop=True)
+
+
+# ---- the request side ----------------------------------------------------------------------------
+
+
+def test_request_forwarded_unchanged_when_nothing_must_change():
+    raw = (
+        b'{"model": "gpt-test",  "messages": [{"role":"user","content":"hi"}], "temperature": 0.70}'
+    )
+
+    async def main():
+        async with gateway_with_mock() as h:
+            resp = await raw_post(h.host, h.port, raw)
+            assert resp.status == 200
+            assert h.mock.requests[-1].body == raw  # same bytes, spacing and all
+
+    run(main(), use_uvloop=True)
+
+
+def test_qualified_model_rewritten_other_fields_kept():
+    async def main():
+        async with gateway_with_mock() as h:
+            body = chat_body(False, model="mock/gpt-test")
+            body.update(temperature=0.25, user="u-1", tools=[{"type": "function", "function": {}}])
+            resp = await raw_post(h.host, h.port, body)
+            assert resp.status == 200
+            sent = h.mock.requests[-1].json()
+            assert sent == {**body, "model": "gpt-test"}
+            (rec,) = h.sink.records
+            assert rec.requested_model == "mock/gpt-test" and rec.upstream_model == "gpt-test"
+
+    run(main(), use_uvloop=True)
+
+
+def test_client_credentials_never_forwarded():
+    async def main():
+        async with gateway_with_mock() as h:
+            await raw_post(
+                h.host,
+                h.port,
+                chat_body(False),
+                headers={"Authorization": "Bearer client-secret", "x-api-key": "client-secret"},
+            )
+            req = h.mock.requests[-1]
+            assert req.header("authorization") == "Bearer sk-provider-key"
+            assert req.header("x-api-key") is None
+            assert "client-secret" not in str(req.headers)
+            assert req.header("accept-encoding") == "identity"
+
+    run(main(), use_uvloop=True)
+
+
+def test_upstream_keepalive_connection_reused():
+    async def main():
+        async with gateway_with_mock() as h:
+            for _ in range(3):
+                resp = await raw_post(h.host, h.port, chat_body(True))
+                assert resp.status == 200 and resp.complete
+            assert len({r.connection for r in h.mock.requests}) == 1
+
+    run(main(), use_uvloop=True)
+
+
+# ---- non-streaming -------------------------------------------------------------------------------
+
+
+def test_non_streaming_relayed_as_received_with_usage():
+    async def main():
+        async with gateway_with_mock() as h:
+            direct = await raw_post(h.mock.host, h.mock.port, chat_body(False))
+            resp = await raw_post(h.host, h.port, chat_body(False))
+            assert resp.status == 200
+            assert resp.payload() == direct.payload()
+            usage = orjson.loads(direct.payload())["usage"]
+            (rec,) = h.sink.records
+            assert rec.prompt_tokens == usage["prompt_tokens"] and not rec.stream
+
+    run(main(), use_uvloop=True)
+
+
+# ---- errors --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "etype"),
+    [
+        (400, "invalid_request_error"),
+        (401, "authentication_error"),
+        (403, "authentication_error"),
+        (404, "not_found_error"),
+        (422, "invalid_request_error"),
+        (429, "rate_limit_error"),
+        (500, "server_error"),
+        (503, "server_error"),
+    ],
+)
+def test_upstream_error_status_before_first_byte(status, etype):
+    async def main():
+        async with gateway_with_mock() as h:
+            h.mock.scenarios.append(Scenario.error(status, "upstream says no", code="some_code"))
+            resp = await raw_post(h.host, h.port, chat_body(True))
+            assert resp.status == status
+            err = orjson.loads(resp.payload())["error"]
+            assert err["type"] == etype
+            assert err["message"] == "upstream says no"
+            assert err["code"] == "some_code"
+            (rec,) = h.sink.records
+            assert rec.status == status and rec.error == "upstream says no"
+
+    run(main(), use_uvloop=True)
+
+
+def test_upstream_unreachable_is_502():
+    async def main():
+        providers = [
+            {"name": "dead", "type": "openai_compatible", "base_url": "http://127.0.0.1:9/v1"}
+        ]
+        async with gateway_with_mock(providers=providers) as h:
+            resp = await raw_post(h.host, h.port, chat_body(True))
+            assert resp.status == 502
+            assert orjson.loads(resp.payload())["error"]["code"] == "upstream_unreachable"
+            (rec,) = h.sink.records
+            assert rec.status == 502
+
+    run(main(), use_uvloop=True)
+
+
+def test_upstream_header_timeout_is_504():
+    async def main():
+        async with gateway_with_mock(upstream={"header_timeout": 0.2}) as h:
+            h.mock.scenarios.append(Scenario(hang=True))
+            resp = await raw_post(h.host, h.port, chat_body(True))
+            assert resp.status == 504
+            assert orjson.loads(resp.payload())["error"]["type"] == "timeout_error"
+
+    run(main(), use_uvloop=True)
+
+
+def test_upstream_drop_after_first_byte_is_terminal_error_event():
+    async def main():
+        async with gateway_with_mock(events=6) as h:
+            full = (await raw_post(h.mock.host, h.mock.port, chat_body(True))).body
+            # Cut the wire right after the third chunk: an event and chunk boundary.
+            pos = 0
+            for _ in range(3):
+                eol = full.index(b"\r\n", pos)
+                pos = eol + 2 + int(full[pos:eol], 16) + 2
+            h.mock.scenarios.append(Scenario(drop_at=pos))
+            resp = await raw_post(h.host, h.port, chat_body(True))
+            assert resp.status == 200 and resp.complete  # a clean end of the chunked body
+            events = _events(resp.payload())
+            assert len(events) == 4
+            last = orjson.loads(events[-1].removeprefix(b"data: "))
+            assert last["error"]["code"] == "upstream_closed"
+            assert b"[DONE]" not in resp.payload()
+            (rec,) = h.sink.records
+            assert rec.aborted and rec.error
+
+    run(main(), use_uvloop=True)
+
+
+def test_upstream_drop_mid_chunk_breaks_the_client_connection():
+    """Mid-chunk no event can be appended honestly: the client sees a broken body, never a
+    clean-looking truncated one."""
+
+    async def main():
+        async with gateway_with_mock(events=6) as h:
+            h.mock.scenarios.append(Scenario(drop_at=150))
+            resp = await raw_post(h.host, h.port, chat_body(True))
+            assert resp.status == 200
+            assert not resp.complete
+            (rec,) = h.sink.records
+            assert rec.aborted
+
+    run(main(), use_uvloop=True)
+
+
+# ---- client disconnects --------------------------------------------------------------------------
+
+
+async def _disconnect_after(h, body: dict, *, read_bytes: int) -> float:
+    reader, writer = await asyncio.open_connection(h.host, h.port)
+    data = orjson.dumps(body)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(data), data)
+    )
+    await h.mock.wait_requests(1)
+    got = b""
+    while len(got) < read_bytes:
+        chunk = await reader.read(1024)
+        assert chunk
+        got += chunk
+    loop = asyncio.get_running_loop()
+    writer.transport.abort()
+    return loop.time()
+
+
+@pytest.mark.parametrize("when", ["before_head", "mid_stream"])
+def test_client_disconnect_closes_upstream_within_50ms(when):
+    async def main():
+        async with gateway_with_mock(events=200, pace_ms=5) as h:
+            if when == "before_head":
+                h.mock.scenarios.append(Scenario(hang=True))
+            t0 = await _disconnect_after(
+                h, chat_body(True), read_bytes=0 if when == "before_head" else 600
+            )
+            closed_at = await h.mock.wait_closed(1, timeout=2.0)
+            assert closed_at - t0 < 0.05
+            await asyncio.sleep(0.05)
+            stats = h.gateway.pool.stats()
+            assert all(s["idle"] == 0 and s["open"] == 0 for s in stats.values())
+            (rec,) = h.sink.records
+            assert rec.aborted
+
+    run(main(), use_uvloop=True)
