@@ -456,6 +456,16 @@ def test_usage_inside_a_string_is_not_a_key(sse):
     assert o.events == 6
 
 
+def test_usage_key_at_every_offset(sse):
+    # Covers the vectorised key search: its 32-byte steps and the byte-wise tail.
+    for k in range(0, 90):
+        for tail in (b"", b',"z":"' + b"y" * 40 + b'"'):
+            data = b'data: {"' + b"x" * k + b'":1,"usage":{"a":1}' + tail + b"}\n\n"
+            o = sse.StreamObserver(chunked=False)
+            assert o.feed(data) is data
+            assert o.usage == b'{"a":1}', (k, tail)
+
+
 def test_usage_per_dialect(sse):
     anthropic = (
         b"event: message_start\n"
