@@ -319,6 +319,8 @@ class HttpProtocol(asyncio.Protocol):
         self._routes = state.routes
         self._max_body = state.max_body
         self._max_url = state.max_url
+        self._max_headers = state.max_headers
+        self._max_header_bytes = state.max_header_bytes
         self._header_timeout = state.header_timeout
         self._keep_alive_timeout = state.keep_alive_timeout
         self._cors = bool(state.cors_origins)
@@ -447,8 +449,7 @@ class HttpProtocol(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._nheaders += 1
         self._header_bytes += len(name) + len(value)
-        state = self._state
-        if self._nheaders > state.max_headers or self._header_bytes > state.max_header_bytes:
+        if self._nheaders > self._max_headers or self._header_bytes > self._max_header_bytes:
             self._reject(431, "request header fields too large or too many")
             raise _StopParsing
         key = name.decode("latin-1").lower()
@@ -479,17 +480,16 @@ class HttpProtocol(asyncio.Protocol):
         if "%" in path:
             path = unquote(path, encoding="latin-1")
         keep_alive = parser.should_keep_alive()
-        if keep_alive and "connection" not in headers:
-            version = "1.1"  # HTTP/1.0 is keep-alive only with a Connection header
-        else:
-            version = parser.get_http_version()
-            if not keep_alive:
-                self._last_request = True
+        # HTTP/1.0 is keep-alive only with a Connection header: skip the costly version query.
+        fast = keep_alive and "connection" not in headers
+        version = "1.1" if fast else parser.get_http_version()
         request_id = headers.get("x-request-id")
         if request_id is None or not _REQUEST_ID_OK(request_id):
             request_id = f"{state.id_prefix}{next(state.ids):08x}"
         req = Request(method, path, query, headers, b"", request_id, self._client, version)
-        req._keep_alive = keep_alive
+        if not keep_alive:
+            req._keep_alive = False
+            self._last_request = True
         self._req = req
         self._pending.append(req)
         methods = self._routes.get(path)
