@@ -320,6 +320,7 @@ cdef class _Scanner:
     cdef Py_ssize_t _ltrue  # true length of the carried partial line (the observer may truncate)
     # the event in progress; its first data line stays in the piece while the piece is alive
     cdef bint _has_data, _doverflow, _d_inplace, _etype_error
+    cdef bint _typed  # observe mode: the event in progress has an event field
     cdef const unsigned char* _dptr
     cdef Py_ssize_t _dlen, _dtotal
     cdef Buf _dbuf
@@ -635,6 +636,7 @@ cdef class _Scanner:
         elif nl == 5 and memcmp(buf + s, b"event", 5) == 0:
             if self._observe:
                 self._blk_disq = True
+                self._typed = True
                 self._etype_error = e - vs == 5 and memcmp(buf + vs, b"error", 5) == 0
             elif e > vs:
                 self._etype = PyBytes_FromStringAndSize(<const char*>buf + vs, e - vs)
@@ -707,6 +709,7 @@ cdef class _Scanner:
                     buf_add(&self._prefix, self._hold.p, self._hold.n)
                     buf_clear(&self._hold)
             self._etype_error = False
+            self._typed = False
             self._blk = False
             self._blk_here = -1
             self._blk_disq = False
@@ -898,6 +901,22 @@ cdef class StreamObserver(_Scanner):
     @property
     def elided(self):
         return self._elided
+
+    @property
+    def at_boundary(self):
+        """The bytes returned so far end between two events (and two chunks): the relay may
+        append an event of its own, e.g. a terminal error, without corrupting the stream."""
+        if self._chunked:
+            if self._elide:  # a re-framed piece always ends between two chunks
+                if self._cst >= S_TRAILER:
+                    return False
+            elif self._cst != S_SIZE or self._cdigits:
+                return False
+        if 0 < self._bom < 3:
+            return False
+        if self._elide and self._blk and not self._blk_disq:
+            return True  # the event in progress is held back: the client has none of it
+        return not (self._line_open or self._has_data or self._typed)
 
     def feed(self, bytes data not None):
         cdef const unsigned char* d = <const unsigned char*>PyBytes_AS_STRING(data)

@@ -218,6 +218,7 @@ class _Scanner:
         "_seg_end",
         "_segs",
         "_term_at",
+        "_typed",
         "_usage",
     )
 
@@ -248,6 +249,7 @@ class _Scanner:
         self._doverflow = False
         self._etype: bytes | None = None
         self._etype_error = False
+        self._typed = False  # observe mode: the event in progress has an event field
         self._id: bytes | None = None
         self._out: list = []
         self._events = 0
@@ -542,6 +544,7 @@ class _Scanner:
         elif name == b"event":
             if self._observe:
                 self._blk_disq = True
+                self._typed = True
                 self._etype_error = buf[vs:e] == b"error"
             else:
                 self._etype = bytes(buf[vs:e]) or None
@@ -587,6 +590,7 @@ class _Scanner:
                     self._prefix += self._hold
                     self._hold.clear()
             self._etype_error = False
+            self._typed = False
             self._blk = False
             self._blk_here = -1
             self._blk_disq = False
@@ -750,6 +754,22 @@ class StreamObserver(_Scanner):
     @property
     def elided(self) -> int:
         return self._elided
+
+    @property
+    def at_boundary(self) -> bool:
+        """The bytes returned so far end between two events (and two chunks): the relay may
+        append an event of its own, e.g. a terminal error, without corrupting the stream."""
+        if self._chunked:
+            if self._elide:  # a re-framed piece always ends between two chunks
+                if self._cst >= _C_TRAILER:
+                    return False
+            elif self._cst != _C_SIZE or self._cdigits:
+                return False
+        if 0 < self._bom < 3:
+            return False
+        if self._elide and self._blk and not self._blk_disq:
+            return True  # the event in progress is held back: the client has none of it
+        return not (self._line_open or self._has_data or self._typed)
 
     def feed(self, data: bytes) -> bytes:
         self._begin(data)

@@ -541,3 +541,23 @@ def test_observer_over_chunked_bom_and_crlf(sse):
         out = observe(o, body, step)
         assert dechunk(out) == b"\xef\xbb\xbfdata: [DONE]\r\n\r\n"
         assert o.elided == 1
+
+
+def test_at_boundary_tracks_where_an_event_may_be_appended(sse):
+    o = sse.StreamObserver(chunked=False)
+    seen = []
+    for piece in [b"", b"data: a", b"\n", b"\n", b": ping\n", b"event: x\n", b"\n", b"\xef"]:
+        o.feed(piece)
+        seen.append(o.at_boundary)
+    assert seen == [True, False, False, True, True, False, True, False]
+    c = sse.StreamObserver()
+    seen = []
+    for piece in [b"9\r\ndata: a\n\n\r\n", b"1", b"\r\n", b"\n\r\n", b"0\r\n\r\n"]:
+        c.feed(piece)
+        seen.append(c.at_boundary)
+    assert seen == [True, False, False, True, False]
+    e = sse.StreamObserver(elide_injected_usage=True)
+    assert e.feed(b"9\r\ndata: a\n") == b""  # held back: the client has none of this event
+    assert e.at_boundary
+    assert e.feed(b"\n\r\n") == b"9\r\ndata: a\n\n\r\n"
+    assert e.at_boundary

@@ -292,3 +292,23 @@ def test_compiled_agrees_with_twin_on_valid_streams(sse_pair, stream, cuts, fram
             ("observe", {"chunked": chunked, "elide_injected_usage": True}),
         ):
             assert run(compiled, kind, kw, pieces) == run(twin, kind, kw, pieces)
+
+
+@SETTINGS
+@given(stream=streams(), cut=st.integers(0, 2000), framing=framings, elide=st.booleans())
+def test_at_boundary_means_an_appended_event_stands_alone(sse, stream, cut, framing, elide):
+    payload = stream[0]
+    error = b'data: {"error":{"message":"upstream failed"}}\n\n'
+    for chunked in (False, True):
+        data = frame(payload, *framing) if chunked else payload
+        o = sse.StreamObserver(chunked=chunked, elide_injected_usage=elide)
+        sent = o.feed(data[:cut])
+        if not o.at_boundary:
+            continue
+        tail = b"%x\r\n%s\r\n0\r\n\r\n" % (len(error), error) if chunked else error
+        p = sse.EventParser(chunked=chunked)
+        before = p.feed(sent)
+        # (the last event id persists, so only the type and the data are compared)
+        assert [e[:2] for e in p.feed(tail) + p.close()] == [(None, error[6:-2])]
+        q = sse.EventParser(chunked=chunked)
+        assert q.feed(sent + tail)[: len(before)] == before
