@@ -565,6 +565,27 @@ def test_handler_returning_nothing_is_500(port):
     assert c.response().status == 500
 
 
+def test_large_response_body_and_access_log(caplog):
+    app = App()
+    big = bytes(range(256)) * 4096  # 1 MiB
+
+    def large(request, channel):
+        return Response(200, big, content_type="application/octet-stream")
+
+    app.route("GET", "/large", large)
+    with (
+        caplog.at_level(logging.INFO, logger="gwcore.server"),
+        serve_in_thread(app, access_log=True) as p,
+    ):
+        c = Conn(p)
+        c.send(get("/large", "X-Request-Id: access-1\r\n"))
+        assert c.response().body == big
+        time.sleep(0.05)
+    lines = [r.getMessage() for r in caplog.records if "request_id=access-1" in r.getMessage()]
+    assert len(lines) == 1
+    assert "method=GET path=/large status=200" in lines[0]
+
+
 # -- request ids and CORS -----------------------------------------------------------------------
 
 

@@ -760,7 +760,13 @@ class HttpProtocol(asyncio.Protocol):
         channel.started = channel._done = channel._ended = True
         channel._status = status
         channel._keep_alive = keep_alive
-        self.transport.write(head + body if body and not req._head else head)  # type: ignore[union-attr]
+        transport = self.transport
+        if not body or req._head:
+            transport.write(head)  # type: ignore[union-attr]
+        elif len(body) < _BIG_CHUNK:
+            transport.write(head + body)  # type: ignore[union-attr]
+        else:  # no copy of a large body
+            transport.writelines((head, body))  # type: ignore[union-attr]
         if self._active is channel and self._dispatching and keep_alive and not self._closing:
             self._active = None  # the dispatch loop goes on with the next request
             if self._state.access_log:
