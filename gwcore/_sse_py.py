@@ -688,7 +688,10 @@ class EventParser(_Scanner):
 
     ``feed(data)`` returns the events completed by this piece as ``(event, data, id)`` tuples of
     ``bytes | None, bytes, bytes | None``: ``event`` is None for the default type ("message"),
-    ``id`` is the last event ID (None while empty). ``close()`` flushes at end of stream.
+    ``id`` is the last event ID (None while empty). ``close()`` flushes at end of stream; with
+    ``chunked=True`` the last chunk already ends the event stream and ``complete`` turns True after
+    the body's final CRLF. Raises ``SSEError`` on malformed chunked framing, on an event whose data
+    exceeds ``max_event_size`` or a line longer than that plus ``FIELD_SLACK``; errors are sticky.
     """
 
     __slots__ = ()
@@ -716,8 +719,21 @@ class StreamObserver(_Scanner):
     """Observe mode, for the zero-copy relay: watches the upstream body bytes on their way out.
 
     ``feed(data)`` returns what to write to the client: ``data`` itself (same object) unless an
-    elided event is in or straddles this piece. No per-event state is kept beyond counters and the
-    usage bytes; only a line or an elidable event straddling two pieces is buffered.
+    elided event is in or straddles this piece; ``close()`` returns bytes still owed at EOF. No
+    per-event state is kept beyond counters and the usage bytes; only a line or an elidable event
+    straddling two pieces is buffered.
+
+    Usage, every dialect at once: ``usage`` / ``first_usage`` are the last / first object value
+    of a ``"usage"`` or ``"usageMetadata"`` key at nesting depth <= 2 outside JSON strings (OpenAI
+    chat, Anthropic message_start.message / message_delta, Responses response.usage, Gemini);
+    ``"usage":null`` changes nothing. ``error`` is the data of the first ``event: error`` event or
+    event whose JSON object's first key is ``"error"``. An event whose data exceeds
+    ``max_event_size`` is counted and passed on but not inspected.
+
+    Elision (``elide_injected_usage``): an event without an ``event:`` field whose data is exactly
+    one JSON object with a top-level ``"choices":[]`` and a top-level ``"usage"`` object is removed
+    with its blank line; chunked output is re-framed around it, and an unfinished event is held
+    back until it is known (never more than ``HOLD_LIMIT`` bytes: a bigger one is released as is).
     """
 
     __slots__ = ()
