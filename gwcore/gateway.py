@@ -144,6 +144,7 @@ class Gateway:
         relay = RelayedResponse(
             channel, record, self.sink, stream=stream, elide_usage=elide, started_at=started
         )
+        relay.waiter = asyncio.current_task()
         channel.on_disconnect(relay.client_gone)
         try:
             await self.pool.open_raw(
@@ -155,6 +156,7 @@ class Gateway:
                 relay,
             )
             await relay.ready
+            relay.waiter = None
         except GatewayError as exc:
             _record_failure(record, self.sink, exc.status, exc.message, started, relay)
             raise

@@ -21,7 +21,7 @@ import httptools
 import orjson
 
 from gwcore.errors import GatewayError
-from gwcore.sse import StreamObserver
+from gwcore.sse import SSEError, StreamObserver
 from gwcore.upstream import UpstreamExchange
 from gwcore.usage import UsageRecord, UsageSink, usage_from_openai
 
@@ -93,6 +93,10 @@ def upstream_error(status: int, body: bytes) -> GatewayError:
     )
 
 
+def _broken_stream(exc: Exception) -> GatewayError:
+    return GatewayError(502, f"upstream sent a broken stream: {exc}", code="upstream_bad_response")
+
+
 class _Dechunker:
     """httptools walks a chunked body for the cold paths (errors, HTTP/1.0 clients, bodies)."""
 
@@ -153,6 +157,7 @@ class RelayedResponse:
         self._recorded = False
         self._feed = None
         self._write = None
+        self.waiter: asyncio.Task | None = None  # the handler, while it waits for the head
 
     # ---- upstream listener
 
@@ -207,7 +212,11 @@ class RelayedResponse:
 
     def on_data(self, data: bytes) -> None:
         if self._mode == _RAW:  # the hot path
-            self._write(self._feed(data))
+            try:
+                self._write(self._feed(data))
+            except SSEError as exc:
+                self.on_error(_broken_stream(exc))
+                return
             if self.observer.complete:
                 self._finish()
             return
@@ -218,12 +227,15 @@ class RelayedResponse:
         dechunker = self._dechunker
         try:
             payload = dechunker.feed(data) if dechunker is not None else data
+            if mode == _FRAMED:
+                self._write(self._feed(payload))
         except GatewayError as exc:
             self.on_error(exc)
             return
-        if mode == _FRAMED:
-            self._write(self._feed(payload))
-        elif mode == _BODY:
+        except SSEError as exc:
+            self.on_error(_broken_stream(exc))
+            return
+        if mode == _BODY:
             self._kept.append(payload)
             self._write(data if self._write is self.channel.write_raw else payload)
         elif mode == _ERROR:
@@ -244,10 +256,6 @@ class RelayedResponse:
             if not self.ready.done():
                 self.ready.set_exception(err)
             return
-        if mode == _FRAMED:
-            tail = self.observer.close()
-            if tail:
-                self._write(tail)
         self._finish()
 
     def on_error(self, exc: GatewayError) -> None:
@@ -287,6 +295,8 @@ class RelayedResponse:
         if self._mode == _DONE:
             return
         self._mode = _DONE
+        if self.exchange is None and self.waiter is not None:
+            self.waiter.cancel()  # still connecting or waiting for the head: stop that at once
         self._close_upstream()
         self.record.aborted = True
         self.record.error = self.record.error or "client disconnected"
@@ -298,6 +308,10 @@ class RelayedResponse:
         self._mode = _DONE
         self._release()
         channel = self.channel
+        if self.observer is not None:
+            tail = self.observer.close()  # anything an elision held back at the very end
+            if tail:
+                self._write(tail)
         # Raw chunked pass-through already forwarded the upstream's own last chunk.
         channel.end(terminator_sent=channel.chunked and self._write is channel.write_raw)
         self._write_record()

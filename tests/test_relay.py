@@ -275,7 +275,8 @@ def test_upstream_header_timeout_is_504():
 def test_upstream_drop_after_first_byte_is_terminal_error_event():
     async def main():
         async with gateway_with_mock(events=6) as h:
-            full = (await raw_post(h.mock.host, h.mock.port, chat_body(True))).body
+            direct = await raw_post(h.mock.host, h.mock.port, chat_body(True, include_usage=True))
+            full = direct.body  # the wire as the mock answers the gateway's request
             # Cut the wire right after the third chunk: an event and chunk boundary.
             pos = 0
             for _ in range(3):
@@ -296,15 +297,32 @@ def test_upstream_drop_after_first_byte_is_terminal_error_event():
 
 
 def test_upstream_drop_mid_chunk_breaks_the_client_connection():
-    """Mid-chunk no event can be appended honestly: the client sees a broken body, never a
-    clean-looking truncated one."""
+    """Raw pass-through cut mid-chunk: no event can be appended honestly, so the client sees a
+    broken body, never a clean-looking truncated one."""
+
+    async def main():
+        async with gateway_with_mock(events=6) as h:
+            h.mock.scenarios.append(Scenario(drop_at=150))
+            resp = await raw_post(h.host, h.port, chat_body(True, include_usage=True))
+            assert resp.status == 200
+            assert not resp.complete
+            (rec,) = h.sink.records
+            assert rec.aborted
+
+    run(main(), use_uvloop=True)
+
+
+def test_upstream_drop_mid_event_while_eliding_ends_with_error_event():
+    """When the gateway holds back an unfinished event (elision mode), a cut mid-event still
+    leaves the client at an event boundary: it gets the terminal error event and a clean end."""
 
     async def main():
         async with gateway_with_mock(events=6) as h:
             h.mock.scenarios.append(Scenario(drop_at=150))
             resp = await raw_post(h.host, h.port, chat_body(True))
-            assert resp.status == 200
-            assert not resp.complete
+            assert resp.status == 200 and resp.complete
+            last = _events(resp.payload())[-1]
+            assert orjson.loads(last.removeprefix(b"data: "))["error"]["code"] == "upstream_closed"
             (rec,) = h.sink.records
             assert rec.aborted
 

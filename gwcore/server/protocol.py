@@ -394,6 +394,10 @@ class HttpProtocol(asyncio.Protocol):
             self._req = None
         if self._active is None and not self._pending:
             return False  # close
+        if self._active is not None and self._active.started is False:
+            # As nginx does: a client that closes while its answer is being prepared has gone
+            # (clients do not half-close HTTP), so upstream work stops at once.
+            return False
         self._closing = True  # answer what arrived complete, then close
         return True
 
