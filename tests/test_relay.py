@@ -20,6 +20,13 @@ needs_recorded = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(autouse=True)
+def _scanner(sse, monkeypatch):
+    """Every relay test runs over the compiled scanner and over its pure-Python twin."""
+    monkeypatch.setattr("gwcore.relay.StreamObserver", sse.StreamObserver)
+    monkeypatch.setattr("gwcore.relay.SSEError", sse.SSEError)
+
+
 def _events(payload: bytes) -> list[bytes]:
     return [e for e in payload.replace(b"\r\n", b"\n").split(b"\n\n") if e.strip()]
 
