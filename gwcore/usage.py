@@ -61,6 +61,8 @@ class UsageRecord:
     created_at: float = field(default_factory=time.time)
     error: str | None = None
     aborted: bool = False
+    key_id: str | None = None  # the API key that authenticated the request ("master", a key id)
+    cost: float | None = None  # USD from the pricing table; None when a price or usage is unknown
 
     def set_tokens(self, tokens: Mapping[str, int | None]) -> None:
         """Take the token fields of a ``usage_from_*`` result (others are ignored)."""
