@@ -2,8 +2,9 @@
 
 It owns one request's decisions: validate the body, resolve the model to a provider, rewrite the
 request only when something must change (model name, ``stream_options.include_usage``), then relay
-the response (``gwcore.relay``) or answer from the built-in demo model. It also owns the shared
-state of a worker: the provider registry, the upstream pool and the usage sink.
+the response (``gwcore.relay``), translate it (``gwcore.translated``: Anthropic, Gemini) or answer
+from the built-in demo model. It also owns the shared state of a worker: the provider registry, the
+upstream pool and the usage sink.
 
 It never imports the server: handlers take the front door's request and channel by duck typing.
 It never forwards a client's credentials, and never asks an upstream for a compressed response.
@@ -25,6 +26,7 @@ from gwcore.demo import demo_completion, demo_stream_events, demo_usage
 from gwcore.errors import GatewayError
 from gwcore.providers import CREDENTIAL_HEADERS, ProviderRegistry
 from gwcore.relay import RelayedResponse, stream_headers
+from gwcore.translated import translated_completion
 from gwcore.upstream import HOP_BY_HOP, UpstreamPool
 from gwcore.usage import FanoutSink, LogSink, MemorySink, UsageRecord, UsageSink, usage_from_openai
 
@@ -105,12 +107,17 @@ class Gateway:
         if provider.kind == "demo":
             return await self._demo(request, channel, body, model, stream, started)
         if provider.dialect != "openai_chat":
-            raise GatewayError(
-                501,
-                f"provider {provider.name!r} speaks {provider.dialect}; the translation path "
-                "is not available in this version",
-                type="invalid_request_error",
-                code="dialect_not_supported",
+            return await translated_completion(
+                self.pool,
+                self.sink,
+                request,
+                channel,
+                body,
+                provider,
+                model,
+                upstream_model,
+                stream,
+                started,
             )
 
         elide = False
