@@ -221,10 +221,20 @@ def anthropic_message(model: str) -> bytes:
     )
 
 
-def anthropic_stream(model: str) -> bytes:
+def _text_pieces(deltas: int) -> list[str]:
+    """The canned answer in ``deltas`` pieces: one piece is the short canned sentence."""
+    if deltas <= 1:
+        return ["Hello from the mock"]
+    return [_WORDS[i % len(_WORDS)] for i in range(deltas)]
+
+
+def anthropic_stream(model: str, deltas: int = 1) -> bytes:
+    """An Anthropic Messages stream whose text comes in ``deltas`` ``text_delta`` events."""
+
     def ev(name: str, obj: dict) -> bytes:
         return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
 
+    pieces = _text_pieces(deltas)
     usage0 = {"input_tokens": 11, "output_tokens": 1}
     return b"".join(
         [
@@ -253,13 +263,16 @@ def anthropic_stream(model: str) -> bytes:
                 },
             ),
             ev("ping", {"type": "ping"}),
-            ev(
-                "content_block_delta",
-                {
-                    "type": "content_block_delta",
-                    "index": 0,
-                    "delta": {"type": "text_delta", "text": "Hello from the mock"},
-                },
+            *(
+                ev(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": 0,
+                        "delta": {"type": "text_delta", "text": piece},
+                    },
+                )
+                for piece in pieces
             ),
             ev("content_block_stop", {"type": "content_block_stop", "index": 0}),
             ev(
@@ -267,7 +280,7 @@ def anthropic_stream(model: str) -> bytes:
                 {
                     "type": "message_delta",
                     "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                    "usage": {"output_tokens": 5},
+                    "usage": {"output_tokens": 5 if deltas <= 1 else deltas},
                 },
             ),
             ev("message_stop", {"type": "message_stop"}),
@@ -291,6 +304,31 @@ def gemini_response(model: str) -> dict:
         },
         "modelVersion": model,
     }
+
+
+def gemini_stream(model: str, deltas: int = 1) -> bytes:
+    """A Gemini ``alt=sse`` stream: one event per text piece, each with the usage so far (as
+    Gemini sends it), the last with the finish reason. One piece: the canned single event."""
+    if deltas <= 1:
+        return _sse(gemini_response(model))
+    out = []
+    for i, piece in enumerate(_text_pieces(deltas)):
+        content = {"parts": [{"text": piece}], "role": "model"}
+        cand: dict[str, Any] = {"content": content, "index": 0}
+        if i == deltas - 1:
+            cand["finishReason"] = "STOP"
+        usage = {"promptTokenCount": 11, "candidatesTokenCount": i + 1, "totalTokenCount": 12 + i}
+        out.append(
+            _sse(
+                {
+                    "candidates": [cand],
+                    "usageMetadata": usage,
+                    "modelVersion": model,
+                    "responseId": "gemini-mock",
+                }
+            ).replace(b"\n\n", b"\r\n\r\n")  # Gemini ends its events with CRLF CRLF
+        )
+    return b"".join(out)
 
 
 # ------------------------------------------------------------------------------------ connection
@@ -402,8 +440,8 @@ class _MockConnection(asyncio.Protocol):
 
 class MockUpstream:
     """The mock provider. Attributes tests may set: ``scenarios`` (a deque of ``Scenario``, one per
-    request, FIFO), ``events`` (SSE events per default stream), ``pace_ms``, ``models``,
-    ``prompt_tokens``. Observations: ``requests``, ``connections_opened``, ``connections_closed``,
+    request, FIFO), ``events`` (SSE events per default stream), ``text_deltas`` (text deltas per
+    Anthropic / Gemini stream), ``pace_ms``, ``models``, ``prompt_tokens``. Observations: ``requests``, ``connections_opened``, ``connections_closed``,
     ``opened_at`` / ``closed_at`` (connection id -> loop time), ``open_connections``."""
 
     def __init__(
@@ -412,6 +450,7 @@ class MockUpstream:
         port: int = 0,
         *,
         events: int = 33,
+        text_deltas: int = 1,
         pace_ms: float = 0.0,
         record: bool = True,
         models: Sequence[str] = ("mock-model", "mock-model-mini"),
@@ -421,6 +460,7 @@ class MockUpstream:
         self.ssl_context = ssl_context
         self.port = port
         self.events = events
+        self.text_deltas = text_deltas
         self.pace_ms = pace_ms
         self.record = record
         self.models = list(models)
@@ -565,16 +605,37 @@ class MockUpstream:
         return self._scenario_plan(scenario, keep_alive)
 
     def _default_plan(self, req: RecordedRequest, keep_alive: bool) -> list | None:
-        """The cached fast path: an OpenAI chat stream at the default pace."""
+        """The cached fast path: an OpenAI chat or Anthropic stream at the default pace."""
         stream = self._chat_stream(req)
         if stream is None:
-            return None
+            return self._anthropic_plan(req, keep_alive)
         model, include_usage = stream
         key = (model, include_usage, self.events, self.pace_ms, self.prompt_tokens, keep_alive)
         plan = self._cache.get(key)
         if plan is None:
             events = chat_stream_events(model, self.events, include_usage, self.prompt_tokens)
             plan = self._scenario_plan(Scenario(body=b"".join(events)), keep_alive, events)
+            if len(self._cache) > 64:
+                self._cache.clear()
+            self._cache[key] = plan
+        return plan
+
+    def _anthropic_plan(self, req: RecordedRequest, keep_alive: bool) -> list | None:
+        if req.method != "POST" or not req.path.startswith("/v1/messages"):
+            return None
+        try:
+            payload = orjson.loads(req.body)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(payload, dict) or payload.get("stream") is not True:
+            return None
+        model = str(payload.get("model") or "mock-model")
+        key = ("anthropic", model, self.text_deltas, self.pace_ms, keep_alive)
+        plan = self._cache.get(key)
+        if plan is None:
+            plan = self._scenario_plan(
+                Scenario(body=anthropic_stream(model, self.text_deltas)), keep_alive
+            )
             if len(self._cache) > 64:
                 self._cache.clear()
             self._cache[key] = plan
@@ -617,11 +678,11 @@ class MockUpstream:
             )
         if req.method == "POST" and path.endswith("/messages"):
             if payload.get("stream") is True:
-                return Scenario(body=anthropic_stream(model))
+                return Scenario(body=anthropic_stream(model, self.text_deltas))
             return Scenario(body=anthropic_message(model), content_type=json_type, framing="length")
         if req.method == "POST" and ":streamGenerateContent" in path:
             gmodel = path.rsplit("/", 1)[-1].split(":", 1)[0]
-            return Scenario(body=_sse(gemini_response(gmodel)))
+            return Scenario(body=gemini_stream(gmodel, self.text_deltas))
         if req.method == "POST" and ":generateContent" in path:
             gmodel = path.rsplit("/", 1)[-1].split(":", 1)[0]
             body = orjson.dumps(gemini_response(gmodel))
@@ -770,6 +831,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9000)
     parser.add_argument("--events", type=int, default=33, help="SSE events per stream answer")
+    parser.add_argument(
+        "--text-deltas",
+        type=int,
+        default=1,
+        help="text deltas per Anthropic / Gemini stream answer (1: one canned sentence)",
+    )
     parser.add_argument("--pace-ms", type=float, default=0.0, help="pause between events")
     parser.add_argument("--record", action="store_true", help="keep received requests (memory)")
     parser.add_argument("--no-uvloop", action="store_true")
@@ -777,7 +844,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     async def serve() -> None:
         mock = MockUpstream(
-            args.host, args.port, events=args.events, pace_ms=args.pace_ms, record=args.record
+            args.host,
+            args.port,
+            events=args.events,
+            text_deltas=args.text_deltas,
+            pace_ms=args.pace_ms,
+            record=args.record,
         )
         await mock.start()
         print(f"mock upstream listening on {mock.base_url}", flush=True)
