@@ -24,11 +24,12 @@ import orjson
 from gwcore.config import GatewayConfig, load_config
 from gwcore.demo import demo_completion, demo_stream_events, demo_usage
 from gwcore.errors import GatewayError
+from gwcore.ledger import UsagePipeline
 from gwcore.providers import CREDENTIAL_HEADERS, ProviderRegistry
 from gwcore.relay import RelayedResponse, stream_headers
 from gwcore.translated import translated_completion
 from gwcore.upstream import HOP_BY_HOP, UpstreamPool
-from gwcore.usage import FanoutSink, LogSink, MemorySink, UsageRecord, UsageSink, usage_from_openai
+from gwcore.usage import MemorySink, UsageRecord, UsageSink, usage_from_openai
 
 __all__ = ["Gateway"]
 
@@ -56,7 +57,13 @@ class Gateway:
         self.registry: ProviderRegistry = self.config.build_registry()
         self.pool: UpstreamPool = self.config.build_pool()
         self.memory = MemorySink()
-        self.sink: UsageSink = sink if sink is not None else FanoutSink([self.memory, LogSink()])
+        # Priced records to memory, log, metrics and the ledger (configured from YAML + env).
+        self.usage = (
+            None
+            if sink is not None
+            else UsagePipeline.from_config(self.config, self.registry, self.memory)
+        )
+        self.sink: UsageSink = sink if sink is not None else self.usage
         self.refresh_models = refresh_models
 
     @classmethod
@@ -140,6 +147,7 @@ class Gateway:
             upstream_model=upstream_model,
             route="relay",
             stream=stream,
+            key_id=getattr(request, "key_id", None),
         )
         headers = provider.request_headers(_forwarded(request.headers))
         headers += [
@@ -183,6 +191,7 @@ class Gateway:
             route="demo",
             stream=stream,
             status=200,
+            key_id=getattr(request, "key_id", None),
         )
         record.set_tokens(usage_from_openai(demo_usage(body)))
         try:

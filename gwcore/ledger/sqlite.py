@@ -1,0 +1,235 @@
+"""The SQLite ledger: one file, WAL mode, written from a thread of its own.
+
+It owns the SQLite connections and the schema migration on SQLite. ``sqlite3`` blocks, so nothing
+here runs on the event loop: writes go to one writer thread (its own connection, ``BEGIN
+IMMEDIATE`` + ``INSERT OR IGNORE`` per batch), reads to one reader thread (WAL lets them run while
+a write is under way). Several processes may share the file: ``busy_timeout`` makes a writer wait
+for another's lock instead of failing at once; a batch that still fails is retried by the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from gwcore.ledger.schema import COLUMNS, MIGRATIONS
+from gwcore.ledger.store import (
+    KEY_COLUMNS,
+    ApiKey,
+    Queries,
+    UsageFilter,
+    day_rows,
+    model_rows,
+    page,
+    totals,
+)
+
+__all__ = ["SqliteStore"]
+
+T = TypeVar("T")
+
+_INSERT = (
+    f"INSERT OR IGNORE INTO usage_records ({', '.join(COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in COLUMNS)})"
+)
+_QUERIES = Queries(lambda n: "?", "strftime('%Y-%m-%d', created_at, 'unixepoch')")
+
+
+class SqliteStore:
+    kind = "sqlite"
+
+    def __init__(self, path: str, *, busy_timeout: float = 5.0) -> None:
+        self.path = path
+        self.display_url = f"sqlite:///{path}"
+        self.busy_timeout = busy_timeout
+        self._writer: ThreadPoolExecutor | None = None
+        self._reader: ThreadPoolExecutor | None = None
+        self._wcon: sqlite3.Connection | None = None
+        self._rcon: sqlite3.Connection | None = None
+
+    # ---- plumbing
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(
+            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=True
+        )
+        con.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        return con
+
+    async def _in(self, executor: ThreadPoolExecutor | None, fn: Callable[..., T], *args) -> T:
+        if executor is None:
+            raise RuntimeError("the SQLite ledger is not open")
+        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+
+    async def _write_op(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._in(self._writer, fn, *args)
+
+    async def _read_op(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._in(self._reader, fn, *args)
+
+    # ---- lifecycle
+
+    async def open(self) -> None:
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="gwcore-ledger-writer")
+            self._reader = ThreadPoolExecutor(1, thread_name_prefix="gwcore-ledger-reader")
+        await self._write_op(self._open_writer)
+        await self._read_op(self._open_reader)
+
+    def _open_writer(self) -> None:
+        if self._wcon is None:
+            directory = os.path.dirname(os.path.abspath(self.path))
+            os.makedirs(directory, exist_ok=True)
+            con = self._connect()
+            try:
+                con.execute("PRAGMA journal_mode = WAL")
+                # Usage is money: every committed batch survives a power loss too. One fsync per
+                # batch, in this thread.
+                con.execute("PRAGMA synchronous = FULL")
+                self._migrate(con)
+            except BaseException:
+                con.close()
+                raise
+            self._wcon = con
+
+    def _open_reader(self) -> None:
+        if self._rcon is None:
+            self._rcon = self._connect()
+            self._rcon.execute("PRAGMA query_only = ON")
+
+    def _migrate(self, con: sqlite3.Connection) -> None:
+        con.execute("BEGIN IMMEDIATE")  # one process migrates; the others wait, then see it done
+        try:
+            con.execute("CREATE TABLE IF NOT EXISTS gwcore_schema (version INTEGER NOT NULL)")
+            row = con.execute("SELECT MAX(version) FROM gwcore_schema").fetchone()
+            current = row[0] or 0
+            for version, statements in MIGRATIONS:
+                if version > current:
+                    for sql in statements["sqlite"]:
+                        con.execute(sql)
+                    con.execute("INSERT INTO gwcore_schema (version) VALUES (?)", (version,))
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+
+    async def close(self) -> None:
+        for executor, attr in ((self._writer, "_wcon"), (self._reader, "_rcon")):
+            if executor is None:
+                continue
+            try:
+                await self._in(executor, self._close_connection, attr)
+            finally:
+                executor.shutdown(wait=False)
+        self._writer = self._reader = None
+
+    def _close_connection(self, attr: str) -> None:
+        con = getattr(self, attr)
+        if con is not None:
+            setattr(self, attr, None)
+            con.close()
+
+    # ---- writes
+
+    async def write(self, rows: list[tuple]) -> None:
+        await self._write_op(self._write, rows)
+
+    def _write(self, rows: list[tuple]) -> None:
+        con = self._wcon
+        if con is None:
+            raise RuntimeError("the SQLite ledger is not open")
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            con.executemany(_INSERT, rows)
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+
+    def _execute_write(self, sql: str, params: tuple) -> None:
+        con = self._wcon
+        if con is None:
+            raise RuntimeError("the SQLite ledger is not open")
+        con.execute(sql, params)
+
+    # ---- reads
+
+    def _fetchall(self, sql: str, params: list[Any] | tuple) -> list[tuple]:
+        con = self._rcon
+        if con is None:
+            raise RuntimeError("the SQLite ledger is not open")
+        return con.execute(sql, params).fetchall()
+
+    async def schema_version(self) -> int:
+        rows = await self._read_op(self._fetchall, "SELECT MAX(version) FROM gwcore_schema", ())
+        return int(rows[0][0] or 0)
+
+    async def summary(self, f: UsageFilter) -> dict[str, Any]:
+        sql, params = _QUERIES.summary(f)
+        rows = await self._read_op(self._fetchall, sql, params)
+        return totals(rows[0])
+
+    async def daily(self, f: UsageFilter) -> list[dict[str, Any]]:
+        sql, params = _QUERIES.daily(f)
+        return day_rows(await self._read_op(self._fetchall, sql, params))
+
+    async def models(self, f: UsageFilter) -> list[dict[str, Any]]:
+        sql, params = _QUERIES.models(f)
+        return model_rows(await self._read_op(self._fetchall, sql, params))
+
+    async def log(
+        self, f: UsageFilter, limit: int, cursor: tuple[float, str] | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        sql, params = _QUERIES.log(f, limit, cursor)
+        return page(await self._read_op(self._fetchall, sql, params), limit)
+
+    # ---- keys
+
+    async def insert_key(self, key: ApiKey) -> None:
+        await self._write_op(
+            self._execute_write,
+            f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            key.row(),
+        )
+
+    async def keys(self) -> list[ApiKey]:
+        rows = await self._read_op(
+            self._fetchall, f"SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id", ()
+        )
+        return [ApiKey.from_row(r) for r in rows]
+
+    async def key_by_hash(self, key_hash: str) -> ApiKey | None:
+        rows = await self._read_op(
+            self._fetchall, f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = ?", (key_hash,)
+        )
+        return ApiKey.from_row(rows[0]) if rows else None
+
+    async def revoke_key(self, key_id: str, at: float) -> ApiKey | None:
+        await self._write_op(
+            self._execute_write,
+            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?",
+            (at, key_id),
+        )
+        # The reader may lag the writer by nothing: the UPDATE committed (autocommit) before this.
+        rows = await self._read_op(
+            self._fetchall, f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)
+        )
+        return ApiKey.from_row(rows[0]) if rows else None
+
+
+def sqlite_path(url: str) -> str:
+    """``sqlite:///relative.db``, ``sqlite:////abs/path.db`` or a plain path -> a file path."""
+    if url.startswith("sqlite://"):
+        path = url[len("sqlite://") :]
+        path = path[1:] if path.startswith("/") else path
+    else:
+        path = url
+    if not path or path == ":memory:" or path.startswith("file:"):
+        raise ValueError(f"the SQLite ledger needs a file path, not {url!r}")
+    return path

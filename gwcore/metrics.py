@@ -1,0 +1,311 @@
+"""Prometheus metrics: ``GatewayMetrics`` (a usage sink, plus the gauges and counters that records
+cannot carry) and its text exposition for ``GET /metrics``.
+
+It owns the metric names, labels and buckets, and multiprocess mode: with several workers,
+``prepare_multiprocess`` (called before the workers fork and before any metric exists) gives them
+a shared directory (``PROMETHEUS_MULTIPROC_DIR``) where each keeps its values, and a scrape of any
+worker adds them all up. Nearly everything is fed from the usage record, once per request: one
+cached lookup of the label set, a few increments. Never per chunk; never any I/O on the request
+path (a multiprocess increment writes to a memory-mapped file).
+
+``prometheus_client`` is imported lazily: it picks its value class (in-process or multiprocess)
+when first imported, so importing it before ``prepare_multiprocess`` would pin the wrong one.
+"""
+
+from __future__ import annotations
+
+import atexit
+import glob
+import os
+import re
+import shutil
+import sys
+import tempfile
+
+from gwcore.usage import UsageRecord
+
+__all__ = ["GatewayMetrics", "prepare_multiprocess", "upstream_error_kind"]
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+TTFB_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+_MAX_LABEL_SETS = 10_000  # cached label sets (models come from clients: keep the cache bounded)
+_LIVE_FILE = re.compile(r"gauge_live\w*_(\d+)\.db$")
+_DISCONNECTED = "client disconnected"
+
+
+def prepare_multiprocess(workers: int) -> str | None:
+    """Set up a metrics directory shared by ``workers`` forked workers; None for one process.
+
+    An operator's own ``PROMETHEUS_MULTIPROC_DIR`` is used as is (empty it between runs). A
+    directory made here is removed when the process that made it exits.
+    """
+    directory = os.environ.get(MULTIPROC_ENV)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    elif workers > 1:
+        directory = tempfile.mkdtemp(prefix="gwcore-metrics-")
+        os.environ[MULTIPROC_ENV] = directory
+        owner = os.getpid()
+
+        def cleanup() -> None:
+            if os.getpid() == owner:  # not in a forked worker
+                shutil.rmtree(directory, ignore_errors=True)
+
+        atexit.register(cleanup)
+    else:
+        return None
+    values = sys.modules.get("prometheus_client.values")
+    if values is not None:  # imported before: choose the value class again
+        values.ValueClass = values.get_value_class()  # type: ignore[attr-defined]
+    return directory
+
+
+def upstream_error_kind(rec: UsageRecord) -> str | None:
+    """What went wrong upstream, from a usage record; None when nothing did (or the client left).
+
+    ``connect``/``timeout``: no response head came; ``rate_limited``, ``status_4xx``,
+    ``status_5xx``: the upstream answered with that; ``stream``: it failed after the head."""
+    if rec.route == "demo" or (rec.aborted and rec.error == _DISCONNECTED):
+        return None
+    status = rec.status
+    if rec.ttfb_ms is None:
+        if status == 504:
+            return "timeout"
+        return "connect" if status >= 500 else None
+    if status == 429:
+        return "rate_limited"
+    if status >= 500:
+        return "status_5xx"
+    if status >= 400:
+        return "status_4xx"
+    if rec.aborted or rec.error:
+        return "stream"
+    return None
+
+
+class _LabelSet:
+    """The children of every per-record metric for one (provider, model, route, status)."""
+
+    __slots__ = (
+        "cached",
+        "completion",
+        "cost",
+        "duration",
+        "prompt",
+        "reasoning",
+        "requests",
+        "ttfb",
+        "unpriced",
+    )
+
+    def __init__(self, m: GatewayMetrics, provider: str, model: str, route: str, status: str):
+        self.requests = m.requests.labels(provider, model, route, status)
+        self.duration = m.duration.labels(provider, route)
+        self.ttfb = m.ttfb.labels(provider, route)
+        self.prompt = m.tokens.labels(provider, model, "prompt")
+        self.completion = m.tokens.labels(provider, model, "completion")
+        self.cached = m.tokens.labels(provider, model, "cached")
+        self.reasoning = m.tokens.labels(provider, model, "reasoning")
+        self.cost = m.cost.labels(provider, model)
+        self.unpriced = m.unpriced.labels(provider, model)
+
+
+class GatewayMetrics:
+    """The gateway's metrics (one registry per instance when single-process)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "gwcore_requests",
+            "Chat completion requests by provider, upstream model, route (relay, translated, "
+            "demo) and HTTP status (499: the client went away first).",
+            ["provider", "model", "route", "status"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "gwcore_request_duration_seconds",
+            "Request duration, from the request to the last byte of the response.",
+            ["provider", "route"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.ttfb = Histogram(
+            "gwcore_time_to_first_byte_seconds",
+            "Time from the request to the upstream's response head (relay) or first event.",
+            ["provider", "route"],
+            buckets=TTFB_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "gwcore_tokens",
+            "Tokens reported by the upstream, by type (prompt includes cached, completion "
+            "includes reasoning).",
+            ["provider", "model", "type"],
+            registry=r,
+        )
+        self.cost = Counter(
+            "gwcore_cost_usd",
+            "Cost in USD from the pricing table.",
+            ["provider", "model"],
+            registry=r,
+        )
+        self.unpriced = Counter(
+            "gwcore_unpriced_requests",
+            "Requests with token counts but no price for their model (cost unknown).",
+            ["provider", "model"],
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "gwcore_upstream_errors",
+            "Upstream failures by kind: connect, timeout, rate_limited, status_4xx, status_5xx, "
+            "stream (after the response started).",
+            ["provider", "kind"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "gwcore_requests_in_flight",
+            "Chat completion requests being answered (a stream counts until its last byte).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.ledger_queue_depth = Gauge(
+            "gwcore_ledger_queue_depth",
+            "Usage records waiting to be written to the ledger.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.ledger_dropped = Counter(
+            "gwcore_ledger_dropped_records",
+            "Usage records dropped because the ledger queue was full.",
+            registry=r,
+        )
+        self.ledger_written = Counter(
+            "gwcore_ledger_written_records",
+            "Usage records written to the ledger.",
+            registry=r,
+        )
+        self.ledger_write_errors = Counter(
+            "gwcore_ledger_write_errors",
+            "Failed ledger writes (each is retried).",
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "gwcore_auth_failures",
+            "Requests refused by authentication, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self._sets: dict[tuple[str, str, str, str], _LabelSet] = {}
+        self._in_flight: set[str] = set()
+
+    # ---- the usage sink (once per request)
+
+    def record(self, rec: UsageRecord) -> None:
+        aborted_by_client = rec.aborted and rec.error == _DISCONNECTED
+        status = "499" if aborted_by_client else str(rec.status)
+        key = (rec.provider, rec.upstream_model, rec.route, status)
+        s = self._sets.get(key)
+        if s is None:
+            s = _LabelSet(self, *key)
+            if len(self._sets) < _MAX_LABEL_SETS:
+                self._sets[key] = s
+        s.requests.inc()
+        if rec.duration_ms is not None:
+            s.duration.observe(rec.duration_ms / 1000.0)
+        if rec.ttfb_ms is not None:
+            s.ttfb.observe(rec.ttfb_ms / 1000.0)
+        if rec.prompt_tokens:
+            s.prompt.inc(rec.prompt_tokens)
+        if rec.completion_tokens:
+            s.completion.inc(rec.completion_tokens)
+        if rec.cached_tokens:
+            s.cached.inc(rec.cached_tokens)
+        if rec.reasoning_tokens:
+            s.reasoning.inc(rec.reasoning_tokens)
+        if rec.cost is not None:
+            if rec.cost:
+                s.cost.inc(rec.cost)
+        elif rec.prompt_tokens is not None or rec.completion_tokens is not None:
+            s.unpriced.inc()
+        if rec.error is not None or rec.status >= 400:
+            kind = upstream_error_kind(rec)
+            if kind is not None:
+                self.upstream_errors.labels(rec.provider, kind).inc()
+        self.request_ended(rec.request_id)
+
+    # ---- in flight: started by the route wrapper, ended by the record (or a failed handler)
+
+    def request_started(self, request_id: str) -> bool:
+        if request_id in self._in_flight:  # a client reused an x-request-id: count it once
+            return False
+        self._in_flight.add(request_id)
+        self.in_flight.inc()
+        return True
+
+    def request_ended(self, request_id: str) -> None:
+        in_flight = self._in_flight
+        if request_id in in_flight:
+            in_flight.discard(request_id)
+            self.in_flight.dec()
+
+    # ---- the ledger writer's hooks (per batch, not per record)
+
+    def ledger_queue(self, depth: int) -> None:
+        self.ledger_queue_depth.set(depth)
+
+    def ledger_dropped_records(self, n: int = 1) -> None:
+        self.ledger_dropped.inc(n)
+
+    def ledger_written_records(self, n: int) -> None:
+        self.ledger_written.inc(n)
+
+    def ledger_write_failed(self) -> None:
+        self.ledger_write_errors.inc()
+
+    def auth_failed(self, reason: str) -> None:
+        self.auth_failures.labels(reason).inc()
+
+    # ---- exposition
+
+    def render(self) -> tuple[bytes, str]:
+        """(body, content type) of a scrape: this process's registry, or every worker's files."""
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+        if not self.multiprocess:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        from prometheus_client import multiprocess
+
+        directory = os.environ[MULTIPROC_ENV]
+        _forget_dead_workers(directory)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=directory)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def _forget_dead_workers(directory: str) -> None:
+    """Drop the live gauges (in flight, queue depth) of workers that died: a restarted worker
+    must not leave its last value in the sum forever."""
+    from prometheus_client import multiprocess
+
+    pids: set[int] = set()
+    for path in glob.glob(os.path.join(directory, "gauge_live*_*.db")):
+        m = _LIVE_FILE.search(os.path.basename(path))
+        if m:
+            pids.add(int(m.group(1)))
+    for pid in pids:
+        if not _alive(pid):
+            multiprocess.mark_process_dead(pid, directory)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
