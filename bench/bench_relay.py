@@ -7,7 +7,9 @@ direct nginx gwcore floor, ...), each at every concurrency:
 - ``direct``: the load generator talks to the mock itself (the ceiling);
 - ``nginx``: one nginx worker, ``proxy_pass``, ``proxy_buffering off``, a keep-alive upstream;
 - ``gwcore``: ``gwcore serve --workers 1`` with its default logging (usage accounting is always on);
-- ``floor``: ``bench/passthrough_floor.py``, the least a Python process on uvloop can do.
+- ``floor``: ``bench/passthrough_floor.py``, the least a Python process on uvloop can do;
+- ``gwcore_quiet`` (only when named in ``--targets``): gwcore at ``--log-level WARNING``, which
+  prices the per-request usage log line.
 
 The relay under test runs on CPU 0; the mock, the load generator (this process) and wrk on CPU 1.
 Per target and concurrency: full streams per second, relay CPU per stream (utime+stime from
@@ -74,6 +76,16 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+
+
+def syscalls(pid: int) -> tuple[int, int]:
+    """(read-like, write-like) system calls of ``pid`` so far (/proc/<pid>/io; 0s if hidden)."""
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            io = dict(line.split(": ") for line in f.read().splitlines())
+        return int(io["syscr"]), int(io["syscw"])
+    except (OSError, KeyError, ValueError):
+        return 0, 0
 
 
 def cpu_busy_ticks() -> dict[int, tuple[int, int]]:
@@ -157,7 +169,7 @@ def start_mock(tmp: Path, events: int) -> Service:
     return Service("mock", proc, port, proc.pid, log)
 
 
-def start_gwcore(tmp: Path, mock_port: int) -> Service:
+def start_gwcore(tmp: Path, mock_port: int, name: str = "gwcore") -> Service:
     port = free_port()
     config = tmp / "gwcore.yaml"
     config.write_text(
@@ -172,12 +184,14 @@ def start_gwcore(tmp: Path, mock_port: int) -> Service:
         else [sys.executable, "-c", "import sys; from gwcore.cli import main; sys.exit(main())"]
     )
     cmd = [*pinned(RELAY_CPU), *cmd, "serve", "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--workers", "1", "--config", str(config)]  # default logging: no --log-level
-    log = tmp / "gwcore.log"
+    cmd += ["--workers", "1", "--config", str(config)]
+    if name == "gwcore_quiet":  # the usage log line off, to price it; "gwcore" keeps the default
+        cmd += ["--log-level", "WARNING"]
+    log = tmp / f"{name}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("GWCORE_")}
     proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
     wait_listening(proc, port, "gwcore serve")
-    return Service("gwcore", proc, port, proc.pid, log)
+    return Service(name, proc, port, proc.pid, log)
 
 
 def start_floor(tmp: Path, mock_port: int) -> Service:
@@ -443,12 +457,14 @@ async def run_load(
     cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
     own0 = self_cpu()
     sys0 = cpu_busy_ticks()
+    io0 = syscalls(pids["relay"]) if "relay" in pids else (0, 0)
     load.t0 = time.perf_counter()
     await asyncio.sleep(duration)
     load.t1 = time.perf_counter()
     cpu1 = {name: cpu_seconds(pid) for name, pid in pids.items()}
     own1 = self_cpu()
     sys1 = cpu_busy_ticks()
+    io1 = syscalls(pids["relay"]) if "relay" in pids else (0, 0)
     load.running = False
     load.drained = asyncio.get_running_loop().create_future()
     load.idle()
@@ -467,6 +483,8 @@ async def run_load(
         "rps": load.ok / wall,
         "relay_cpu_us": (cpu1["relay"] - cpu0["relay"]) / n * 1e6 if "relay" in pids else None,
         "relay_busy": relay_busy if "relay" in pids else None,
+        "relay_reads": (io1[0] - io0[0]) / n if "relay" in pids else None,
+        "relay_writes": (io1[1] - io0[1]) / n if "relay" in pids else None,
         "mock_cpu_us": (cpu1["mock"] - cpu0["mock"]) / n * 1e6,
         "client_cpu_us": (own1 - own0) / n * 1e6,
         "mock_client_busy": (cpu1["mock"] - cpu0["mock"] + own1 - own0) / wall,
@@ -603,6 +621,8 @@ def summarize(rounds: dict) -> dict:
                 "cpu0_busy",
                 "cpu0_other",
                 "relay_busy",
+                "relay_reads",
+                "relay_writes",
                 "mock_cpu_us",
                 "client_cpu_us",
                 "mock_client_busy",
@@ -648,11 +668,14 @@ def report(args, summary, wrk, profile, notes) -> str:
         f"on CPU {LOAD_CPU}{'' if PIN else ' (NOT pinned: taskset or a second CPU missing)'}. "
         "Times in µs. CPU = relay process utime+stime per stream (nginx: its worker). "
         "Spread = (max - min) / median over rounds. CPU0 other = CPU 0 busy minus the relay "
-        "(other processes on the relay's core). CPU1 = CPU 1 busy (mock, load generator, others).",
+        "(other processes on the relay's core). CPU1 = CPU 1 busy (mock, load generator, others). "
+        "syscr / syscw = the relay's read/readv and write/writev calls per stream from "
+        "/proc/<pid>/io (recv/send are not counted: nginx reads with recv), which shows how many "
+        "events each call coalesced.",
         "",
-        "| target | c | req/s | spread | relay CPU µs/req | spread | relay busy "
-        "| TTFE p50 | TTFE p99 | TTLB p50 | CPU0 other | CPU1 | errors |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| target | c | req/s | spread | relay CPU µs/req | spread | relay busy | relay syscr "
+        "/ syscw per req | TTFE p50 | TTFE p99 | TTLB p50 | CPU0 other | CPU1 | errors |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for c in args.concurrency:
         for t in args.targets:
@@ -662,6 +685,7 @@ def report(args, summary, wrk, profile, notes) -> str:
             lines.append(
                 f"| {t} | {c} | {fmt(s['rps'])} | {pct(s['rps_spread'])} "
                 f"| {fmt(s['relay_cpu_us'], 1)} | {pct(s['cpu_spread'])} | {pct(s['relay_busy'])} "
+                f"| {fmt(s['relay_reads'])} / {fmt(s['relay_writes'])} "
                 f"| {fmt(s['ttfe_p50_us'])} | {fmt(s['ttfe_p99_us'])} | {fmt(s['ttlb_p50_us'])} "
                 f"| {pct(s['cpu0_other'])} | {pct(s['cpu1_busy'])} | {sum(s['errors'].values())} |"
             )
@@ -867,7 +891,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--concurrency", default="1,32", help="comma-separated stream counts")
-    p.add_argument("--targets", default="direct,nginx,gwcore,floor")
+    p.add_argument(
+        "--targets",
+        default="direct,nginx,gwcore,floor",
+        help="also: gwcore_quiet (gwcore --log-level WARNING: no usage log line)",
+    )
     p.add_argument("--events", type=int, default=33, help="SSE events per answer")
     p.add_argument("--out", type=Path, help="write report.md and results.json into this directory")
     p.add_argument("--no-wrk", dest="wrk", action="store_false", help="skip the wrk cross-check")
@@ -903,8 +931,9 @@ def main(argv: list[str] | None = None) -> int:
                     print("nginx is not installed: skipping it", file=sys.stderr)
                 else:
                     services["nginx"] = svc
-            if "gwcore" in args.targets:
-                services["gwcore"] = start_gwcore(args.tmp, services["mock"].port)
+            for name in ("gwcore", "gwcore_quiet"):
+                if name in args.targets:
+                    services[name] = start_gwcore(args.tmp, services["mock"].port, name)
             if "floor" in args.targets:
                 services["floor"] = start_floor(args.tmp, services["mock"].port)
             if "direct" in args.targets:
