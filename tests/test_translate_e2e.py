@@ -132,9 +132,17 @@ def test_raw_response_head_and_keepalive_reuse():
                     # the upstream's last chunk comes apart from the last event: the gateway ends
                     # the client's stream at once and still pools the connection
                     h.mock.scenarios.append(Scenario(terminator_separate=True, pace_ms=2))
-                    resp = await raw_post(h.host, h.port, chat_body(stream, model=model))
+                    headers = {"anthropic-beta": "some-beta", "openai-beta": "x", "x-api-key": "k"}
+                    resp = await raw_post(
+                        h.host, h.port, chat_body(stream, model=model), headers=headers
+                    )
                     assert resp.status == 200
                     assert resp.headers["x-gwcore-route"] == "translated"
+                    sent = h.mock.requests[-1]
+                    claude = model.startswith("claude")
+                    assert sent.header("anthropic-beta") == ("some-beta" if claude else None)
+                    assert sent.header("openai-beta") is None
+                    assert sent.header("x-api-key") == ("sk-ant-test" if claude else None)
                     if stream:
                         assert resp.complete
                         assert resp.headers["content-type"].startswith("text/event-stream")
