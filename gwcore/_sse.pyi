@@ -1,6 +1,6 @@
 """Typed surface of the compiled SSE scanner (``gwcore._sse``); ``gwcore._sse_py`` matches it."""
 
-from typing import Final
+from typing import Any, Final
 
 from gwcore._sse_py import SSEError as SSEError
 
@@ -9,6 +9,7 @@ __all__ = [
     "HOLD_LIMIT",
     "MAX_FRAMING_LINE",
     "EventParser",
+    "RelayPump",
     "SSEError",
     "StreamObserver",
 ]
@@ -56,3 +57,14 @@ class StreamObserver:
     def at_boundary(self) -> bool: ...
     def feed(self, data: bytes) -> bytes: ...
     def close(self) -> bytes: ...
+
+class RelayPump:
+    """The upstream transport's protocol while a relayed body flows (feed + write, no frame)."""
+
+    pieces: int
+    def __init__(self, observer: StreamObserver, write: Any, owner: Any, protocol: Any) -> None: ...
+    def data_received(self, data: bytes) -> None: ...
+    def eof_received(self) -> bool | None: ...
+    def connection_lost(self, exc: BaseException | None) -> None: ...
+    def pause_writing(self) -> None: ...
+    def resume_writing(self) -> None: ...

@@ -22,7 +22,15 @@ from libc.string cimport memchr, memcmp, memcpy
 
 from gwcore._sse_py import FIELD_SLACK, HOLD_LIMIT, MAX_FRAMING_LINE, SSEError
 
-__all__ = ["FIELD_SLACK", "HOLD_LIMIT", "MAX_FRAMING_LINE", "EventParser", "SSEError", "StreamObserver"]
+__all__ = [
+    "FIELD_SLACK",
+    "HOLD_LIMIT",
+    "MAX_FRAMING_LINE",
+    "EventParser",
+    "RelayPump",
+    "SSEError",
+    "StreamObserver",
+]
 
 cdef extern from *:
     """
@@ -936,6 +944,9 @@ cdef class StreamObserver(_Scanner):
         return not (self._line_open or self._has_data or self._typed)
 
     def feed(self, bytes data not None):
+        return self._feed(data)
+
+    cdef object _feed(self, bytes data):
         cdef const unsigned char* d = <const unsigned char*>PyBytes_AS_STRING(data)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
         cdef bint changed
@@ -1061,3 +1072,58 @@ cdef class StreamObserver(_Scanner):
         if self._blk:
             self._blk_here = -1
         return out
+
+
+# ---- the relay pump -------------------------------------------------------------------------------
+
+cdef class RelayPump:
+    """The upstream transport's protocol while a relayed body flows: each received piece goes
+    through the observer and straight to the client's ``write``, with no Python frame per piece.
+
+    ``owner`` hears once: ``pump_complete()`` when the chunked body ended, ``pump_failed(exc)`` on
+    broken framing. Connection events (``eof_received``, ``connection_lost``, write flow control)
+    go to ``protocol``, the upstream connection the pump stands in for. ``pieces`` counts what was
+    received (the connection's idle timer reads it).
+    """
+
+    cdef StreamObserver _observer
+    cdef object _write, _owner, _protocol
+    cdef public Py_ssize_t pieces
+    cdef bint _over
+
+    def __init__(self, StreamObserver observer not None, write, owner, protocol):
+        self._observer = observer
+        self._write = write
+        self._owner = owner
+        self._protocol = protocol
+        self.pieces = 0
+        self._over = False
+
+    def data_received(self, bytes data not None):
+        cdef object out
+        if self._over:
+            return
+        self.pieces += 1
+        try:
+            out = self._observer._feed(data)
+        except SSEError as exc:
+            self._over = True
+            self._owner.pump_failed(exc)
+            return
+        if PyBytes_GET_SIZE(out):
+            self._write(out)
+        if self._observer._complete:
+            self._over = True
+            self._owner.pump_complete()
+
+    def eof_received(self):
+        return self._protocol.eof_received()
+
+    def connection_lost(self, exc):
+        self._protocol.connection_lost(exc)
+
+    def pause_writing(self):
+        self._protocol.pause_writing()
+
+    def resume_writing(self):
+        self._protocol.resume_writing()

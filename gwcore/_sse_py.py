@@ -18,11 +18,14 @@ because upstreams omit it; a trailing line without a line end counts as a comple
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "FIELD_SLACK",
     "HOLD_LIMIT",
     "MAX_FRAMING_LINE",
     "EventParser",
+    "RelayPump",
     "SSEError",
     "StreamObserver",
 ]
@@ -866,3 +869,54 @@ class StreamObserver(_Scanner):
         if self._blk:
             self._blk_here = -1
         return out
+
+
+class RelayPump:
+    """The upstream transport's protocol while a relayed body flows: each received piece goes
+    through the observer and straight to the client's ``write``.
+
+    ``owner`` hears once: ``pump_complete()`` when the chunked body ended, ``pump_failed(exc)`` on
+    broken framing. Connection events (``eof_received``, ``connection_lost``, write flow control)
+    go to ``protocol``, the upstream connection the pump stands in for. ``pieces`` counts what was
+    received (the connection's idle timer reads it).
+    """
+
+    __slots__ = ("_observer", "_over", "_owner", "_protocol", "_write", "pieces")
+
+    def __init__(self, observer: StreamObserver, write: Any, owner: Any, protocol: Any) -> None:
+        if observer is None:
+            raise TypeError("observer must be a StreamObserver")
+        self._observer = observer
+        self._write = write
+        self._owner = owner
+        self._protocol = protocol
+        self.pieces = 0
+        self._over = False
+
+    def data_received(self, data: bytes) -> None:
+        if self._over:
+            return
+        self.pieces += 1
+        try:
+            out = self._observer.feed(data)
+        except SSEError as exc:
+            self._over = True
+            self._owner.pump_failed(exc)
+            return
+        if out:
+            self._write(out)
+        if self._observer.complete:
+            self._over = True
+            self._owner.pump_complete()
+
+    def eof_received(self) -> bool | None:
+        return self._protocol.eof_received()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._protocol.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._protocol.resume_writing()

@@ -21,7 +21,7 @@ import httptools
 import orjson
 
 from gwcore.errors import GatewayError
-from gwcore.sse import SSEError, StreamObserver
+from gwcore.sse import RelayPump, SSEError, StreamObserver
 from gwcore.upstream import UpstreamExchange
 from gwcore.usage import UsageRecord, UsageSink, usage_from_openai
 
@@ -192,6 +192,10 @@ class RelayedResponse:
             if chunked and channel.chunked:
                 self._mode = _RAW
                 self._write = channel.write_raw
+                # From the next piece on, the transport feeds the pump itself: C all the way.
+                exchange.divert(
+                    RelayPump(self.observer, channel.write_raw, self, exchange.connection)
+                )
             else:
                 self._mode = _FRAMED
                 self._write = channel.write
@@ -221,6 +225,13 @@ class RelayedResponse:
                 self._finish()
             return
         self._on_data_slow(data)
+
+    def pump_complete(self) -> None:
+        if self._mode == _RAW:
+            self._finish()
+
+    def pump_failed(self, exc: Exception) -> None:
+        self.on_error(_broken_stream(exc))
 
     def _on_data_slow(self, data: bytes) -> None:
         mode = self._mode

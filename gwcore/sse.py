@@ -12,17 +12,17 @@ from __future__ import annotations
 import os
 
 if os.environ.get("GWCORE_NO_EXTENSIONS"):
-    from gwcore._sse_py import EventParser, SSEError, StreamObserver
+    from gwcore._sse_py import EventParser, RelayPump, SSEError, StreamObserver
 
     IMPLEMENTATION = "python"
 else:
     try:
-        from gwcore._sse import EventParser, SSEError, StreamObserver
+        from gwcore._sse import EventParser, RelayPump, SSEError, StreamObserver
 
         IMPLEMENTATION = "cython"
     except ImportError:  # no compiler at install time: the twin keeps the package working
-        from gwcore._sse_py import EventParser, SSEError, StreamObserver
+        from gwcore._sse_py import EventParser, RelayPump, SSEError, StreamObserver
 
         IMPLEMENTATION = "python"
 
-__all__ = ["IMPLEMENTATION", "EventParser", "SSEError", "StreamObserver"]
+__all__ = ["IMPLEMENTATION", "EventParser", "RelayPump", "SSEError", "StreamObserver"]

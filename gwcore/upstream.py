@@ -284,6 +284,18 @@ class UpstreamExchange:
             self._end = 2
             self._conn.close()
 
+    def divert(self, protocol: asyncio.BaseProtocol) -> None:
+        """Hand the rest of the body to ``protocol`` (a ``RelayPump``): the transport calls its
+        ``data_received`` directly, with no Python frame of ours per piece. It must forward
+        ``eof_received``/``connection_lost`` to ``self.connection`` and count ``pieces`` (the
+        idle timer reads them). ``release()``/``close()`` take the transport back."""
+        if self._end == 0:
+            self._conn._divert(protocol)
+
+    @property
+    def connection(self) -> UpstreamConnection:
+        return self._conn
+
     def pause_reading(self) -> None:
         if self._end == 0:
             self._conn.pause_reading()
@@ -302,6 +314,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     __slots__ = (
         "_counted",
+        "_diverted",
         "_exchange",
         "_head_buf",
         "_head_fut",
@@ -349,6 +362,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._rx_seen = 0
         self._silent = 0
         self._counted = False
+        self._diverted: asyncio.BaseProtocol | None = None  # a RelayPump reading for us
         self.got_bytes = False  # a byte of the current response arrived
         self.reused = False  # served a request before (came from the pool)
         self.requests = 0
@@ -377,6 +391,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._listener = None
         self._cancel_body_timers()
+        self._undivert()
         if self._paused:
             self._paused = False
             self._transport.resume_reading()
@@ -395,6 +410,18 @@ class UpstreamConnection(asyncio.Protocol):
         self._pool._forget(self)
         if self._transport is not None:
             self._transport.abort()
+
+    def _divert(self, protocol: asyncio.BaseProtocol) -> None:
+        if self._state in (_STREAM, _LENGTH) and self._transport is not None:
+            self._diverted = protocol
+            self._transport.set_protocol(protocol)
+
+    def _undivert(self) -> None:
+        if self._diverted is not None:
+            self._rx += self._diverted.pieces  # type: ignore[attr-defined]
+            self._diverted = None
+            if self._transport is not None:
+                self._transport.set_protocol(self)
 
     def pause_reading(self) -> None:
         if not self._paused and self._state != _CLOSED and self._transport is not None:
@@ -646,8 +673,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._idle_handle = None
         if self._state != _STREAM and self._state != _LENGTH:
             return
-        if self._rx != self._rx_seen or self._paused:  # a pause is our client's, not the upstream's
-            self._rx_seen = self._rx
+        rx = self._rx if self._diverted is None else self._rx + self._diverted.pieces  # type: ignore[attr-defined]
+        if rx != self._rx_seen or self._paused:  # a pause is our client's, not the upstream's
+            self._rx_seen = rx
             self._silent = 0
         else:
             self._silent += 1

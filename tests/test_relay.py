@@ -25,6 +25,7 @@ def _scanner(sse, monkeypatch):
     """Every relay test runs over the compiled scanner and over its pure-Python twin."""
     monkeypatch.setattr("gwcore.relay.StreamObserver", sse.StreamObserver)
     monkeypatch.setattr("gwcore.relay.SSEError", sse.SSEError)
+    monkeypatch.setattr("gwcore.relay.RelayPump", sse.RelayPump)
 
 
 def _events(payload: bytes) -> list[bytes]:
