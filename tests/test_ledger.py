@@ -1,0 +1,519 @@
+"""The usage ledger on SQLite and PostgreSQL: every record arrives, whatever the database does."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import glob
+import logging
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import pytest
+from ledger_harness import (
+    CLEAN_ENV,
+    DB_URL,
+    MASTER,
+    MODEL,
+    PRICE,
+    backend_url,
+    chat,
+    clean_env,
+    free_port,
+    ledger_gateway,
+    need_postgres,
+    serve_cmd,
+    stream_once,
+    wait_http,
+    write_config,
+)
+
+from gwcore.config import ConfigError
+from gwcore.ledger import LedgerSettings, UsageFilter, UsageLedger, open_store
+from gwcore.ledger.schema import COLUMNS, SCHEMA_VERSION, record_row
+from gwcore.ledger.sqlite import SqliteStore
+from gwcore.testing import run
+from gwcore.usage import UsageRecord
+
+pytestmark = pytest.mark.timeout(90)
+db_url = DB_URL
+clean_settings = CLEAN_ENV
+
+
+def _record(i: int, **kw) -> UsageRecord:
+    rec = UsageRecord(
+        request_id=f"req-{i:05d}",
+        provider="mock",
+        requested_model=MODEL,
+        upstream_model=MODEL,
+        route="relay",
+        stream=True,
+        status=200,
+        prompt_tokens=10,
+        completion_tokens=20,
+        total_tokens=30,
+        created_at=1_700_000_000.0 + i,
+    )
+    for k, v in kw.items():
+        setattr(rec, k, v)
+    return rec
+
+
+async def _count(store) -> int:
+    return (await store.summary(UsageFilter()))["requests"]
+
+
+def _expected_cost(prompt: int, completion: int) -> float:
+    return (prompt * PRICE["input"] + completion * PRICE["output"]) / 1e6
+
+
+# ---- settings ------------------------------------------------------------------------------------
+
+
+def test_settings_default_env_and_yaml():
+    s = LedgerSettings.from_config(None, {})
+    assert s.enabled and s.url == "sqlite:///gwcore.db"
+    assert s.spill_dir == os.path.dirname(os.path.abspath("gwcore.db"))
+    s = LedgerSettings.from_config(
+        {"url": "sqlite:///a.db", "batch_size": 7, "flush_interval_ms": 50},
+        {"GWCORE_DATABASE_URL": "postgresql://u:secret@db:5432/x"},
+    )
+    assert s.url.startswith("postgresql://") and s.batch_size == 7 and s.flush_interval == 0.05
+    assert open_store(s).display_url == "postgresql://u:***@db:5432/x"
+    assert not LedgerSettings.from_config({"enabled": True}, {"GWCORE_LEDGER": "off"}).enabled
+    with pytest.raises(ConfigError, match=r"ledger\.batch_size"):
+        LedgerSettings.from_config({"batch_size": 0}, {})
+    with pytest.raises(ConfigError, match=r"ledger\.nope"):
+        LedgerSettings.from_config({"nope": 1}, {})
+    with pytest.raises(ConfigError, match="GWCORE_DATABASE_URL"):
+        LedgerSettings.from_config(None, {"GWCORE_DATABASE_URL": "mysql://x/y"})
+    with pytest.raises(ConfigError):
+        LedgerSettings.from_config(None, {"GWCORE_DATABASE_URL": "sqlite:///:memory:"})
+
+
+# ---- the store -----------------------------------------------------------------------------------
+
+
+def test_schema_migrated_once_and_versioned(db_url):
+    async def main():
+        for _ in range(2):  # a second start finds the schema current and changes nothing
+            store = open_store(LedgerSettings(url=db_url))
+            await store.open()
+            assert await store.schema_version() == SCHEMA_VERSION
+            await store.close()
+
+    run(main())
+
+
+def test_retried_batch_never_duplicates(db_url):
+    async def main():
+        store = open_store(LedgerSettings(url=db_url))
+        await store.open()
+        try:
+            rows = [record_row(_record(i)) for i in range(50)]
+            await store.write(rows)
+            await store.write(rows[10:30])  # a batch retried after an ambiguous failure
+            await store.write(rows)
+            assert await _count(store) == 50
+            # Two requests that share a client-chosen x-request-id are two records.
+            twin = _record(0, created_at=1_700_000_000.5)
+            await store.write([record_row(twin)])
+            assert await _count(store) == 51
+            entries, _ = await store.log(UsageFilter(), 1000, None)
+            assert len(entries) == 51
+            assert set(entries[0]) == (set(COLUMNS) - {"cost_nanousd"}) | {"cost_usd"}
+        finally:
+            await store.close()
+
+    run(main())
+
+
+def test_concurrent_streams_all_arrive(db_url):
+    n = 60
+
+    async def main():
+        async with ledger_gateway(db_url, mock_kwargs={"events": 12}) as h:
+            async with h.client() as client:
+                responses = await asyncio.gather(*(stream_once(client) for _ in range(n)))
+            assert all(r.status_code == 200 for r in responses)
+            await h.ledger.flush()
+            entries, cursor = await h.store.log(UsageFilter(), 1000, None)
+            assert cursor is None and len(entries) == n
+            ids = {r.headers["x-request-id"] for r in responses}
+            assert {e["request_id"] for e in entries} == ids
+            for e in entries:
+                assert e["key_id"] == "master" and e["stream"] and e["status"] == 200
+                assert e["prompt_tokens"] == 11 and e["completion_tokens"] > 0
+                assert e["cost_usd"] == pytest.approx(
+                    _expected_cost(e["prompt_tokens"], e["completion_tokens"]), abs=1e-9
+                )
+            assert h.ledger.dropped == 0 and h.ledger.depth == 0
+
+    run(main(), use_uvloop=True)
+
+
+# ---- the database away ---------------------------------------------------------------------------
+
+
+def test_sqlite_locked_by_another_process_loses_nothing(tmp_path):
+    """An exclusive transaction from another connection holds the file; requests stay fast,
+    records wait in the queue, and all of them arrive once the lock is gone."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+
+    async def main():
+        async with ledger_gateway(url) as h:
+            async with h.client() as client:
+                assert (await stream_once(client)).status_code == 200
+                await h.ledger.flush()
+                locker = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)
+                locker.execute("BEGIN EXCLUSIVE")
+                try:
+                    for _ in range(20):
+                        started = time.perf_counter()
+                        assert (await stream_once(client)).status_code == 200
+                        assert time.perf_counter() - started < 1.0  # never waits on the lock
+                    await asyncio.sleep(1.0)
+                    assert h.ledger.depth > 0  # nothing could be written
+                finally:
+                    locker.execute("ROLLBACK")
+                    locker.close()
+            await asyncio.wait_for(h.ledger.flush(), 15)
+            assert await _count(h.store) == 21
+
+    run(main(), use_uvloop=True)
+
+
+def test_sqlite_write_failures_are_retried(tmp_path, caplog):
+    """With a short busy timeout the locked writes fail outright: the batch is retried."""
+    path = tmp_path / "ledger.db"
+
+    async def main():
+        ledger = UsageLedger(SqliteStore(str(path), busy_timeout=0.05), flush_interval=0.01)
+        await ledger.start()
+        locker = sqlite3.connect(path, isolation_level=None)
+        locker.execute("BEGIN EXCLUSIVE")
+        for i in range(30):
+            ledger.record(_record(i))
+        await asyncio.sleep(0.6)
+        assert ledger.failures >= 1 and ledger.depth == 30
+        locker.execute("ROLLBACK")
+        locker.close()
+        await asyncio.wait_for(ledger.flush(), 10)
+        assert await _count(ledger.store) == 30
+        await ledger.stop()
+
+    with caplog.at_level(logging.ERROR, logger="gwcore.ledger"):
+        run(main())
+    assert any("failed" in r.getMessage() for r in caplog.records)
+
+
+class TcpOutage:
+    """A TCP proxy in front of the database that can go down (listener closed, connections
+    reset) and come back on the same port: what the gateway sees of a database restart."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self.server: asyncio.AbstractServer | None = None
+        self.pipes: set[asyncio.StreamWriter] = set()
+
+    async def up(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def down(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+            self.server = None
+        for w in list(self.pipes):
+            w.transport.abort()
+        self.pipes.clear()
+
+    async def _serve(self, reader, writer) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self.pipes |= {writer, up_writer}
+
+        async def pipe(src, dst):
+            with contextlib.suppress(Exception):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+def test_postgres_away_mid_run_loses_nothing(tmp_path):
+    with backend_url("postgres", tmp_path) as real_url:
+        parts = urlsplit(real_url)
+
+        async def main():
+            outage = TcpOutage(parts.hostname, parts.port or 5432)
+            await outage.up()
+            user = f"{parts.username}@" if parts.username else ""
+            url = urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{outage.port}"))
+            try:
+                async with ledger_gateway(url) as h, h.client() as client:
+                    for _ in range(10):
+                        assert (await stream_once(client)).status_code == 200
+                    await h.ledger.flush()
+                    await outage.down()
+                    for _ in range(25):
+                        started = time.perf_counter()
+                        assert (await stream_once(client)).status_code == 200
+                        assert time.perf_counter() - started < 1.0
+                    await asyncio.sleep(0.5)
+                    assert h.ledger.depth == 25 and h.ledger.failures >= 1
+                    await outage.up()
+                    await asyncio.wait_for(h.ledger.flush(), 20)
+                    assert await _count(h.store) == 35
+            finally:
+                await outage.down()
+
+        run(main(), use_uvloop=True)
+
+
+def _pg_control() -> tuple[list[str], str] | None:
+    """(command prefix, data dir) to stop/start the test server, when .ci/run says how."""
+    pg_ctl, pgdata = os.environ.get("GWCORE_TEST_PG_CTL"), os.environ.get("GWCORE_TEST_PGDATA")
+    if not pg_ctl or not pgdata:
+        return None
+    prefix = [pg_ctl]
+    if os.geteuid() == 0:
+        prefix = ["runuser", "-u", "postgres", "--", pg_ctl]
+    return prefix, pgdata
+
+
+def test_postgres_server_stopped_and_restarted_loses_nothing(tmp_path):
+    control = _pg_control()
+    need_postgres()
+    if control is None:
+        pytest.skip("GWCORE_TEST_PG_CTL/GWCORE_TEST_PGDATA not set (bash .ci/run sets them)")
+    prefix, pgdata = control
+
+    def pg_ctl(*args: str) -> None:
+        subprocess.run([*prefix, "-D", pgdata, "-w", *args], check=True, capture_output=True)
+
+    with backend_url("postgres", tmp_path) as url:
+
+        async def main():
+            async with ledger_gateway(url) as h, h.client() as client:
+                for _ in range(5):
+                    assert (await stream_once(client)).status_code == 200
+                await h.ledger.flush()
+                await asyncio.to_thread(pg_ctl, "stop", "-m", "fast")
+                try:
+                    for _ in range(15):
+                        assert (await stream_once(client)).status_code == 200
+                    await asyncio.sleep(0.5)
+                    assert h.ledger.depth == 15
+                finally:
+                    await asyncio.to_thread(pg_ctl, "start", "-l", f"{pgdata}/server.log")
+                await asyncio.wait_for(h.ledger.flush(), 30)
+                assert await _count(h.store) == 20
+
+        run(main(), use_uvloop=True)
+
+
+def test_queue_full_drops_are_counted_and_logged(caplog):
+    async def main():
+        # Nothing listens there: the store never opens, records can only queue.
+        store = open_store(LedgerSettings(url=f"postgresql://u@127.0.0.1:{free_port()}/x"))
+        ledger = UsageLedger(store, max_queue=5, shutdown_timeout=0.2, spill_dir=None)
+        await ledger.start()
+        for i in range(12):
+            ledger.record(_record(i))
+        assert ledger.dropped == 7 and ledger.depth == 5
+        await ledger.stop()
+
+    with caplog.at_level(logging.ERROR, logger="gwcore.ledger"):
+        run(main())
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "QUEUE FULL" in text and "DROPPED" in text
+    assert "LOST" in text  # and what was still queued at exit says so too
+
+
+def test_stop_flushes_everything_queued(db_url):
+    async def main():
+        store = open_store(LedgerSettings(url=db_url))
+        ledger = UsageLedger(store, batch_size=10_000, flush_interval=3600)
+        await ledger.start()
+        for i in range(250):
+            ledger.record(_record(i))
+        await asyncio.sleep(0.05)
+        assert ledger.written == 0
+        await ledger.stop()
+        assert ledger.written == 250
+        await store.open()
+        assert await _count(store) == 250
+        await store.close()
+
+    run(main())
+
+
+def test_refused_at_exit_spilled_then_imported(tmp_path):
+    path = tmp_path / "ledger.db"
+
+    async def main():
+        ledger = UsageLedger(
+            SqliteStore(str(path), busy_timeout=0.05),
+            flush_interval=3600,
+            shutdown_timeout=0.5,
+            spill_dir=str(tmp_path),
+        )
+        await ledger.start()
+        for i in range(40):
+            ledger.record(_record(i))
+        locker = sqlite3.connect(path, isolation_level=None)
+        locker.execute("BEGIN EXCLUSIVE")
+        await ledger.stop()
+        locker.execute("ROLLBACK")
+        locker.close()
+        spills = glob.glob(str(tmp_path / "gwcore-ledger-spill-*.jsonl"))
+        assert len(spills) == 1
+        again = UsageLedger(SqliteStore(str(path)), spill_dir=str(tmp_path))
+        await again.start()
+        assert await _count(again.store) == 40
+        assert not glob.glob(str(tmp_path / "gwcore-ledger-spill-*"))
+        await again.stop()
+
+    run(main())
+
+
+# ---- processes: SIGTERM and workers --------------------------------------------------------------
+
+
+def _process_config(tmp_path: Path, url: str, mock_port: int, **ledger) -> Path:
+    return write_config(
+        tmp_path / "gwcore.yaml",
+        {
+            "from_env": False,
+            "providers": [
+                {
+                    "name": "mock",
+                    "type": "openai_compatible",
+                    "base_url": f"http://127.0.0.1:{mock_port}/v1",
+                    "models": [MODEL],
+                }
+            ],
+            "ledger": {"url": url, **ledger},
+            "pricing": {MODEL: PRICE},
+        },
+    )
+
+
+@contextlib.contextmanager
+def _mock_process(tmp_path: Path):
+    port = free_port()
+    cmd = ["-m", "gwcore.testing.mock_upstream", "--port", str(port), "--events", "8"]
+    proc = subprocess.Popen(
+        [sys.executable, *cmd],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=clean_env(),
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v1/models", proc)
+        yield port
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _serve(tmp_path: Path, config: Path, port: int, workers: int = 1) -> subprocess.Popen:
+    return subprocess.Popen(
+        serve_cmd(port, config, workers),
+        cwd=tmp_path,
+        env=clean_env(GWCORE_MASTER_KEY=MASTER),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+async def _count_url(url: str) -> int:
+    store = open_store(LedgerSettings(url=url))
+    await store.open()
+    try:
+        return await _count(store)
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_sigterm_flushes_the_queue(kind, tmp_path):
+    """Nothing is written before the signal (huge batch, hour-long interval), all of it after."""
+    n = 30
+    with backend_url(kind, tmp_path) as url, _mock_process(tmp_path) as mock_port:
+        config = _process_config(
+            tmp_path, url, mock_port, batch_size=100_000, flush_interval_ms=3_600_000
+        )
+        port = free_port()
+        proc = _serve(tmp_path, config, port)
+        try:
+            wait_http(f"http://127.0.0.1:{port}/health", proc)
+            with httpx.Client(
+                base_url=f"http://127.0.0.1:{port}", headers={"authorization": f"Bearer {MASTER}"}
+            ) as client:
+                for _ in range(n):
+                    with client.stream("POST", "/v1/chat/completions", json=chat()) as r:
+                        r.read()
+                        assert r.status_code == 200
+            assert run(_count_url(url)) == 0
+            proc.terminate()
+            out = proc.communicate(timeout=30)[0].decode()
+            assert proc.returncode == 0, out
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert run(_count_url(url)) == n, out
+        assert f"{n} written, 0 dropped, 0 spilled" in out
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_two_workers_share_one_ledger(kind, tmp_path):
+    n = 80
+    with backend_url(kind, tmp_path) as url, _mock_process(tmp_path) as mock_port:
+        config = _process_config(tmp_path, url, mock_port, flush_interval_ms=10)
+        port = free_port()
+        proc = _serve(tmp_path, config, port, workers=2)
+        ids = []
+        try:
+            wait_http(f"http://127.0.0.1:{port}/health", proc)
+            for _ in range(n):  # a new connection each time: SO_REUSEPORT spreads them
+                with httpx.Client(
+                    base_url=f"http://127.0.0.1:{port}",
+                    headers={"authorization": f"Bearer {MASTER}"},
+                ) as client:
+                    r = client.post("/v1/chat/completions", json=chat(False))
+                    assert r.status_code == 200
+                    ids.append(r.headers["x-request-id"])
+            proc.terminate()
+            out = proc.communicate(timeout=30)[0].decode()
+            assert proc.returncode == 0, out
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert len({i[:12] for i in ids}) == 2, "both workers answered"  # per-worker id prefix
+
+        async def stored():
+            store = open_store(LedgerSettings(url=url))
+            await store.open()
+            try:
+                entries, _ = await store.log(UsageFilter(), 1000, None)
+                return {e["request_id"] for e in entries}
+            finally:
+                await store.close()
+
+        assert run(stored()) == set(ids)
