@@ -441,8 +441,9 @@ class _MockConnection(asyncio.Protocol):
 class MockUpstream:
     """The mock provider. Attributes tests may set: ``scenarios`` (a deque of ``Scenario``, one per
     request, FIFO), ``events`` (SSE events per default stream), ``text_deltas`` (text deltas per
-    Anthropic / Gemini stream), ``pace_ms``, ``models``, ``prompt_tokens``. Observations: ``requests``, ``connections_opened``, ``connections_closed``,
-    ``opened_at`` / ``closed_at`` (connection id -> loop time), ``open_connections``."""
+    Anthropic / Gemini stream), ``pace_ms``, ``models``, ``prompt_tokens``. Observations:
+    ``requests``, ``connections_opened``, ``connections_closed``, ``opened_at`` / ``closed_at``
+    (connection id -> loop time), ``open_connections``."""
 
     def __init__(
         self,
