@@ -1,0 +1,214 @@
+"""``GET /metrics``: Prometheus text that prometheus_client's parser reads, one worker or two."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+
+import httpx
+import pytest
+from ledger_harness import (
+    CLEAN_ENV,
+    MASTER,
+    MODEL,
+    PRICE,
+    chat,
+    clean_env,
+    free_port,
+    ledger_gateway,
+    serve_cmd,
+    stream_once,
+    wait_http,
+    write_config,
+)
+from prometheus_client.parser import text_string_to_metric_families
+
+from gwcore.metrics import GatewayMetrics, upstream_error_kind
+from gwcore.testing import MockUpstream, Scenario, run
+from gwcore.usage import UsageRecord
+
+pytestmark = pytest.mark.timeout(60)
+clean_settings = CLEAN_ENV
+
+
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(found: dict, name: str, **labels: str) -> float:
+    return found.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def total(found: dict, name: str, **labels: str) -> float:
+    want = set(labels.items())
+    return sum(v for (n, lbl), v in found.items() if n == name and want <= set(lbl))
+
+
+def test_metrics_after_traffic(tmp_path):
+    async def main():
+        async with ledger_gateway(f"sqlite:///{tmp_path / 'l.db'}", mock_kwargs={"events": 6}) as h:
+            async with h.client() as client:
+                for _ in range(3):
+                    assert (await stream_once(client)).status_code == 200
+                r = await client.post("/v1/chat/completions", json=chat(False))
+                usage = r.json()["usage"]
+                h.mock.scenarios.append(Scenario.error(429, "slow down"))
+                assert (
+                    await client.post("/v1/chat/completions", json=chat(False))
+                ).status_code == 429
+                async with h.client("sk-wrong") as wrong:
+                    assert (await wrong.get("/v1/models")).status_code == 401
+                await h.ledger.flush()
+                r = await client.get("/metrics")
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+            found = samples(r.text)
+            labels = {"provider": "mock", "model": MODEL, "route": "relay"}
+            assert value(found, "gwcore_requests_total", **labels, status="200") == 4
+            assert value(found, "gwcore_requests_total", **labels, status="429") == 1
+            assert (
+                value(
+                    found, "gwcore_request_duration_seconds_count", provider="mock", route="relay"
+                )
+                == 5
+            )
+            assert (
+                value(
+                    found, "gwcore_time_to_first_byte_seconds_count", provider="mock", route="relay"
+                )
+                == 5
+            )
+            prompt = value(
+                found, "gwcore_tokens_total", provider="mock", model=MODEL, type="prompt"
+            )
+            assert prompt == 4 * usage["prompt_tokens"]
+            completion = value(
+                found, "gwcore_tokens_total", provider="mock", model=MODEL, type="completion"
+            )
+            cost = value(found, "gwcore_cost_usd_total", provider="mock", model=MODEL)
+            expected = (prompt * PRICE["input"] + completion * PRICE["output"]) / 1e6
+            assert cost == pytest.approx(expected)
+            assert (
+                value(found, "gwcore_upstream_errors_total", provider="mock", kind="rate_limited")
+                == 1
+            )
+            assert value(found, "gwcore_auth_failures_total", reason="invalid") == 1
+            assert value(found, "gwcore_requests_in_flight") == 0
+            assert value(found, "gwcore_ledger_queue_depth") == 0
+            assert value(found, "gwcore_ledger_written_records_total") == 5
+            assert value(found, "gwcore_ledger_dropped_records_total") == 0
+
+    run(main(), use_uvloop=True)
+
+
+def test_in_flight_counts_a_stream_until_its_end(tmp_path):
+    async def main():
+        async with (
+            ledger_gateway(
+                f"sqlite:///{tmp_path / 'l.db'}", mock_kwargs={"events": 20, "pace_ms": 20}
+            ) as h,
+            h.client() as client,
+        ):
+            task = asyncio.ensure_future(stream_once(client))
+            await asyncio.sleep(0.15)
+            during = samples((await client.get("/metrics")).text)
+            assert value(during, "gwcore_requests_in_flight") == 1
+            assert (await task).status_code == 200
+            after = samples((await client.get("/metrics")).text)
+            assert value(after, "gwcore_requests_in_flight") == 0
+            # A request refused before it reaches a handler's record is not left in flight.
+            bad = await client.post("/v1/chat/completions", json={"model": MODEL})
+            assert bad.status_code == 400
+            assert (
+                value(samples((await client.get("/metrics")).text), "gwcore_requests_in_flight")
+                == 0
+            )
+
+    run(main(), use_uvloop=True)
+
+
+def test_upstream_error_kinds():
+    def rec(**kw) -> UsageRecord:
+        base = UsageRecord("r", "p", "m", "m", "relay", True)
+        for k, v in kw.items():
+            setattr(base, k, v)
+        return base
+
+    assert upstream_error_kind(rec(status=200, ttfb_ms=1.0)) is None
+    assert upstream_error_kind(rec(status=502, error="connect failed")) == "connect"
+    assert upstream_error_kind(rec(status=504, error="timeout")) == "timeout"
+    assert upstream_error_kind(rec(status=429, ttfb_ms=1.0, error="x")) == "rate_limited"
+    assert upstream_error_kind(rec(status=503, ttfb_ms=1.0, error="x")) == "status_5xx"
+    assert upstream_error_kind(rec(status=400, ttfb_ms=1.0, error="x")) == "status_4xx"
+    assert upstream_error_kind(rec(status=200, ttfb_ms=1.0, aborted=True, error="broken")) == (
+        "stream"
+    )
+    gone = rec(status=200, ttfb_ms=1.0, aborted=True, error="client disconnected")
+    assert upstream_error_kind(gone) is None
+
+
+def test_unpriced_and_unknown_usage():
+    m = GatewayMetrics()
+    r = UsageRecord("a", "p", "m", "unknown-model", "relay", False, status=200, prompt_tokens=3)
+    m.record(r)  # tokens, no price: counted as unpriced, never as zero cost
+    m.record(UsageRecord("b", "p", "m", "unknown-model", "relay", False, status=502))
+    found = samples(m.render()[0].decode())
+    assert value(found, "gwcore_unpriced_requests_total", provider="p", model="unknown-model") == 1
+    assert total(found, "gwcore_cost_usd_total") == 0
+
+
+def test_two_workers_metrics_are_summed(tmp_path):
+    """``gwcore serve --workers 2``: a scrape of either worker counts both workers' requests."""
+    n = 30
+
+    async def with_mock():
+        async with MockUpstream(events=4) as mock:
+            config = write_config(
+                tmp_path / "gwcore.yaml",
+                {
+                    "from_env": False,
+                    "providers": [
+                        {
+                            "name": "mock",
+                            "type": "openai_compatible",
+                            "base_url": mock.base_url,
+                            "models": [MODEL],
+                        }
+                    ],
+                    "ledger": {"url": f"sqlite:///{tmp_path / 'l.db'}"},
+                },
+            )
+            port = free_port()
+            proc = subprocess.Popen(
+                serve_cmd(port, config, workers=2),
+                cwd=tmp_path,
+                env=clean_env(GWCORE_MASTER_KEY=MASTER),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            try:
+                await asyncio.to_thread(wait_http, f"http://127.0.0.1:{port}/health", proc)
+                pids = set()
+                for _ in range(n):  # a new connection each time: both workers answer
+                    async with httpx.AsyncClient(
+                        base_url=f"http://127.0.0.1:{port}",
+                        headers={"authorization": f"Bearer {MASTER}"},
+                    ) as client:
+                        r = await client.post("/v1/chat/completions", json=chat(False))
+                        assert r.status_code == 200
+                        pids.add(r.headers["x-request-id"][:12])
+                assert len(pids) == 2
+                for _ in range(4):
+                    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                        found = samples((await client.get("/metrics")).text)
+                    assert total(found, "gwcore_requests_total") == n
+                    assert value(found, "gwcore_requests_in_flight") == 0
+            finally:
+                proc.terminate()
+                out = (await asyncio.to_thread(proc.communicate, timeout=30))[0].decode()
+            assert proc.returncode == 0, out
+
+    run(with_mock())
