@@ -1,0 +1,140 @@
+"""User-space instructions per streamed request of each relay, counted by callgrind.
+
+Seconds of CPU on a shared two-core machine swing by tens of percent between runs; instruction
+counts do not. This runs each relay (gwcore, gwcore without its ledger, the pure-Python twin of its
+scanner, the uvloop floor, nginx) under ``valgrind --tool=callgrind`` twice, once for N1 and once for N2 streamed requests
+after the same warm-up, and reports (Ir(N2) - Ir(N1)) / (N2 - N1): start-up and warm-up cancel
+out. Kernel work (the read and write system calls, the same count for every relay here) is not in
+these figures; ``bench_relay.py`` measures whole CPU time.
+
+    python bench/bench_relay_instructions.py [--n1 100] [--n2 400] [--targets gwcore,floor,nginx]
+
+Never a timed test: it prints numbers, it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_relay as br  # noqa: E402 - the sibling harness: its services and request
+
+WARMUP = 50
+
+
+def _stream(sock: socket.socket) -> None:
+    sock.sendall(br.REQUEST)
+    buf = b""
+    while not buf.endswith(b"\r\n0\r\n\r\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise RuntimeError("the relay closed the connection mid-response")
+        buf += chunk
+    if br.DONE not in buf:
+        raise RuntimeError(f"not a complete stream: {buf[-200:]!r}")
+
+
+def _run(tmp: Path, target: str, mock_port: int, n: int) -> int:
+    tmp = tmp / f"{target}-{n}"
+    tmp.mkdir()
+    out = tmp / f"{target}.{n}.callgrind"
+    port = br.free_port()
+    grind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--trace-children=no"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GWCORE_")}
+    if target.startswith("gwcore"):
+        config = tmp / "gwcore.yaml"
+        config.write_text(
+            "from_env: false\nproviders:\n"
+            f'  - {{name: mock, type: openai_compatible, base_url: "http://127.0.0.1:{mock_port}'
+            f'/v1", models: [{br.MODEL}]}}\n'
+        )
+        if target == "gwcore_pure":
+            env["GWCORE_NO_EXTENSIONS"] = "1"
+        if target == "gwcore_noledger":  # prices the ledger (and what it alone needs)
+            env["GWCORE_LEDGER"] = "off"
+        env["GWCORE_DATABASE_URL"] = f"sqlite:///{tmp / 'ledger.db'}"
+        cmd = [sys.executable, "-m", "gwcore.cli", "serve", "--host", "127.0.0.1"]
+        cmd += ["--port", str(port), "--config", str(config), "--log-level", "WARNING"]
+    elif target == "floor":
+        cmd = [sys.executable, str(br.BENCH_DIR / "passthrough_floor.py"), str(port)]
+        cmd += [str(mock_port)]
+    else:  # nginx, its master process off so that the one process is the relay
+        service = br.start_nginx(tmp, mock_port)
+        if service is None:
+            raise RuntimeError("nginx is not installed")
+        conf = tmp / "nginx" / "nginx.conf"
+        service.stop()
+        text = conf.read_text().replace("daemon off;", "daemon off;\nmaster_process off;")
+        text = re.sub(r"listen 127\.0\.0\.1:\d+;", f"listen 127.0.0.1:{port};", text)
+        conf.write_text(text)
+        cmd = [shutil.which("nginx") or "/usr/sbin/nginx", "-p", str(tmp / "nginx")]
+        cmd += ["-e", str(tmp / "nginx" / "error.log"), "-c", str(conf)]
+    log = (tmp / f"{target}.{n}.log").open("wb")
+    proc = subprocess.Popen([*grind, *cmd], stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        br.wait_listening(proc, port, target, timeout=120)
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            for _ in range(WARMUP + n):
+                _stream(sock)
+    finally:
+        proc.send_signal(signal.SIGTERM if target != "nginx" else signal.SIGQUIT)
+        try:
+            proc.wait(120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    text = out.read_text(errors="replace")
+    match = re.search(r"^(?:summary|totals):\s+(\d+)", text, re.M)
+    if match is None:
+        raise RuntimeError(f"no instruction total in {out}")
+    return int(match.group(1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n1", type=int, default=100)
+    parser.add_argument("--n2", type=int, default=400)
+    parser.add_argument("--targets", default="gwcore,gwcore_pure,floor,nginx")
+    args = parser.parse_args(argv)
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed (apt-get install -y valgrind)")
+        return 1
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        mock = br.start_mock(tmp, 33)
+        try:
+            for target in args.targets.split(","):
+                t0 = time.monotonic()
+                try:
+                    a = _run(tmp, target, mock.port, args.n1)
+                    b = _run(tmp, target, mock.port, args.n2)
+                except RuntimeError as exc:
+                    print(f"{target}: skipped ({exc})")
+                    continue
+                per = (b - a) / (args.n2 - args.n1)
+                rows.append((target, per))
+                print(f"{target}: {per:,.0f} instructions/request ({time.monotonic() - t0:.0f} s)")
+        finally:
+            mock.stop()
+    base = dict(rows).get("nginx")
+    print("\n| relay | user-space instructions per streamed request | ÷ nginx |")
+    print("|---|--:|--:|")
+    for target, per in rows:
+        print(f"| {target} | {per:,.0f} | {f'{per / base:.2f}' if base else '-'} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
