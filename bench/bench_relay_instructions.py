@@ -1,11 +1,11 @@
 """User-space instructions per streamed request of each relay, counted by callgrind.
 
 Seconds of CPU on a shared two-core machine swing by tens of percent between runs; instruction
-counts do not. This runs each relay (gwcore, gwcore without its ledger, the pure-Python twin of its
-scanner, the uvloop floor, nginx) under ``valgrind --tool=callgrind`` twice, once for N1 and once for N2 streamed requests
-after the same warm-up, and reports (Ir(N2) - Ir(N1)) / (N2 - N1): start-up and warm-up cancel
-out. Kernel work (the read and write system calls, the same count for every relay here) is not in
-these figures; ``bench_relay.py`` measures whole CPU time.
+counts do not. This runs each relay (gwcore, gwcore without its ledger, the pure-Python twin of
+its scanner, the uvloop floor, nginx) under ``valgrind --tool=callgrind`` twice, once for N1 and
+once for N2 streamed requests after the same warm-up, and reports (Ir(N2) - Ir(N1)) / (N2 - N1):
+start-up and warm-up cancel out. Kernel work (the read and write system calls, the same count for
+every relay here) is not in these figures; ``bench_relay.py`` measures whole CPU time.
 
     python bench/bench_relay_instructions.py [--n1 100] [--n2 400] [--targets gwcore,floor,nginx]
 
@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bench_relay as br  # noqa: E402 - the sibling harness: its services and request
+import bench_relay as br  # the sibling harness: its services and request
 
 WARMUP = 50
 
