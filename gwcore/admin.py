@@ -33,7 +33,6 @@ import orjson
 from gwcore.auth import KeyAuth
 from gwcore.errors import GatewayError
 from gwcore.ledger.store import LedgerStore, UsageFilter, decode_cursor
-from gwcore.server.app import Response
 
 __all__ = ["PREFIX", "AdminAPI"]
 
@@ -88,14 +87,15 @@ class AdminAPI:
         self.flush = flush  # writes this worker's queued records first (fresher answers)
 
     def routes(self) -> list[tuple[str, str, Any]]:
+        """(method, path, handler) for the front door's route table."""
         return [
-            ("GET", f"{PREFIX}/usage/summary", self.usage_summary),
-            ("GET", f"{PREFIX}/usage/daily", self.usage_daily),
-            ("GET", f"{PREFIX}/usage/models", self.usage_models),
-            ("GET", f"{PREFIX}/usage/log", self.usage_log),
-            ("POST", f"{PREFIX}/keys", self.create_key),
-            ("GET", f"{PREFIX}/keys", self.list_keys),
-            ("DELETE", f"{PREFIX}/keys", self.revoke_key),
+            ("GET", f"{PREFIX}/usage/summary", _handler(self.usage_summary)),
+            ("GET", f"{PREFIX}/usage/daily", _handler(self.usage_daily)),
+            ("GET", f"{PREFIX}/usage/models", _handler(self.usage_models)),
+            ("GET", f"{PREFIX}/usage/log", _handler(self.usage_log)),
+            ("POST", f"{PREFIX}/keys", _handler(self.create_key)),
+            ("GET", f"{PREFIX}/keys", _handler(self.list_keys)),
+            ("DELETE", f"{PREFIX}/keys", _handler(self.revoke_key)),
         ]
 
     # ---- helpers
@@ -113,8 +113,8 @@ class AdminAPI:
     async def _begin(self, request: Any) -> tuple[LedgerStore, dict[str, list[str]]]:
         self.auth.require_master(request.headers)
         store = self._store()
-        if self.flush is not None:
-            await self.flush()
+        if self.flush is not None:  # this worker's queue first (bounded: the database may be away)
+            await self.flush(1.0)
         return store, parse_qs(request.query, keep_blank_values=True)
 
     @staticmethod
@@ -162,7 +162,7 @@ class AdminAPI:
 
     # ---- usage
 
-    async def usage_summary(self, request: Any, channel: Any) -> Any:
+    async def usage_summary(self, request: Any) -> _Json:
         store, query = await self._begin(request)
         f = self._filter(query)
         totals = await self._call(store.summary(f))
@@ -175,19 +175,19 @@ class AdminAPI:
             }
         )
 
-    async def usage_daily(self, request: Any, channel: Any) -> Any:
+    async def usage_daily(self, request: Any) -> _Json:
         store, query = await self._begin(request)
         f = self._filter(query)
         days = await self._call(store.daily(f))
         return _json({"object": "list", "filters": self._echo(f), "data": days})
 
-    async def usage_models(self, request: Any, channel: Any) -> Any:
+    async def usage_models(self, request: Any) -> _Json:
         store, query = await self._begin(request)
         f = self._filter(query)
         models = await self._call(store.models(f))
         return _json({"object": "list", "filters": self._echo(f), "data": models})
 
-    async def usage_log(self, request: Any, channel: Any) -> Any:
+    async def usage_log(self, request: Any) -> _Json:
         store, query = await self._begin(request)
         f = self._filter(query)
         raw_limit = self._one(query, "limit")
@@ -215,7 +215,7 @@ class AdminAPI:
 
     # ---- keys
 
-    async def create_key(self, request: Any, channel: Any) -> Any:
+    async def create_key(self, request: Any) -> _Json:
         self.auth.require_master(request.headers)
         self._store()
         try:
@@ -253,7 +253,7 @@ class AdminAPI:
         key, secret = await self._call(self.auth.create_key(name, models, expires_at))
         return _json({**key.public(), "key": secret}, status=201)
 
-    async def list_keys(self, request: Any, channel: Any) -> Any:
+    async def list_keys(self, request: Any) -> _Json:
         self.auth.require_master(request.headers)
         store = self._store()
         keys = await self._call(store.keys())
@@ -261,7 +261,7 @@ class AdminAPI:
         data = [k.public(now) for k in sorted(keys, key=lambda k: (k.created_at, k.id))]
         return _json({"object": "list", "data": data})
 
-    async def revoke_key(self, request: Any, channel: Any) -> Any:
+    async def revoke_key(self, request: Any) -> _Json:
         self.auth.require_master(request.headers)
         self._store()
         key_id = self._one(parse_qs(request.query, keep_blank_values=True), "id")
@@ -273,5 +273,31 @@ class AdminAPI:
         return _json(key.public())
 
 
-def _json(obj: Any, status: int = 200) -> Response:
-    return Response(status, orjson.dumps(obj))
+def _handler(answer: Callable[[Any], Any]) -> Callable[[Any, Any], Any]:
+    async def handle(request: Any, channel: Any) -> None:
+        (await answer(request)).send(channel)
+
+    handle.__name__ = answer.__name__
+    return handle
+
+
+class _Json:
+    """A JSON answer, sent by ``send`` through the front door's channel (duck-typed: the core
+    never imports the server)."""
+
+    __slots__ = ("body", "status")
+
+    def __init__(self, status: int, body: bytes) -> None:
+        self.status = status
+        self.body = body
+
+    def send(self, channel: Any) -> None:
+        channel.start(
+            self.status, [("content-type", "application/json")], content_length=len(self.body)
+        )
+        channel.write_raw(self.body)
+        channel.end()
+
+
+def _json(obj: Any, status: int = 200) -> _Json:
+    return _Json(status, orjson.dumps(obj))

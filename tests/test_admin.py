@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections import defaultdict
 from pathlib import Path
@@ -256,3 +257,21 @@ def test_parse_time():
     assert parse_time("2026-01-01T00:00:00", "since") == T0
     with pytest.raises(GatewayError):
         parse_time("nan", "since")
+
+
+def test_database_away_admin_answers_503_quickly(tmp_path):
+    async def main():
+        async with ledger_gateway(f"sqlite:///{tmp_path / 'l.db'}") as h, h.client() as client:
+
+            async def down(*args):
+                raise OSError("database is away")
+
+            h.store.summary = down
+            h.ledger.record(RECORDS[0])  # queued; the flush before the answer is bounded
+            h.ledger.store.write = down
+            started = asyncio.get_running_loop().time()
+            r = await client.get(f"{U}/summary")
+            assert r.status_code == 503 and r.json()["error"]["code"] == "ledger_unavailable"
+            assert asyncio.get_running_loop().time() - started < 3
+
+    run(main(), use_uvloop=True)

@@ -163,12 +163,18 @@ class UsageLedger:
             left,
         )
 
-    async def flush(self) -> None:
-        """Wait until everything recorded so far is stored (tests, admin reads)."""
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything recorded so far is stored, or ``timeout`` seconds; True when
+        nothing is left (tests, and the admin API before it answers)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         while self.depth and self._task is not None and not self._task.done():
+            if deadline is not None and loop.time() >= deadline:
+                return False
             assert self._wake is not None
             self._wake.set()
             await asyncio.sleep(0.005)
+        return not self.depth
 
     # ---- the writer task
 
