@@ -314,13 +314,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     __slots__ = (
         "_counted",
+        "_deadline",
         "_diverted",
         "_exchange",
         "_head_buf",
         "_head_fut",
-        "_header_handle",
-        "_idle_handle",
-        "_ka_handle",
         "_keep_alive",
         "_listener",
         "_loop",
@@ -350,9 +348,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._exchange: UpstreamExchange | None = None
         self._head_buf = b""
         self._head_fut: asyncio.Future | None = None
-        self._header_handle: asyncio.TimerHandle | None = None
-        self._idle_handle: asyncio.TimerHandle | None = None
-        self._ka_handle: asyncio.TimerHandle | None = None
+        # When the pool's ticker next looks at this connection (0: never): the header deadline
+        # while waiting for a head, the next idle check in a body, the keep-alive expiry in the
+        # pool. One ticker per pool instead of timers per request.
+        self._deadline = 0.0
         self._keep_alive = False
         self._until_close = False
         self._method = "GET"
@@ -390,7 +389,6 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         self._listener = None
-        self._cancel_body_timers()
         self._undivert()
         if self._paused:
             self._paused = False
@@ -403,10 +401,6 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._state = _CLOSED
         self._listener = None
-        self._cancel_body_timers()
-        if self._ka_handle is not None:
-            self._ka_handle.cancel()
-            self._ka_handle = None
         self._pool._forget(self)
         if self._transport is not None:
             self._transport.abort()
@@ -459,10 +453,6 @@ class UpstreamConnection(asyncio.Protocol):
         listener = self._listener
         self._state = _CLOSED
         self._listener = None
-        self._cancel_body_timers()
-        if self._ka_handle is not None:
-            self._ka_handle.cancel()
-            self._ka_handle = None
         self._pool._forget(self)
         if state == _HEAD:
             fut = self._head_fut
@@ -496,9 +486,6 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _take(self) -> bool:
         """Pool -> caller. False when the connection died while idle."""
-        if self._ka_handle is not None:
-            self._ka_handle.cancel()
-            self._ka_handle = None
         if self._state != _IDLE or self._transport is None or self._transport.is_closing():
             self.close()
             return False
@@ -518,9 +505,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.requests += 1
         fut = self._head_fut = self._loop.create_future()
         self._transport.write(data)
-        timeout = self._pool.header_timeout
-        if timeout is not None:
-            self._header_handle = self._loop.call_later(timeout, self._on_header_timeout)
+        pool = self._pool
+        timeout = pool.header_timeout
+        self._deadline = 0.0 if timeout is None else self._loop.time() + timeout
+        pool._watch(self)
         return fut
 
     def _data_slow(self, data: bytes) -> None:
@@ -537,7 +525,6 @@ class UpstreamConnection(asyncio.Protocol):
                 self._keep_alive = False
             self._remaining = 0
             self._state = _DONE
-            self._cancel_body_timers()
             listener = self._listener
             listener.on_data(data)
             if self._state == _DONE and self._listener is listener:
@@ -617,9 +604,6 @@ class UpstreamConnection(asyncio.Protocol):
             keep_alive = False  # body ends when the upstream closes
         self._keep_alive = keep_alive
         self._until_close = not chunked and length is None
-        if self._header_handle is not None:
-            self._header_handle.cancel()
-            self._header_handle = None
         if length == 0:
             self._state = _DONE
             if len(buf) > end:
@@ -653,8 +637,19 @@ class UpstreamConnection(asyncio.Protocol):
         if fut is not None and not fut.done():
             fut.set_exception(exc)
 
+    def _tick(self, now: float) -> None:
+        """The pool's ticker: a deadline passed (header timeout, idle check, keep-alive end)."""
+        state = self._state
+        if state == _HEAD:
+            self._on_header_timeout()
+        elif state in (_STREAM, _LENGTH):
+            self._idle_check(now)
+        elif state == _IDLE:
+            self.close()
+        else:
+            self._deadline = 0.0
+
     def _on_header_timeout(self) -> None:
-        self._header_handle = None
         if self._state == _HEAD:
             t = self._pool.header_timeout
             self._fail_head(
@@ -665,15 +660,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _start_idle_timer(self) -> None:
         timeout = self._pool.idle_timeout
-        if timeout is not None:
-            # A counter checked four times per timeout instead of a timer reset per chunk.
-            self._idle_handle = self._loop.call_later(timeout / 4, self._idle_tick)
+        # A counter checked four times per timeout instead of a timer reset per chunk.
+        self._deadline = 0.0 if timeout is None else self._loop.time() + timeout / 4
 
-    def _idle_tick(self) -> None:
-        self._idle_handle = None
-        if self._state != _STREAM and self._state != _LENGTH:
-            return
-        rx = self._rx if self._diverted is None else self._rx + self._diverted.pieces  # type: ignore[attr-defined]
+    def _idle_check(self, now: float) -> None:
+        diverted = self._diverted
+        rx = self._rx if diverted is None else self._rx + diverted.pieces  # type: ignore[attr-defined]
         if rx != self._rx_seen or self._paused:  # a pause is our client's, not the upstream's
             self._rx_seen = rx
             self._silent = 0
@@ -691,20 +683,7 @@ class UpstreamConnection(asyncio.Protocol):
                     )
                 )
                 return
-        self._idle_handle = self._loop.call_later(self._pool.idle_timeout / 4, self._idle_tick)
-
-    def _cancel_body_timers(self) -> None:
-        if self._header_handle is not None:
-            self._header_handle.cancel()
-            self._header_handle = None
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
-            self._idle_handle = None
-
-    def _on_keepalive_expired(self) -> None:
-        self._ka_handle = None
-        if self._state == _IDLE:
-            self.close()
+        self._deadline = now + self._pool.idle_timeout / 4
 
 
 # ---------------------------------------------------------------------------------- buffered mode
@@ -875,6 +854,11 @@ class UpstreamPool:
         self._ssl_context = ssl_context
         self._origins: dict[Origin, _OriginPool] = {}
         self._closed = False
+        # One ticker for every deadline of every connection (see UpstreamConnection._deadline).
+        self._watched: set[UpstreamConnection] = set()
+        self._tick_handle: asyncio.TimerHandle | None = None
+        periods = [t / 4 for t in (header_timeout, idle_timeout, keepalive_idle) if t]
+        self._tick_every = min([1.0, *periods])
 
     # ---- public
 
@@ -942,6 +926,9 @@ class UpstreamPool:
     async def aclose(self) -> None:
         """Close idle connections; connections in use close when released. No new requests."""
         self._closed = True
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+            self._tick_handle = None
         for op in self._origins.values():
             for conn in list(op.idle):
                 conn.close()
@@ -1081,11 +1068,31 @@ class UpstreamPool:
         op = self._origins[conn.origin]
         conn._state = _IDLE
         conn.reused = True
-        conn._ka_handle = conn._loop.call_later(self.keepalive_idle, conn._on_keepalive_expired)
+        conn._deadline = conn._loop.time() + self.keepalive_idle
         op.idle.append(conn)
         self._wake(op)
 
+    def _watch(self, conn: UpstreamConnection) -> None:
+        """From its first request on, the ticker looks after ``conn`` until it closes."""
+        if conn not in self._watched:
+            self._watched.add(conn)
+            if self._tick_handle is None and not self._closed:
+                self._tick_handle = conn._loop.call_later(self._tick_every, self._on_tick)
+
+    def _on_tick(self) -> None:
+        self._tick_handle = None
+        if not self._watched:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for conn in list(self._watched):
+            if 0.0 < conn._deadline <= now:
+                conn._tick(now)
+        if self._watched and not self._closed:
+            self._tick_handle = loop.call_later(self._tick_every, self._on_tick)
+
     def _forget(self, conn: UpstreamConnection) -> None:
+        self._watched.discard(conn)
         op = self._origins.get(conn.origin)
         if op is None:
             return
