@@ -261,7 +261,10 @@ def test_parse_time():
 
 def test_database_away_admin_answers_503_quickly(tmp_path):
     async def main():
-        async with ledger_gateway(f"sqlite:///{tmp_path / 'l.db'}") as h, h.client() as client:
+        async with (
+            ledger_gateway(f"sqlite:///{tmp_path / 'l.db'}", ledger={"shutdown_timeout": 0.3}) as h,
+            h.client() as client,
+        ):
 
             async def down(*args):
                 raise OSError("database is away")
