@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n1", type=int, default=100)
     parser.add_argument("--n2", type=int, default=400)
     parser.add_argument("--targets", default="gwcore,gwcore_pure,floor,nginx")
+    parser.add_argument("--keep", metavar="DIR", help="copy the callgrind files here")
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install -y valgrind)")
@@ -123,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
                 except RuntimeError as exc:
                     print(f"{target}: skipped ({exc})")
                     continue
+                if args.keep:
+                    Path(args.keep).mkdir(parents=True, exist_ok=True)
+                    for f in tmp.glob(f"{target}-*/*.callgrind"):
+                        shutil.copy(f, Path(args.keep) / f.name)
                 per = (b - a) / (args.n2 - args.n1)
                 rows.append((target, per))
                 print(f"{target}: {per:,.0f} instructions/request ({time.monotonic() - t0:.0f} s)")
