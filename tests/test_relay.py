@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import socket
 
 import orjson
 import pytest
@@ -10,6 +12,7 @@ from gateway_harness import CHUNK_END, chat_body, gateway_with_mock, raw_post
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gwcore.server.protocol import HttpProtocol
 from gwcore.testing import Scenario, recorded_fixture, run
 
 OPENAI_STREAM = recorded_fixture(__file__, "openai", "chat_completion_stream.txt")
@@ -374,5 +377,58 @@ def test_client_disconnect_closes_upstream_within_50ms(when):
             assert all(s["idle"] == 0 and s["open"] == 0 for s in stats.values())
             (rec,) = h.sink.records
             assert rec.aborted
+
+    run(main(), use_uvloop=True)
+
+
+# ---- flow control --------------------------------------------------------------------------------
+
+
+def test_client_that_stops_reading_pauses_the_upstream():
+    """Crossed flow control: a client that reads nothing makes the gateway stop reading the
+    upstream, so the backlog stays in the upstream's socket buffers, not in gateway memory."""
+    event = b"data: " + b'{"choices":[{"delta":{"content":"' + b"x" * 900 + b'"}}]}' + b"\n\n"
+    body = event * 20_000 + b"data: [DONE]\n\n"  # ~19 MB
+
+    async def main():
+        async with gateway_with_mock() as h:
+            h.mock.scenarios.append(
+                Scenario.replay(body, split_at=list(range(65536, len(body), 65536)))
+            )
+            reader, writer = await asyncio.open_connection(h.host, h.port)
+            data = orjson.dumps(chat_body(True, include_usage=True))
+            writer.transport.set_write_buffer_limits(high=0)
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            writer.write(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(data), data)
+            )
+            writer.transport.pause_reading()  # the client reads nothing from now on
+            await asyncio.sleep(1.0)
+            backlog = sum(
+                c.transport.get_write_buffer_size()
+                for c in h.mock._conns.values()
+                if c.transport is not None
+            )
+            # What the gateway did not take stays at the upstream (the kernel's socket buffers
+            # on the three hops hold a few MB more)...
+            assert backlog > 5_000_000
+            # ...and the gateway's own buffer towards the client stays under its high-water mark
+            # plus one read (the loop reads at most 256 KiB at a time).
+            fronts = [o for o in gc.get_objects() if isinstance(o, HttpProtocol)]
+            buffered = [p.transport.get_write_buffer_size() for p in fronts if p.transport]
+            assert buffered and max(buffered) <= 256 * 1024 + 256 * 1024
+            writer.transport.resume_reading()
+            got = 0
+            while True:
+                chunk = await reader.read(1 << 20)
+                if not chunk:
+                    break
+                got += len(chunk)
+                if got > len(body):
+                    break
+            assert got > len(body)  # then everything arrives
+            writer.close()
 
     run(main(), use_uvloop=True)
