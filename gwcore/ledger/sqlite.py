@@ -39,9 +39,8 @@ _INSERT = (
 # Many rows per statement: one sqlite3_step (one GIL release) per chunk instead of per row, about
 # 40% less CPU per record than executemany. SQLite before 3.32 allows 999 parameters per statement.
 _CHUNK = 100 if sqlite3.sqlite_version_info >= (3, 32, 0) else 50
-_INSERT_CHUNK = (
-    f"INSERT OR IGNORE INTO usage_records ({', '.join(COLUMNS)}) VALUES "
-    + ", ".join([f"({', '.join('?' for _ in COLUMNS)})"] * _CHUNK)
+_INSERT_CHUNK = f"INSERT OR IGNORE INTO usage_records ({', '.join(COLUMNS)}) VALUES " + ", ".join(
+    [f"({', '.join('?' for _ in COLUMNS)})"] * _CHUNK
 )
 _QUERIES = Queries(lambda n: "?", "strftime('%Y-%m-%d', created_at, 'unixepoch')")
 
