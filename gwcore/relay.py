@@ -235,6 +235,8 @@ class RelayedResponse:
 
     def _on_data_slow(self, data: bytes) -> None:
         mode = self._mode
+        if mode != _FRAMED and mode != _BODY and mode != _ERROR:
+            return  # the response already ended
         dechunker = self._dechunker
         try:
             payload = dechunker.feed(data) if dechunker is not None else data
@@ -251,8 +253,6 @@ class RelayedResponse:
             self._write(data if self._write is self.channel.write_raw else payload)
         elif mode == _ERROR:
             self._kept.append(payload)
-        else:
-            return
         if dechunker is not None and dechunker.complete:
             self.on_eof()
 

@@ -432,3 +432,42 @@ def test_client_that_stops_reading_pauses_the_upstream():
             writer.close()
 
     run(main(), use_uvloop=True)
+
+
+# ---- other framings ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("framing", ["length", "close"])
+def test_stream_with_unchunked_upstream_framing_is_reframed(framing):
+    body = b'data: {"choices":[{"delta":{"content":"a"}}]}\n\ndata: [DONE]\n\n'
+
+    async def main():
+        async with gateway_with_mock() as h:
+            h.mock.scenarios.append(Scenario.replay(body, framing=framing, split_at=[7, 30]))
+            resp = await raw_post(h.host, h.port, chat_body(True, include_usage=True))
+            assert resp.status == 200 and resp.complete
+            assert resp.payload() == body
+            (rec,) = h.sink.records
+            assert rec.status == 200 and not rec.aborted
+
+    run(main(), use_uvloop=True)
+
+
+def test_http10_client_gets_the_stream_without_chunked_framing():
+    async def main():
+        async with gateway_with_mock(events=5) as h:
+            direct = await raw_post(h.mock.host, h.mock.port, chat_body(True, include_usage=True))
+            reader, writer = await asyncio.open_connection(h.host, h.port)
+            data = orjson.dumps(chat_body(True, include_usage=True))
+            writer.write(
+                b"POST /v1/chat/completions HTTP/1.0\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(data), data)
+            )
+            raw = await asyncio.wait_for(reader.read(-1), 5)  # the body ends with the connection
+            head, _, payload = raw.partition(b"\r\n\r\n")
+            assert b" 200 " in head.split(b"\r\n")[0]
+            assert b"transfer-encoding" not in head.lower()
+            assert payload == direct.payload()
+            writer.close()
+
+    run(main(), use_uvloop=True)
