@@ -361,15 +361,26 @@ async def _disconnect_after(h, body: dict, *, read_bytes: int) -> float:
     return loop.time()
 
 
-@pytest.mark.parametrize("when", ["before_head", "mid_stream"])
+@pytest.mark.parametrize("when", ["before_head", "waiting_first_event", "mid_stream", "non_stream"])
 def test_client_disconnect_closes_upstream_within_50ms(when):
     async def main():
         async with gateway_with_mock(events=200, pace_ms=5) as h:
+            body, read_bytes = chat_body(True), 600
             if when == "before_head":
                 h.mock.scenarios.append(Scenario(hang=True))
-            t0 = await _disconnect_after(
-                h, chat_body(True), read_bytes=0 if when == "before_head" else 600
-            )
+                read_bytes = 0
+            elif when == "waiting_first_event":  # the head came, the first token did not
+                h.mock.scenarios.append(Scenario(head_separate=True, stall_at=0))
+                read_bytes = 100
+            elif when == "non_stream":
+                answer = orjson.dumps({"id": "x", "choices": [], "pad": "y" * 5000})
+                h.mock.scenarios.append(
+                    Scenario.replay(
+                        answer, content_type="application/json", framing="length", stall_at=1000
+                    )
+                )
+                body, read_bytes = chat_body(False), 100
+            t0 = await _disconnect_after(h, body, read_bytes=read_bytes)
             closed_at = await h.mock.wait_closed(1, timeout=2.0)
             assert closed_at - t0 < 0.05
             await asyncio.sleep(0.05)

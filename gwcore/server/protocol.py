@@ -394,8 +394,10 @@ class HttpProtocol(asyncio.Protocol):
             self._req = None
         if self._active is None and not self._pending:
             return False  # close
-        if self._active is not None and self._active.started is False:
-            # As nginx does: a client that closes while its answer is being prepared has gone
+        active = self._active
+        if active is not None and (not active.started or active._callbacks):
+            # As nginx does for proxied requests: a client that closes while its answer is being
+            # prepared, or while a handler that listens for disconnects is streaming, has gone
             # (clients do not half-close HTTP), so upstream work stops at once.
             return False
         self._closing = True  # answer what arrived complete, then close
