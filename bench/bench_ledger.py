@@ -129,15 +129,20 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"pinned: {relay.PIN}; {args.duration:.0f} s per round; {args.events} events per stream\n"
     )
-    print("| concurrency | off µs/stream | on µs/stream | on/off | off streams/s | on streams/s |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| concurrency | off µs/stream | on µs/stream | on/off | paired on/off "
+        "| off streams/s | on streams/s |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for c in args.concurrency:
         off = out["results"]["off", c]
         on = out["results"]["on", c]
         cpu_off = med([r["relay_cpu_us"] for r in off])
         cpu_on = med([r["relay_cpu_us"] for r in on])
+        # Each round's two runs are neighbours in time: their ratio is less exposed to drift.
+        paired = med([b["relay_cpu_us"] / a["relay_cpu_us"] for a, b in zip(off, on, strict=True)])
         print(
-            f"| {c} | {cpu_off:.1f} | {cpu_on:.1f} | {cpu_on / cpu_off:.3f} "
+            f"| {c} | {cpu_off:.1f} | {cpu_on:.1f} | {cpu_on / cpu_off:.3f} | {paired:.3f} "
             f"| {med([r['rps'] for r in off]):.0f} | {med([r['rps'] for r in on]):.0f} |"
         )
     errors = {
