@@ -1,13 +1,13 @@
 """Ledger benchmark: relay streaming CPU per request with the usage ledger on (SQLite) and off.
 
-Workload: the relay benchmark's (``bench_relay.py``, whose load generator and process helpers this
-imports): ``POST /v1/chat/completions`` with ``"stream": true``, answered by the mock upstream with
-33 SSE events. Two ``gwcore serve --workers 1`` processes run side by side, the same config but
-for the ledger: ``on`` writes every usage record to a SQLite file (the default backend: WAL,
-``synchronous=FULL``, batches from a writer thread), ``off`` has ``GWCORE_LEDGER=off``. Both keep
-everything else (metrics, the usage log line, no auth). Both run on CPU 0; the mock and the load
-generator on CPU 1. Rounds interleave the two (off on, on off, ...); per round and target: relay
-CPU per stream (utime+stime of the gwcore process, its writer thread included, from
+Workload: the relay benchmark's (``bench_relay.py``; the load generator and the process helpers are
+``gwcore.benchmark``'s): ``POST /v1/chat/completions`` with ``"stream": true``, answered by the mock
+upstream with 33 SSE events. Two ``gwcore serve --workers 1`` processes run side by side, the same
+config but for the ledger: ``on`` writes every usage record to a SQLite file (the default backend:
+WAL, ``synchronous=FULL``, batches from a writer thread), ``off`` has ``GWCORE_LEDGER=off``. Both
+keep everything else (metrics, the usage log line, no auth). Both run on CPU 0; the mock and the
+load generator on CPU 1. Rounds interleave the two (off on, on off, ...); per round and target:
+relay CPU per stream (utime+stime of the gwcore process, its writer thread included, from
 ``/proc/<pid>/stat``) over the measured window; the report gives medians and the ratio on/off.
 Afterwards it checks that the ledger holds one row per stream the ``on`` process served.
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -28,27 +27,43 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_relay as relay
+from gwcore.benchmark import loadgen
+from gwcore.benchmark.loadgen import DONE, Exchange, Expect, chat_body, http_request
+from gwcore.benchmark.services import (
+    MODEL,
+    Pinning,
+    Service,
+    free_port,
+    start_mock,
+    usage_log_lines,
+    wait_listening,
+)
 
 TARGETS = ("off", "on")
+PIN = Pinning(False)  # set by main()
 
 
-def start_gwcore(tmp: Path, mock_port: int, ledger: bool) -> relay.Service:
-    port = relay.free_port()
+def exchange(events: int) -> Exchange:
+    return Exchange(
+        http_request("/v1/chat/completions", chat_body(MODEL, True)), Expect(events, DONE)
+    )
+
+
+def start_gwcore(tmp: Path, mock_port: int, ledger: bool) -> Service:
+    port = free_port()
     name = "on" if ledger else "off"
     config = tmp / f"gwcore-{name}.yaml"
     config.write_text(
         "from_env: false\nproviders:\n"
         f'  - {{name: mock, type: openai_compatible, base_url: "http://127.0.0.1:{mock_port}/v1",'
-        f" models: [{relay.MODEL}]}}\n"
+        f" models: [{MODEL}]}}\n"
         f'ledger: {{url: "sqlite:///{tmp / "ledger.db"}", spill_dir: "{tmp}"}}\n'
     )
-    exe = shutil.which("gwcore")
-    cmd = [exe] if exe else [sys.executable, "-m", "gwcore.cli"]
     cmd = [
-        *relay.pinned(relay.RELAY_CPU),
-        *cmd,
+        *PIN.prefix(PIN.target_cpu),
+        sys.executable,
+        "-m",
+        "gwcore.cli",
         "serve",
         "--host",
         "127.0.0.1",
@@ -62,13 +77,13 @@ def start_gwcore(tmp: Path, mock_port: int, ledger: bool) -> relay.Service:
         env["GWCORE_LEDGER"] = "off"
     log = tmp / f"gwcore-{name}.log"
     proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, cwd=tmp)
-    relay.wait_listening(proc, port, f"gwcore serve (ledger {name})")
-    return relay.Service(name, proc, port, proc.pid, log)
+    wait_listening(proc, port, f"gwcore serve (ledger {name})")
+    return Service(name, proc, port, proc.pid, log)
 
 
 async def bench(args, services: dict) -> dict:
     for name in TARGETS:
-        ok, what = await relay.probe(services[name].port, args.events)
+        ok, what = await loadgen.probe(services[name].port, exchange(args.events))
         print(f"probe {name}: {'ok' if ok else 'FAILED'}: {what}", file=sys.stderr)
         if not ok:
             raise SystemExit(1)
@@ -79,7 +94,9 @@ async def bench(args, services: dict) -> dict:
             for name in order:
                 svc = services[name]
                 pids = {"relay": svc.cpu_pid, "mock": services["mock"].cpu_pid}
-                r = await relay.run_load(svc.port, c, args.warmup, args.duration, args.events, pids)
+                r = await loadgen.run_load(
+                    svc.port, c, args.warmup, args.duration, exchange(args.events), pids, PIN
+                )
                 results[name, c].append(r)
                 errors = sum(r["errors"].values())
                 print(
@@ -104,16 +121,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
 
-    relay.PIN = bool(shutil.which("taskset")) and len(os.sched_getaffinity(0)) >= 2
-    if relay.PIN:
-        os.sched_setaffinity(0, {relay.LOAD_CPU})
+    global PIN
+    PIN = Pinning.detect()
+    PIN.pin_self()
     import uvloop
 
     services: dict = {}
     with tempfile.TemporaryDirectory(prefix="gwcore-bench-ledger-") as tmp_name:
         tmp = Path(tmp_name)
         try:
-            services["mock"] = relay.start_mock(tmp, args.events)
+            services["mock"] = start_mock(tmp, args.events, PIN)
             services["off"] = start_gwcore(tmp, services["mock"].port, ledger=False)
             services["on"] = start_gwcore(tmp, services["mock"].port, ledger=True)
             out = uvloop.run(bench(args, services))
@@ -123,11 +140,11 @@ def main(argv: list[str] | None = None) -> int:
         with sqlite3.connect(tmp / "ledger.db") as con:
             rows = con.execute("SELECT COUNT(*) FROM usage_records").fetchone()[0]
         on_log = (tmp / "gwcore-on.log").read_text(errors="replace")
-        records = relay.count_usage_lines(tmp / "gwcore-on.log")
+        records = usage_log_lines(tmp / "gwcore-on.log")
 
     print(f"\n## Ledger on (SQLite) vs off: relay CPU per stream, medians of {args.rounds} rounds")
     print(
-        f"pinned: {relay.PIN}; {args.duration:.0f} s per round; {args.events} events per stream\n"
+        f"pinned: {PIN.enabled}; {args.duration:.0f} s per round; {args.events} events per stream\n"
     )
     print(
         "| concurrency | off µs/stream | on µs/stream | on/off | paired on/off "

@@ -26,22 +26,31 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gwcore.benchmark.loadgen import DONE, chat_body, http_request
+from gwcore.benchmark.services import (
+    MODEL,
+    Pinning,
+    free_port,
+    start_mock,
+    start_nginx,
+    wait_listening,
+)
 
-import bench_relay as br  # the sibling harness: its services and request
+REQUEST = http_request("/v1/chat/completions", chat_body(MODEL, True))
+NO_PIN = Pinning(False)  # callgrind runs one process at a time: no pinning
 
 WARMUP = 50
 
 
 def _stream(sock: socket.socket) -> None:
-    sock.sendall(br.REQUEST)
+    sock.sendall(REQUEST)
     buf = b""
     while not buf.endswith(b"\r\n0\r\n\r\n"):
         chunk = sock.recv(65536)
         if not chunk:
             raise RuntimeError("the relay closed the connection mid-response")
         buf += chunk
-    if br.DONE not in buf:
+    if DONE not in buf:
         raise RuntimeError(f"not a complete stream: {buf[-200:]!r}")
 
 
@@ -49,7 +58,7 @@ def _run(tmp: Path, target: str, mock_port: int, n: int) -> int:
     tmp = tmp / f"{target}-{n}"
     tmp.mkdir()
     out = tmp / f"{target}.{n}.callgrind"
-    port = br.free_port()
+    port = free_port()
     grind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--trace-children=no"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("GWCORE_")}
     if target.startswith("gwcore"):
@@ -57,7 +66,7 @@ def _run(tmp: Path, target: str, mock_port: int, n: int) -> int:
         config.write_text(
             "from_env: false\nproviders:\n"
             f'  - {{name: mock, type: openai_compatible, base_url: "http://127.0.0.1:{mock_port}'
-            f'/v1", models: [{br.MODEL}]}}\n'
+            f'/v1", models: [{MODEL}]}}\n'
         )
         if target == "gwcore_pure":
             env["GWCORE_NO_EXTENSIONS"] = "1"
@@ -67,10 +76,10 @@ def _run(tmp: Path, target: str, mock_port: int, n: int) -> int:
         cmd = [sys.executable, "-m", "gwcore.cli", "serve", "--host", "127.0.0.1"]
         cmd += ["--port", str(port), "--config", str(config), "--log-level", "WARNING"]
     elif target == "floor":
-        cmd = [sys.executable, str(br.BENCH_DIR / "passthrough_floor.py"), str(port)]
+        cmd = [sys.executable, "-m", "gwcore.benchmark.floor", str(port)]
         cmd += [str(mock_port)]
     else:  # nginx, its master process off so that the one process is the relay
-        service = br.start_nginx(tmp, mock_port)
+        service = start_nginx(tmp, mock_port, NO_PIN)
         if service is None:
             raise RuntimeError("nginx is not installed")
         conf = tmp / "nginx" / "nginx.conf"
@@ -83,7 +92,7 @@ def _run(tmp: Path, target: str, mock_port: int, n: int) -> int:
     log = (tmp / f"{target}.{n}.log").open("wb")
     proc = subprocess.Popen([*grind, *cmd], stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
-        br.wait_listening(proc, port, target, timeout=120)
+        wait_listening(proc, port, target, timeout=120)
         with socket.create_connection(("127.0.0.1", port)) as sock:
             for _ in range(WARMUP + n):
                 _stream(sock)
@@ -114,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        mock = br.start_mock(tmp, 33)
+        mock = start_mock(tmp, 33, NO_PIN)
         try:
             for target in args.targets.split(","):
                 t0 = time.monotonic()

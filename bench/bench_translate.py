@@ -14,8 +14,9 @@ report quotes medians over rounds of gwcore's CPU per completed stream (utime+st
 ``/proc/<pid>/stat`` over the measured window) and the ratio translate / relay (target: <= 3).
 Every response is checked (status 200, complete chunked framing, the expected number of ``data:``
 events ending with ``data: [DONE]``). gwcore runs on CPU 0, the mock and the load generator on
-CPU 1 (``taskset``), as in ``bench_relay.py``, whose load generator and process helpers this
-reuses. A last line prices the translator alone (parser + translator, in this process, no I/O).
+CPU 1 (``taskset``), as in ``bench_relay.py``; the load generator and the process helpers are
+``gwcore.benchmark``'s. A last line prices the translator alone (parser + translator, in this
+process, no I/O).
 
     python bench/bench_translate.py [--duration 3] [--rounds 3] [--concurrency 1,32]
 
@@ -26,86 +27,45 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import uvloop
 
-import bench_relay as br  # the load generator and process helpers
+from gwcore.benchmark import loadgen
+from gwcore.benchmark.loadgen import Exchange, Expect, chat_body, http_request
+from gwcore.benchmark.report import fmt, med, pct, ratio
+from gwcore.benchmark.services import (
+    ANTHROPIC_MODEL,
+    MODEL,
+    Pinning,
+    Service,
+    start_gwcore,
+    start_mock,
+)
 
 DELTAS = 33
-RELAY_MODEL = br.MODEL
-TRANSLATE_MODEL = "claude-bench"
+RELAY_MODEL = MODEL
+TRANSLATE_MODEL = ANTHROPIC_MODEL
 
 
 def request(model: str) -> bytes:
-    body = (
-        b'{"model":"%b","messages":[{"role":"user","content":"Say hello in one word."}],'
-        b'"stream":true}' % model.encode()
-    )
-    return (
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
-    )
+    return http_request("/v1/chat/completions", chat_body(model, True))
 
 
-# path -> (request bytes, data: events the client must get)
+# path -> what is sent and the data: events the client must get
 PATHS = {
-    "relay": (request(RELAY_MODEL), 33),
-    "translate": (request(TRANSLATE_MODEL), DELTAS + 3),
+    "relay": Exchange(request(RELAY_MODEL), Expect(33)),
+    "translate": Exchange(request(TRANSLATE_MODEL), Expect(DELTAS + 3)),
 }
+PIN = Pinning(False)  # set by main()
 
 
-def start_mock(tmp: Path) -> br.Service:
-    port = br.free_port()
-    log = tmp / "mock.log"
-    cmd = [*br.pinned(br.LOAD_CPU), sys.executable, "-m", "gwcore.testing.mock_upstream"]
-    cmd += ["--port", str(port), "--events", "33", "--text-deltas", str(DELTAS), "--pace-ms", "0"]
-    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    br.wait_listening(proc, port, "the mock upstream")
-    return br.Service("mock", proc, port, proc.pid, log)
-
-
-def start_gwcore(tmp: Path, mock_port: int) -> br.Service:
-    port = br.free_port()
-    base = f"http://127.0.0.1:{mock_port}/v1"
-    config = tmp / "gwcore.yaml"
-    config.write_text(
-        "from_env: false\nproviders:\n"
-        f'  - {{name: relay, type: openai_compatible, base_url: "{base}",'
-        f" models: [{RELAY_MODEL}]}}\n"
-        f'  - {{name: translate, type: anthropic, base_url: "{base}", api_key: bench,'
-        f" models: [{TRANSLATE_MODEL}]}}\n"
-    )
-    exe = shutil.which("gwcore")
-    cmd = (
-        [exe]
-        if exe
-        else [sys.executable, "-c", "import sys; from gwcore.cli import main; sys.exit(main())"]
-    )
-    cmd = [*br.pinned(br.RELAY_CPU), *cmd, "serve", "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--workers", "1", "--config", str(config)]
-    log = tmp / "gwcore.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GWCORE_")}
-    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
-    br.wait_listening(proc, port, "gwcore serve")
-    return br.Service("gwcore", proc, port, proc.pid, log)
-
-
-def use_path(name: str) -> int:
-    """Point the shared load generator at one path; returns the events to expect."""
-    br.REQUEST, events = PATHS[name]  # StreamConnection.send writes bench_relay.REQUEST
-    return events
-
-
-async def bench(args, mock: br.Service, gw: br.Service) -> dict:
+async def bench(args, mock: Service, gw: Service) -> dict:
     for name in PATHS:
-        ok, what = await br.probe(gw.port, use_path(name))
+        ok, what = await loadgen.probe(gw.port, PATHS[name])
         print(f"probe {name}: {'OK' if ok else 'FAILED'}: {what}", file=sys.stderr, flush=True)
         if not ok:
             raise RuntimeError(f"the {name} path does not return a correct stream: {what}")
@@ -113,16 +73,17 @@ async def bench(args, mock: br.Service, gw: br.Service) -> dict:
     pids = {"mock": mock.cpu_pid, "relay": gw.cpu_pid}
     for r in range(args.rounds):
         for c in args.concurrency:
-            for name in PATHS:
-                events = use_path(name)
-                res = await br.run_load(gw.port, c, args.warmup, args.duration, events, pids)
+            for name, exchange in PATHS.items():
+                res = await loadgen.run_load(
+                    gw.port, c, args.warmup, args.duration, exchange, pids, PIN
+                )
                 rounds.setdefault((name, c), []).append(res)
                 print(
                     f"round {r + 1} {name:9} c={c:<3} {res['rps']:8.0f} req/s  gwcore CPU "
-                    f"{br.fmt(res['relay_cpu_us'], 1):>7} µs/req  TTFE p50 "
-                    f"{br.fmt(res['ttfe_p50_us'])} µs  mock {res['mock_cpu_us']:5.0f} client "
-                    f"{res['client_cpu_us']:5.0f} µs/req  CPU0 {br.pct(res['cpu0_busy'])} "
-                    f"CPU1 {br.pct(res['cpu1_busy'])}  errors {sum(res['errors'].values())}",
+                    f"{fmt(res['relay_cpu_us'], 1):>7} µs/req  TTFE p50 "
+                    f"{fmt(res['ttfe_p50_us'])} µs  mock {res['mock_cpu_us']:5.0f} client "
+                    f"{res['client_cpu_us']:5.0f} µs/req  CPU0 {pct(res['cpu0_busy'])} "
+                    f"CPU1 {pct(res['cpu1_busy'])}  errors {sum(res['errors'].values())}",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -162,8 +123,8 @@ def report(args, rounds: dict, alone: tuple[float, str]) -> str:
         f"interleaved rounds of {args.duration:g} s (+{args.warmup:g} s warm-up) per path and "
         "concurrency; medians. "
         + (
-            f"gwcore on CPU {br.RELAY_CPU}, mock + load on CPU {br.LOAD_CPU}."
-            if br.PIN
+            f"gwcore on CPU {PIN.target_cpu}, mock + load on CPU {PIN.load_cpu}."
+            if PIN.enabled
             else "NOT pinned (taskset or a second CPU missing)."
         ),
         "",
@@ -174,15 +135,15 @@ def report(args, rounds: dict, alone: tuple[float, str]) -> str:
     for c in args.concurrency:
         rel = rounds[("relay", c)]
         tra = rounds[("translate", c)]
-        cpu_r = br.med([x["relay_cpu_us"] for x in rel])
-        cpu_t = br.med([x["relay_cpu_us"] for x in tra])
+        cpu_r = med([x["relay_cpu_us"] for x in rel])
+        cpu_t = med([x["relay_cpu_us"] for x in tra])
         errors = sum(sum(x["errors"].values()) for x in rel + tra)
         lines.append(
-            f"| {c} | {br.fmt(cpu_r, 1)} | {br.fmt(cpu_t, 1)} | "
-            f"{br.fmt(br.ratio(cpu_t, cpu_r), 2)}x | {br.fmt(br.med([x['rps'] for x in rel]))} | "
-            f"{br.fmt(br.med([x['rps'] for x in tra]))} | "
-            f"{br.fmt(br.med([x['ttfe_p50_us'] for x in rel]))} / "
-            f"{br.fmt(br.med([x['ttfe_p50_us'] for x in tra]))} | {errors} |"
+            f"| {c} | {fmt(cpu_r, 1)} | {fmt(cpu_t, 1)} | "
+            f"{fmt(ratio(cpu_t, cpu_r), 2)}x | {fmt(med([x['rps'] for x in rel]))} | "
+            f"{fmt(med([x['rps'] for x in tra]))} | "
+            f"{fmt(med([x['ttfe_p50_us'] for x in rel]))} / "
+            f"{fmt(med([x['ttfe_p50_us'] for x in tra]))} | {errors} |"
         )
     lines += [
         "",
@@ -201,17 +162,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
 
-    br.PIN = bool(shutil.which("taskset")) and len(os.sched_getaffinity(0)) >= 2
-    if br.PIN:
-        os.sched_setaffinity(0, {br.LOAD_CPU})  # the load generator is this process
-    import uvloop
+    global PIN
+    PIN = Pinning.detect()
+    PIN.pin_self()  # the load generator is this process
 
-    services: list[br.Service] = []
+    services: list[Service] = []
     with tempfile.TemporaryDirectory(prefix="gwcore-bench-translate-") as tmp:
         try:
-            mock = start_mock(Path(tmp))
+            mock = start_mock(Path(tmp), 33, PIN, text_deltas=DELTAS)
             services.append(mock)
-            gw = start_gwcore(Path(tmp), mock.port)
+            gw = start_gwcore(Path(tmp), mock.port, PIN)
             services.append(gw)
             rounds = uvloop.run(bench(args, mock, gw))
         finally:

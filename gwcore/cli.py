@@ -17,6 +17,7 @@ from gwcore._version import __version__
 # name -> (module, one-line help). A module is listed here only once it exists.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("gwcore.server.cli", "Run the gateway's HTTP server."),
+    "bench": ("gwcore.benchmark.cli", "Benchmark gwcore against other gateways on loopback."),
 }
 
 

@@ -1,11 +1,11 @@
-"""The floor of a Python relay: a uvloop byte pipe, written only to be measured by bench_relay.py.
+"""The floor of a Python relay: a uvloop byte pipe, written only to be measured by the benchmarks.
 
 Per client connection: find the end of each request head, forward the bytes to the mock over one
 kept-alive upstream connection, write every upstream read back unchanged. No HTTP parsing beyond
 the head's end, no flow control, no pool: good enough for the benchmark's workload only (each
 request arrives in one read, the upstream keeps its connection alive). Never use it for more.
 
-    python bench/passthrough_floor.py LISTEN_PORT UPSTREAM_PORT
+    python -m gwcore.benchmark.floor LISTEN_PORT UPSTREAM_PORT
 """
 
 import asyncio

@@ -1,0 +1,185 @@
+"""What the benchmark reads from ``/proc``: CPU time, memory, system calls, CPU busy time, sockets.
+
+Owns the accounting of the processes under test (a process and its descendants: gwcore's forked
+workers, nginx's worker), the per-CPU busy ticks that show how loaded each core was, and the TCP
+sockets bound to a port (the mock's upstream connections, a gateway's listening processes). Linux
+only; it reads and never writes, and it never signals a process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+from collections.abc import Iterable
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+_LISTEN = 0x0A
+ESTABLISHED = 0x01
+
+
+def _stat_fields(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (its own threads, not its children)."""
+    fields = _stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of ``pid``."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if int(_stat_fields(int(entry))[1]) == pid:
+                    out.append(int(entry))
+    return out
+
+
+def process_tree(roots: Iterable[int]) -> list[int]:
+    """``roots`` and all their live descendants (one pass over /proc)."""
+    parent: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                parent[int(entry)] = int(_stat_fields(int(entry))[1])
+    out = [pid for pid in roots if pid in parent]
+    seen = set(out)
+    i = 0
+    while i < len(out):
+        for pid, ppid in parent.items():
+            if ppid == out[i] and pid not in seen:
+                seen.add(pid)
+                out.append(pid)
+        i += 1
+    return out
+
+
+def tree_cpu_seconds(pids: Iterable[int]) -> float:
+    """utime + stime summed over ``pids`` (exited ones count 0)."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += cpu_seconds(pid)
+    return total
+
+
+def rss_bytes(pids: Iterable[int]) -> int:
+    """Resident set size summed over ``pids`` (/proc/<pid>/statm)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError), open(f"/proc/{pid}/statm") as f:
+            total += int(f.read().split()[1]) * PAGE_SIZE
+    return total
+
+
+def syscalls(pid: int) -> tuple[int, int]:
+    """(read-like, write-like) system calls of ``pid`` so far (/proc/<pid>/io; 0s if hidden)."""
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            io = dict(line.split(": ") for line in f.read().splitlines())
+        return int(io["syscr"]), int(io["syscw"])
+    except (OSError, KeyError, ValueError):
+        return 0, 0
+
+
+def cpu_busy_ticks() -> dict[int, tuple[int, int]]:
+    """Per CPU (busy, total) clock ticks since boot, from /proc/stat (any process, softirq too)."""
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *ticks = line.split()
+            if name.startswith("cpu") and name != "cpu":
+                values = [int(v) for v in ticks[:8]]
+                idle = values[3] + values[4]  # idle + iowait
+                out[int(name[3:])] = (sum(values) - idle, sum(values))
+    return out
+
+
+def busy_fraction(t0: dict, t1: dict, cpu: int) -> float | None:
+    if cpu not in t0 or cpu not in t1:
+        return None
+    busy, total = t1[cpu][0] - t0[cpu][0], t1[cpu][1] - t0[cpu][1]
+    return busy / total if total else None
+
+
+def self_cpu() -> float:
+    """utime + stime of this process (the load generator)."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith(("model name", "Model", "Processor")):
+                return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def _tcp_table(port: int) -> Iterable[tuple[int, int]]:
+    """(inode, state) of every TCP socket whose local port is ``port`` (IPv4 and IPv6)."""
+    suffix = f":{port:04X}"
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as f:
+                lines = f.readlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if len(parts) > 9 and parts[1].endswith(suffix):
+                yield int(parts[9]), int(parts[3], 16)
+
+
+def port_connections(port: int) -> dict[int, int]:
+    """inode -> TCP state of the connected sockets on local ``port`` (the server side of each
+    connection to it; listening sockets and TIME_WAIT leftovers, which have no inode, excluded)."""
+    return {inode: state for inode, state in _tcp_table(port) if inode and state != _LISTEN}
+
+
+def tcp_queues(local_port: int = 0, remote_port: int = 0) -> tuple[int, int]:
+    """(send queue, receive queue) bytes summed over the TCP sockets with that local or remote
+    port: what the kernel holds that the peer has not acknowledged / the owner has not read."""
+    local = f":{local_port:04X}" if local_port else None
+    remote = f":{remote_port:04X}" if remote_port else None
+    tx = rx = 0
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as f:
+                lines = f.readlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if len(parts) < 5 or parts[3] == "0A":
+                continue
+            if (local and parts[1].endswith(local)) or (remote and parts[2].endswith(remote)):
+                t, r = parts[4].split(":")
+                tx += int(t, 16)
+                rx += int(r, 16)
+    return tx, rx
+
+
+def listening_pids(port: int) -> list[int]:
+    """The processes holding a listening socket on ``port`` (every SO_REUSEPORT worker)."""
+    inodes = {inode for inode, state in _tcp_table(port) if state == _LISTEN and inode}
+    if not inodes:
+        return []
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{entry}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{entry}/fd/{fd}") in wanted:
+                        out.append(int(entry))
+                        break
+    return sorted(out)
