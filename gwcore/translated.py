@@ -349,6 +349,7 @@ async def translated_completion(
         upstream_model=upstream_model,
         route=ROUTE,
         stream=stream,
+        key_id=getattr(request, "key_id", None),
     )
     forwarded = [
         (name, value)

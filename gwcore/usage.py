@@ -224,7 +224,8 @@ class LogSink:
 
     def record(self, rec: UsageRecord) -> None:
         if self.logger.isEnabledFor(self.level):
-            self.logger.log(self.level, orjson.dumps(rec.to_dict()).decode())
+            fields = {name: getattr(rec, name) for name in rec.__slots__}  # asdict() deep-copies
+            self.logger.log(self.level, orjson.dumps(fields).decode())
 
 
 class FanoutSink:

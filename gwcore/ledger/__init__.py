@@ -191,7 +191,10 @@ class UsagePipeline:
         ledger = build_ledger(settings, metrics) if settings.enabled else None
         if ledger is None:
             log.warning("usage ledger is OFF (GWCORE_LEDGER=off): usage is not stored")
-        sinks: list[UsageSink] = [memory, LogSink(), metrics]
+        sinks: list[UsageSink] = [memory, metrics]
+        if _truthy(env.get("GWCORE_USAGE_LOG")):
+            # One JSON line per request costs more CPU than the whole relay of a stream: opt-in.
+            sinks.append(LogSink())
         if ledger is not None:
             sinks.append(ledger)
         kinds = {p.name: p.kind for p in registry}
@@ -208,3 +211,7 @@ class UsagePipeline:
                 sink.record(rec)
             except Exception:
                 log.exception("usage sink %r failed", sink)
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
