@@ -4,7 +4,7 @@ Owns the client side of a measurement: N connections sending one request after a
 (keep-alive), clients that hang up after the first events (disconnect storm), clients that read
 one event per second (slow readers), the measured window, and the accounting around it (CPU of
 the target's and the mock's processes, this process's own CPU, per-CPU busy time, the target's
-RSS sampled over time, the upstream connections seen at the mock's port). Every response is
+RSS sampled over time, the connections the mock accepted and closed). Every response is
 checked (status, complete chunked or length framing, the expected ``data:`` events and ending);
 anything else is counted as an error by kind. It measures; it never starts or stops a service.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import math
 import re
 import shutil
@@ -23,10 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gwcore.benchmark.procstat import (
-    ESTABLISHED,
     busy_fraction,
     cpu_busy_ticks,
-    port_connections,
     process_tree,
     rss_bytes,
     self_cpu,
@@ -38,7 +37,6 @@ from gwcore.benchmark.services import Pinning
 
 DONE = b"data: [DONE]\n\n"
 RSS_EVERY = 0.2  # s between RSS samples
-CONNS_EVERY = 0.05  # s between looks at the mock's sockets (a storm stream lives >= 100 ms)
 SETTLE = 0.5  # s after the last client hung up before the mock's sockets are counted
 
 
@@ -147,6 +145,9 @@ class StreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.transport = transport
+        if not self.load.running and self.load.t0 != -math.inf:  # a reconnect after the end
+            transport.close()
+            return
         with contextlib.suppress(OSError, AttributeError):
             transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.load.conns.add(self)
@@ -416,20 +417,30 @@ def _roots(value) -> list[int]:
     return [value] if isinstance(value, int) else [p for p in value if p]
 
 
+async def mock_stats(port: int, host: str = "127.0.0.1") -> dict:
+    """The mock's connection counts (``GET /_mock/stats``; the asking connection counts)."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(b"GET /_mock/stats HTTP/1.1\r\nHost: mock\r\nConnection: close\r\n\r\n")
+        data = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    return json.loads(data.partition(b"\r\n\r\n")[2])
+
+
 class _Watch:
-    """Samples of the target's RSS and of the connections at the mock's port while load runs."""
+    """The target's RSS sampled while load runs, and the mock's connection counts around it."""
 
     def __init__(self, relay: list[int], mock_port: int | None) -> None:
         self.relay = relay
         self.mock_port = mock_port
         self.rss: list[tuple[float, int]] = []
-        self.seen: set[int] = set()
-        self.before: set[int] = set()
-        if mock_port:
-            self.before = {i for i, s in port_connections(mock_port).items() if s == ESTABLISHED}
+        self.before: dict = {}
         self.task: asyncio.Task | None = None
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        if self.mock_port:
+            self.before = await mock_stats(self.mock_port)
         self.sample_rss(time.perf_counter())
         self.task = asyncio.get_running_loop().create_task(self.run())
 
@@ -438,34 +449,28 @@ class _Watch:
             self.rss.append((now, rss_bytes(self.relay)))
 
     async def run(self) -> None:
-        next_rss = time.perf_counter() + RSS_EVERY
-        every = CONNS_EVERY if self.mock_port else RSS_EVERY
         while True:
-            await asyncio.sleep(every)
-            now = time.perf_counter()
-            if self.mock_port:
-                self.seen.update(port_connections(self.mock_port))
-            if now >= next_rss:
-                self.sample_rss(now)
-                next_rss = now + RSS_EVERY
+            await asyncio.sleep(RSS_EVERY)
+            self.sample_rss(time.perf_counter())
 
     def stop(self) -> None:
         if self.task is not None:
             self.task.cancel()
         self.sample_rss(time.perf_counter())
 
-    def upstream(self) -> dict:
+    async def upstream(self) -> dict:
+        """Connections the mock accepted and closed during the run (the two stats requests
+        themselves taken out), and how many more are open now than before."""
         if not self.mock_port:
             return {}
-        after = {i for i, s in port_connections(self.mock_port).items() if s == ESTABLISHED}
-        new = self.seen - self.before
-        left = after - self.before
+        after = await mock_stats(self.mock_port)
+        before = self.before
         return {
-            "upstream_opened": len(new),
-            "upstream_closed": len(new - after),
-            "upstream_left_open": len(left),
-            "upstream_open_before": len(self.before),
-            "upstream_open_after": len(after),
+            "upstream_opened": after["connections_opened"] - before["connections_opened"] - 1,
+            "upstream_closed": after["connections_closed"] - before["connections_closed"] - 1,
+            "upstream_left_open": max(0, after["open_connections"] - before["open_connections"]),
+            "upstream_open_before": before["open_connections"] - 1,
+            "upstream_open_after": after["open_connections"] - 1,
         }
 
 
@@ -495,7 +500,7 @@ async def run_load(
     mock = process_tree(_roots(pids.get("mock")))
     load = Load(port, exchange, host, hangup_after if mode == "storm" else 0)
     watch = _Watch(relay, mock_port)
-    watch.start()
+    await watch.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     readers: list[asyncio.Task] = []
@@ -544,7 +549,7 @@ async def run_load(
         conn.transport.close()
     watch.stop()
     await asyncio.sleep(SETTLE if mock_port else 0.05)
-    upstream = watch.upstream()
+    upstream = await watch.upstream()
     wall = load.t1 - t_start
     n = len(load.events_read) if mode == "slow" else max(load.ok, 1)
     n = max(n, 1)

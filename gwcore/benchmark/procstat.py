@@ -2,7 +2,7 @@
 
 Owns the accounting of the processes under test (a process and its descendants: gwcore's forked
 workers, nginx's worker), the per-CPU busy ticks that show how loaded each core was, and the TCP
-sockets bound to a port (the mock's upstream connections, a gateway's listening processes). Linux
+sockets of a port (their kernel queues, the processes listening on it). Linux
 only; it reads and never writes, and it never signals a process.
 """
 
@@ -16,7 +16,6 @@ from collections.abc import Iterable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 _LISTEN = 0x0A
-ESTABLISHED = 0x01
 
 
 def _stat_fields(pid: int) -> list[str]:
@@ -135,12 +134,6 @@ def _tcp_table(port: int) -> Iterable[tuple[int, int]]:
             parts = line.split()
             if len(parts) > 9 and parts[1].endswith(suffix):
                 yield int(parts[9]), int(parts[3], 16)
-
-
-def port_connections(port: int) -> dict[int, int]:
-    """inode -> TCP state of the connected sockets on local ``port`` (the server side of each
-    connection to it; listening sockets and TIME_WAIT leftovers, which have no inode, excluded)."""
-    return {inode: state for inode, state in _tcp_table(port) if inode and state != _LISTEN}
 
 
 def tcp_queues(local_port: int = 0, remote_port: int = 0) -> tuple[int, int]:

@@ -174,9 +174,10 @@ WORKLOAD_NOTES = {
     "stops reading a paused stream leaves it there).",
     "storm": "each client hangs up after {hangup} events of a stream paced at {pace:g} ms per "
     "event, reconnects and asks again; req/s = streams hung up per second. Upstream "
-    "connections are counted at the mock's port from /proc/net/tcp (sampled every 50 ms): "
-    "opened during the run, closed by the end, left open {settle:g} s after the last hang-up "
-    "(a gateway that keeps reading an abandoned stream leaves them open).",
+    "connections as the mock counts them (`GET /_mock/stats`, summed over rounds): opened and "
+    "closed during the run, and still open {settle:g} s after the last hang-up beyond those "
+    "open before it (a gateway that keeps reading, or pools, an abandoned stream leaves them "
+    "open).",
 }
 
 
