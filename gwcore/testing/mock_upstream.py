@@ -4,7 +4,8 @@ It owns the provider side of tests and benchmarks: OpenAI chat (streaming and no
 canned Anthropic ``/v1/messages`` and Gemini ``:generateContent`` / ``:streamGenerateContent``
 answers, and per-request ``Scenario`` scripts (replay a recorded body split at given bytes, pace,
 drop or stall mid-body, error status, hang, close without answering, raw bytes). It records the
-requests it got and when each connection opened and closed.
+requests it got and when each connection opened and closed; ``GET /_mock/stats`` answers those
+counts as JSON (for benchmarks that run the mock as a process; the asking connection counts).
 
 It never binds anything but the address it is given (127.0.0.1 by default), never contacts the
 network, and in its default answer does no per-request work beyond one small JSON parse: the
@@ -688,6 +689,13 @@ class MockUpstream:
             gmodel = path.rsplit("/", 1)[-1].split(":", 1)[0]
             body = orjson.dumps(gemini_response(gmodel))
             return Scenario(body=body, content_type=json_type, framing="length")
+        if req.method == "GET" and path == "/_mock/stats":
+            stats = {
+                "connections_opened": self.connections_opened,
+                "connections_closed": self.connections_closed,
+                "open_connections": self.open_connections,
+            }
+            return Scenario(body=orjson.dumps(stats), content_type=json_type, framing="length")
         if req.method == "GET" and path.endswith("/models"):
             return Scenario(body=self._models_body(req, path), content_type=json_type)
         return Scenario.error(404, f"the mock has no route for {req.method} {path}")
