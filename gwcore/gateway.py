@@ -173,10 +173,10 @@ class Gateway:
             await relay.ready
             relay.waiter = None
         except GatewayError as exc:
-            _record_failure(record, self.sink, exc.status, exc.message, started, relay)
+            relay.record_failure(exc.status, exc.message)
             raise
         except asyncio.CancelledError:  # the client went away before the upstream answered
-            _record_failure(record, self.sink, 499, "client disconnected", started, relay)
+            relay.record_failure(499, "client disconnected")
             raise
         return None
 
@@ -244,22 +244,3 @@ def _forwarded(headers: Mapping[str, str]) -> list[tuple[str, str]]:
         for name, value in headers.items()
         if name not in _NOT_FORWARDED and not name.startswith("proxy-")
     ]
-
-
-def _record_failure(
-    record: UsageRecord,
-    sink: UsageSink,
-    status: int,
-    message: str,
-    started: float,
-    relay: RelayedResponse,
-) -> None:
-    """A request that ended before its response started still leaves exactly one record."""
-    if relay._recorded:
-        return
-    relay._recorded = True
-    record.status = record.status or status
-    record.error = record.error or message
-    record.aborted = status == 499
-    record.duration_ms = (time.perf_counter() - started) * 1000.0
-    sink.record(record)

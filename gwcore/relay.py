@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import httptools
@@ -25,7 +26,13 @@ from gwcore.sse import RelayPump, SSEError, StreamObserver
 from gwcore.upstream import UpstreamExchange
 from gwcore.usage import UsageRecord, UsageSink, usage_from_openai
 
-__all__ = ["RelayedResponse", "stream_headers", "upstream_error"]
+__all__ = [
+    "ExchangeResponse",
+    "RelayedResponse",
+    "broken_stream",
+    "stream_headers",
+    "upstream_error",
+]
 
 # What each upstream error status becomes for the client (before the first byte).
 _ERROR_TYPES = {
@@ -93,11 +100,11 @@ def upstream_error(status: int, body: bytes) -> GatewayError:
     )
 
 
-def _broken_stream(exc: Exception) -> GatewayError:
+def broken_stream(exc: Exception) -> GatewayError:
     return GatewayError(502, f"upstream sent a broken stream: {exc}", code="upstream_bad_response")
 
 
-class _Dechunker:
+class Dechunker:
     """httptools walks a chunked body for the cold paths (errors, HTTP/1.0 clients, bodies)."""
 
     __slots__ = ("complete", "out", "parser")
@@ -125,12 +132,78 @@ class _Dechunker:
         return b"".join(out)
 
 
-class RelayedResponse:
-    """Listener of one upstream exchange whose response is relayed to one client channel.
+class ExchangeResponse:
+    """What every upstream listener that answers one client channel shares: the exchange, the
+    usage record written exactly once, crossed flow control, and the handler's wait.
 
     ``ready`` resolves once the client's response has started (the handler may return), or fails
-    with the ``GatewayError`` to answer with (an upstream error status, read in full first).
+    with the ``GatewayError`` to answer with. ``waiter`` is the handler's task while it waits, so
+    that a client leaving before then cancels the wait (which closes the upstream connection).
     """
+
+    def __init__(
+        self, channel: Any, record: UsageRecord, sink: UsageSink, started_at: float
+    ) -> None:
+        self.channel = channel
+        self.record = record
+        self.sink = sink
+        self.started_at = started_at
+        self.exchange: UpstreamExchange | None = None
+        self.ready: asyncio.Future[None] = channel.loop.create_future()
+        self.waiter: asyncio.Task | None = None
+        self._recorded = False
+
+    # ---- the client channel's flow target
+
+    def pause_reading(self) -> None:
+        if self.exchange is not None:
+            self.exchange.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.exchange is not None:
+            self.exchange.resume_reading()
+
+    # ---- endings
+
+    def _release(self) -> None:
+        if self.exchange is not None:
+            self.exchange.release()
+
+    def _close_upstream(self) -> None:
+        if self.exchange is not None:
+            self.exchange.close()
+
+    def _client_left(self) -> None:
+        """The client went away: stop waiting, close the upstream at once, note it."""
+        if not self.ready.done() and self.waiter is not None:
+            self.waiter.cancel()  # connecting, or waiting for the head or a whole answer
+        self._close_upstream()
+        self.record.aborted = True
+        self.record.error = self.record.error or "client disconnected"
+
+    def _record_once(self, tokens: Mapping[str, int | None] | None) -> None:
+        if self._recorded:
+            return
+        self._recorded = True
+        rec = self.record
+        rec.duration_ms = (time.perf_counter() - self.started_at) * 1000.0
+        if tokens is not None:
+            rec.set_tokens(tokens)
+        self.sink.record(rec)
+
+    def record_failure(self, status: int, message: str) -> None:
+        """A request that ended before its response started still leaves exactly one record."""
+        if self._recorded:
+            return
+        rec = self.record
+        rec.status = rec.status or status
+        rec.error = rec.error or message
+        rec.aborted = status == 499
+        self._record_once(None)
+
+
+class RelayedResponse(ExchangeResponse):
+    """Listener of one upstream exchange whose response is relayed to one client channel."""
 
     def __init__(
         self,
@@ -142,22 +215,15 @@ class RelayedResponse:
         elide_usage: bool,
         started_at: float,
     ) -> None:
-        self.channel = channel
-        self.record = record
-        self.sink = sink
+        super().__init__(channel, record, sink, started_at)
         self.stream = stream
         self.elide_usage = elide_usage
-        self.started_at = started_at
-        self.exchange: UpstreamExchange | None = None
         self.observer: StreamObserver | None = None
-        self.ready: asyncio.Future[None] = channel.loop.create_future()
         self._mode = _WAITING
-        self._dechunker: _Dechunker | None = None
+        self._dechunker: Dechunker | None = None
         self._kept: list[bytes] = []  # body of a non-streamed or error response
-        self._recorded = False
         self._feed = None
         self._write = None
-        self.waiter: asyncio.Task | None = None  # the handler, while it waits for the head
 
     # ---- upstream listener
 
@@ -173,7 +239,7 @@ class RelayedResponse:
         self.record.status = status
         self.record.ttfb_ms = (time.perf_counter() - self.started_at) * 1000.0
         if chunked:
-            self._dechunker = _Dechunker()
+            self._dechunker = Dechunker()
         if not 200 <= status < 300:
             self._mode = _ERROR
             return
@@ -219,7 +285,7 @@ class RelayedResponse:
             try:
                 self._write(self._feed(data))
             except SSEError as exc:
-                self.on_error(_broken_stream(exc))
+                self.on_error(broken_stream(exc))
                 return
             if self.observer.complete:
                 self._finish()
@@ -231,7 +297,7 @@ class RelayedResponse:
             self._finish()
 
     def pump_failed(self, exc: Exception) -> None:
-        self.on_error(_broken_stream(exc))
+        self.on_error(broken_stream(exc))
 
     def _on_data_slow(self, data: bytes) -> None:
         mode = self._mode
@@ -246,7 +312,7 @@ class RelayedResponse:
             self.on_error(exc)
             return
         except SSEError as exc:
-            self.on_error(_broken_stream(exc))
+            self.on_error(broken_stream(exc))
             return
         if mode == _BODY:
             self._kept.append(payload)
@@ -293,24 +359,12 @@ class RelayedResponse:
 
     # ---- client side
 
-    def pause_reading(self) -> None:
-        if self.exchange is not None:
-            self.exchange.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.exchange is not None:
-            self.exchange.resume_reading()
-
     def client_gone(self) -> None:
         """The client went away: close the upstream connection at once, record what was seen."""
         if self._mode == _DONE:
             return
         self._mode = _DONE
-        if self.exchange is None and self.waiter is not None:
-            self.waiter.cancel()  # still connecting or waiting for the head: stop that at once
-        self._close_upstream()
-        self.record.aborted = True
-        self.record.error = self.record.error or "client disconnected"
+        self._client_left()
         self._write_record()
 
     # ---- endings
@@ -327,20 +381,10 @@ class RelayedResponse:
         channel.end(terminator_sent=channel.chunked and self._write is channel.write_raw)
         self._write_record()
 
-    def _release(self) -> None:
-        if self.exchange is not None:
-            self.exchange.release()
-
-    def _close_upstream(self) -> None:
-        if self.exchange is not None:
-            self.exchange.close()
-
     def _write_record(self) -> None:
         if self._recorded:
             return
-        self._recorded = True
         rec = self.record
-        rec.duration_ms = (time.perf_counter() - self.started_at) * 1000.0
         usage = None
         observer = self.observer
         if observer is not None:
@@ -356,6 +400,4 @@ class RelayedResponse:
                 usage = body.get("usage") if isinstance(body, dict) else None
             except orjson.JSONDecodeError:
                 usage = None
-        if isinstance(usage, dict):
-            rec.set_tokens(usage_from_openai(usage))
-        self.sink.record(rec)
+        self._record_once(usage_from_openai(usage) if isinstance(usage, dict) else None)

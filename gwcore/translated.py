@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gwcore.errors import GatewayError
-from gwcore.relay import _Dechunker, stream_headers
+from gwcore.relay import Dechunker, ExchangeResponse, broken_stream, stream_headers
 from gwcore.sse import EventParser, SSEError
 from gwcore.translate import Dialect, dialect
 from gwcore.upstream import UpstreamExchange
@@ -35,11 +35,7 @@ ROUTE = "translated"
 _WAITING, _STREAM, _DRAIN, _BODY, _ERROR, _DONE = range(6)
 
 
-def _broken_stream(exc: Exception) -> GatewayError:
-    return GatewayError(502, f"upstream sent a broken stream: {exc}", code="upstream_bad_response")
-
-
-class TranslatedResponse:
+class TranslatedResponse(ExchangeResponse):
     """Listener of one upstream exchange whose answer is translated for one client channel.
 
     ``ready`` resolves once the client's response has started (streams) or was sent (whole
@@ -60,25 +56,18 @@ class TranslatedResponse:
         fallback_id: str,
         created: int | None = None,
     ) -> None:
-        self.channel = channel
-        self.record = record
-        self.sink = sink
+        super().__init__(channel, record, sink, started_at)
         self.translation = translation
         self.model = model
         self.stream = stream
         self.include_usage = include_usage
-        self.started_at = started_at
         self.fallback_id = fallback_id
         self.created = int(time.time()) if created is None else created
-        self.exchange: UpstreamExchange | None = None
-        self.ready: asyncio.Future[None] = channel.loop.create_future()
-        self.waiter: asyncio.Task | None = None  # the handler, while it waits
         self.translator: Any = None
         self._parser: EventParser | None = None
-        self._dechunker: _Dechunker | None = None
+        self._dechunker: Dechunker | None = None
         self._kept: list[bytes] = []
         self._mode = _WAITING
-        self._recorded = False
         self._tokens: Mapping[str, int | None] | None = None
 
     # ---- upstream listener
@@ -112,7 +101,7 @@ class TranslatedResponse:
         else:
             self._mode = _BODY
         if chunked:
-            self._dechunker = _Dechunker()
+            self._dechunker = Dechunker()
 
     def on_data(self, data: bytes) -> None:
         mode = self._mode
@@ -121,7 +110,7 @@ class TranslatedResponse:
             try:
                 events = parser.feed(data)
             except SSEError as exc:
-                self.on_error(_broken_stream(exc))
+                self.on_error(broken_stream(exc))
                 return
             translator = self.translator
             if events:
@@ -225,24 +214,12 @@ class TranslatedResponse:
 
     # ---- client side
 
-    def pause_reading(self) -> None:
-        if self.exchange is not None:
-            self.exchange.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.exchange is not None:
-            self.exchange.resume_reading()
-
     def client_gone(self) -> None:
         """The client went away: close the upstream connection at once, record what was seen."""
         if self._mode in (_DONE, _DRAIN):
             return
         self._mode = _DONE
-        if not self.ready.done() and self.waiter is not None:
-            self.waiter.cancel()  # connecting, waiting for the head or for a whole answer
-        self._close_upstream()
-        self.record.aborted = True
-        self.record.error = self.record.error or "client disconnected"
+        self._client_left()
         self._write_record()
 
     # ---- endings
@@ -254,7 +231,7 @@ class TranslatedResponse:
             try:
                 tail = translator.feed(self._parser.close())
             except SSEError as exc:
-                tail = translator.fail(_broken_stream(exc))
+                tail = translator.fail(broken_stream(exc))
             tail += translator.close()
             if tail:
                 self.channel.write(tail)
@@ -277,40 +254,13 @@ class TranslatedResponse:
         self.channel.end()
         self._write_record()
 
-    def _release(self) -> None:
-        if self.exchange is not None:
-            self.exchange.release()
-
-    def _close_upstream(self) -> None:
-        if self.exchange is not None:
-            self.exchange.close()
-
     def _write_record(self) -> None:
         if self._recorded:
             return
-        self._recorded = True
-        rec = self.record
-        rec.duration_ms = (time.perf_counter() - self.started_at) * 1000.0
         tokens = self._tokens
         if tokens is None and self.translator is not None:
             tokens = self.translator.tokens()
-        if tokens is not None:
-            rec.set_tokens(tokens)
-        self.sink.record(rec)
-
-
-def _record_failure(
-    rec: UsageRecord, sink: UsageSink, status: int, message: str, started: float, resp: Any
-) -> None:
-    """A request that ended before its response started still leaves exactly one record."""
-    if resp._recorded:
-        return
-    resp._recorded = True
-    rec.status = rec.status or status
-    rec.error = rec.error or message
-    rec.aborted = status == 499
-    rec.duration_ms = (time.perf_counter() - started) * 1000.0
-    sink.record(rec)
+        self._record_once(tokens)
 
 
 async def translated_completion(
@@ -388,8 +338,8 @@ async def translated_completion(
         await resp.ready
         resp.waiter = None
     except GatewayError as exc:
-        _record_failure(record, sink, exc.status, exc.message, started, resp)
+        resp.record_failure(exc.status, exc.message)
         raise
     except asyncio.CancelledError:  # the client went away before its response started
-        _record_failure(record, sink, 499, "client disconnected", started, resp)
+        resp.record_failure(499, "client disconnected")
         raise
