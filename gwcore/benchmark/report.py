@@ -246,6 +246,13 @@ def render(meta: dict, summary: dict, wrk: dict, notes: list[str]) -> str:
                     f"| {pct(s.get('cpu1_busy'))} | {wcols} |"
                 )
     lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    other = [v for s in summary.values() if (v := s.get("cpu0_other")) is not None]
+    if other and max(other) > 0.1:
+        lines.append(
+            f"- the targets' CPU was shared: other processes kept it up to {pct(max(other))} busy "
+            "(median of a run) beyond the target; CPU per request and latencies are perturbed, "
+            "ratios within a round less so: rerun on a quiet machine to quote absolute figures"
+        )
     for (w, t, c), s in sorted(summary.items(), key=str):
         if s["errors"]:
             lines.append(f"- ERRORS {w} {t} c={c}: {s['errors']}")
