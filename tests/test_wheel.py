@@ -41,7 +41,7 @@ def _run(cmd: list[str], cwd: Path, env: dict | None = None, timeout: float = 18
     proc = subprocess.run(
         cmd,
         cwd=cwd,
-        env={**os.environ, **(env or {})},
+        env=os.environ if env is None else env,
         capture_output=True,
         text=True,
         timeout=timeout,
