@@ -60,6 +60,8 @@ WORKLOADS = {
         Workload("storm", "disconnect storm", "paced", "storm"),
     )
 }
+# --mock-port P: the main mock on P, the slow readers' on P+1, the storm's on P+2
+MOCK_PORT_OFFSETS = {"main": 0, "long": 1, "paced": 2}
 BUILTIN_TARGETS = ("direct", "gwcore", "nginx", "litellm", "floor")
 # targets whose answers are known byte for byte (exact event counts); others: at least one event
 STRICT = ("direct", "gwcore", "nginx", "floor")
@@ -297,8 +299,9 @@ def run(opts: Options) -> dict:
                 for u in ("main", "long", "paced")
                 if any(WORKLOADS[w].upstream == u for w in opts.workloads)
             ]
-            for i, upstream in enumerate(upstreams):
-                port = opts.mock_port + i if opts.mock_port else None
+            for upstream in upstreams:
+                offset = MOCK_PORT_OFFSETS[upstream]
+                port = opts.mock_port + offset if opts.mock_port else None
                 if upstream == "long":
                     svc = start_mock(tmp, opts.slow_events, pin, name="mock-long", port=port)
                     svc.version = f"{opts.slow_events} events, no pacing (slow readers)"
