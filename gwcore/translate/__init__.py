@@ -60,6 +60,31 @@ def unsupported(field: str, provider: str, detail: str = "") -> GatewayError:
     )
 
 
+def function_tools(tools: Any, provider: str) -> list[tuple[str, str | None, dict | None]]:
+    """OpenAI ``tools`` checked once for every dialect: ``(name, description, parameters)``
+    of each function tool; anything a provider cannot honour is a 400 naming the field."""
+    if tools is None:
+        return []
+    if not isinstance(tools, list):
+        raise bad_request("tools must be an array", "tools")
+    out = []
+    for k, tool in enumerate(tools):
+        p = f"tools[{k}]"
+        if not isinstance(tool, dict) or tool.get("type") != "function":
+            raise unsupported(p + ".type", provider, "only function tools can be translated")
+        fn = tool.get("function")
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise bad_request("a function tool needs function.name", p + ".function.name")
+        if fn.get("strict"):
+            raise unsupported(p + ".function.strict", provider, "schema adherence is not enforced")
+        params = fn.get("parameters")
+        if params is not None and not isinstance(params, dict):
+            raise bad_request("function.parameters must be an object", p + ".function.parameters")
+        description = fn.get("description")
+        out.append((fn["name"], description if isinstance(description, str) else None, params))
+    return out
+
+
 def data_url(url: str, param: str) -> tuple[str, str]:
     """``data:<mime>;base64,<data>`` -> (mime, data). Anything else is a 400 naming ``param``."""
     head, sep, payload = url.partition(",")

@@ -29,6 +29,7 @@ from gwcore.translate import (
     data_url,
     error_event,
     error_type,
+    function_tools,
     integer,
     json_arguments,
     max_tokens,
@@ -319,29 +320,14 @@ def _tool_use(call: Any, p: str) -> dict:
 
 
 def _tools(tools: Any) -> list[dict]:
-    if tools is None:
-        return []
-    if not isinstance(tools, list):
-        raise bad_request("tools must be an array", "tools")
-    out = []
-    for k, tool in enumerate(tools):
-        p = f"tools[{k}]"
-        if not isinstance(tool, dict) or tool.get("type") != "function":
-            raise unsupported(p + ".type", PROVIDER, "only function tools can be translated")
-        fn = tool.get("function")
-        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-            raise bad_request("a function tool needs function.name", p + ".function.name")
-        if fn.get("strict"):
-            raise unsupported(p + ".function.strict", PROVIDER, "schema adherence is not enforced")
-        params = fn.get("parameters")
-        if params is not None and not isinstance(params, dict):
-            raise bad_request("function.parameters must be an object", p + ".function.parameters")
-        entry: dict[str, Any] = {"name": fn["name"]}
-        if isinstance(fn.get("description"), str):
-            entry["description"] = fn["description"]
-        entry["input_schema"] = params or {"type": "object", "properties": {}}
-        out.append(entry)
-    return out
+    return [
+        {
+            "name": name,
+            **({"description": description} if description is not None else {}),
+            "input_schema": params or {"type": "object", "properties": {}},
+        }
+        for name, description, params in function_tools(tools, PROVIDER)
+    ]
 
 
 def _tool_choice(body: Mapping[str, Any]) -> dict | None:

@@ -33,6 +33,7 @@ from gwcore.translate import (
     data_url,
     error_event,
     error_type,
+    function_tools,
     integer,
     json_arguments,
     max_tokens,
@@ -318,26 +319,11 @@ def _function_call(call: Any, p: str, names: dict[str, str]) -> dict:
 
 
 def _tools(tools: Any) -> list[dict]:
-    if tools is None:
-        return []
-    if not isinstance(tools, list):
-        raise bad_request("tools must be an array", "tools")
     out = []
-    for k, tool in enumerate(tools):
-        p = f"tools[{k}]"
-        if not isinstance(tool, dict) or tool.get("type") != "function":
-            raise unsupported(p + ".type", PROVIDER, "only function tools can be translated")
-        fn = tool.get("function")
-        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-            raise bad_request("a function tool needs function.name", p + ".function.name")
-        if fn.get("strict"):
-            raise unsupported(p + ".function.strict", PROVIDER, "schema adherence is not enforced")
-        params = fn.get("parameters")
-        if params is not None and not isinstance(params, dict):
-            raise bad_request("function.parameters must be an object", p + ".function.parameters")
-        entry: dict[str, Any] = {"name": fn["name"]}
-        if isinstance(fn.get("description"), str):
-            entry["description"] = fn["description"]
+    for name, description, params in function_tools(tools, PROVIDER):
+        entry: dict[str, Any] = {"name": name}
+        if description is not None:
+            entry["description"] = description
         if params:
             entry["parametersJsonSchema"] = params  # full JSON Schema, not the OpenAPI subset
         out.append(entry)
