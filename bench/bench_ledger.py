@@ -5,7 +5,7 @@ Workload: the relay benchmark's (``bench_relay.py``; the load generator and the 
 upstream with 33 SSE events. Two ``gwcore serve --workers 1`` processes run side by side, the same
 config but for the ledger: ``on`` writes every usage record to a SQLite file (the default backend:
 WAL, ``synchronous=FULL``, batches from a writer thread), ``off`` has ``GWCORE_LEDGER=off``. Both
-keep everything else (metrics, the usage log line, no auth). Both run on CPU 0; the mock and the
+keep everything else (metrics, no usage log line, no auth). Both run on CPU 0; the mock and the
 load generator on CPU 1. Rounds interleave the two (off on, on off, ...); per round and target:
 relay CPU per stream (utime+stime of the gwcore process, its writer thread included, from
 ``/proc/<pid>/stat``) over the measured window; the report gives medians and the ratio on/off.
@@ -34,8 +34,8 @@ from gwcore.benchmark.services import (
     Pinning,
     Service,
     free_port,
+    served_requests,
     start_mock,
-    usage_log_lines,
     wait_listening,
 )
 
@@ -134,13 +134,13 @@ def main(argv: list[str] | None = None) -> int:
             services["off"] = start_gwcore(tmp, services["mock"].port, ledger=False)
             services["on"] = start_gwcore(tmp, services["mock"].port, ledger=True)
             out = uvloop.run(bench(args, services))
+            records = served_requests(services["on"].port)  # before the stop below
         finally:
             for svc in services.values():
                 svc.stop()  # SIGTERM: the ledger flushes before the process exits
         with sqlite3.connect(tmp / "ledger.db") as con:
             rows = con.execute("SELECT COUNT(*) FROM usage_records").fetchone()[0]
         on_log = (tmp / "gwcore-on.log").read_text(errors="replace")
-        records = usage_log_lines(tmp / "gwcore-on.log")
 
     print(f"\n## Ledger on (SQLite) vs off: relay CPU per stream, medians of {args.rounds} rounds")
     print(
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"\nresponse errors: {errors}")
     print(
-        f"ledger rows: {rows}; usage records of the 'on' process (its usage log lines): {records}"
+        f"ledger rows: {rows}; requests the 'on' process counted (its /metrics): {records}"
         f" -> {'all stored' if rows == records else 'MISMATCH'}"
     )
     stopped = [line for line in on_log.splitlines() if "usage ledger stopped" in line]

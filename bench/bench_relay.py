@@ -329,7 +329,8 @@ async def bench(args, services: dict, notes: list) -> tuple[dict, dict, dict]:
             )
         else:
             notes.append(
-                "gwcore wrote no gwcore.usage lines: the usage log was off at its log level"
+                "gwcore wrote no gwcore.usage lines: the per-request usage log is off by default "
+                "(GWCORE_USAGE_LOG=1 turns it on); usage went to the ledger and the metrics"
             )
     wrk: dict = {}
     if args.wrk and shutil.which("wrk"):

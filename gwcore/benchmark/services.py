@@ -316,6 +316,19 @@ def usage_log_lines(log: Path) -> int:
         return sum(1 for line in f if b" gwcore.usage " in line)
 
 
+def served_requests(port: int) -> int:
+    """Requests a gwcore process counted in its own ``/metrics`` (``gwcore_requests_total``)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("gwcore_requests_total{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
 # -- LiteLLM proxy ------------------------------------------------------------------------------
 
 LITELLM_INSTALL = "pip install 'litellm[proxy]'"
