@@ -159,25 +159,9 @@ class Gateway:
         relay = RelayedResponse(
             channel, record, self.sink, stream=stream, elide_usage=elide, started_at=started
         )
-        relay.waiter = asyncio.current_task()
-        channel.on_disconnect(relay.client_gone)
-        try:
-            await self.pool.open_raw(
-                provider.origin,
-                "POST",
-                provider.path("/chat/completions"),
-                headers,
-                payload,
-                relay,
-            )
-            await relay.ready
-            relay.waiter = None
-        except GatewayError as exc:
-            relay.record_failure(exc.status, exc.message)
-            raise
-        except asyncio.CancelledError:  # the client went away before the upstream answered
-            relay.record_failure(499, "client disconnected")
-            raise
+        await relay.exchange_with(
+            self.pool, provider.origin, provider.path("/chat/completions"), headers, payload
+        )
         return None
 
     async def _demo(

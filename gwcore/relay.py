@@ -23,7 +23,7 @@ import orjson
 
 from gwcore.errors import GatewayError
 from gwcore.sse import RelayPump, SSEError, StreamObserver
-from gwcore.upstream import UpstreamExchange
+from gwcore.upstream import Origin, UpstreamExchange, UpstreamPool
 from gwcore.usage import UsageRecord, UsageSink, usage_from_openai
 
 __all__ = [
@@ -152,6 +152,28 @@ class ExchangeResponse:
         self.ready: asyncio.Future[None] = channel.loop.create_future()
         self.waiter: asyncio.Task | None = None
         self._recorded = False
+
+    async def exchange_with(
+        self, pool: UpstreamPool, origin: Origin, path: str, headers: list, body: bytes
+    ) -> None:
+        """POST ``body`` upstream with this object as the listener; return once the client's
+        response started. Raises the ``GatewayError`` to answer with; either way, and when the
+        client leaves first (the wait is cancelled), exactly one usage record is written."""
+        self.waiter = asyncio.current_task()
+        self.channel.on_disconnect(self.client_gone)
+        try:
+            await pool.open_raw(origin, "POST", path, headers, body, self)
+            await self.ready
+            self.waiter = None
+        except GatewayError as exc:
+            self.record_failure(exc.status, exc.message)
+            raise
+        except asyncio.CancelledError:  # the client went away before its response started
+            self.record_failure(499, "client disconnected")
+            raise
+
+    def client_gone(self) -> None:  # pragma: no cover - each listener says what "gone" means
+        raise NotImplementedError
 
     # ---- the client channel's flow target
 

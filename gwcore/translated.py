@@ -15,7 +15,6 @@ buffers a translated event, and never lets an abandoned upstream connection back
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -324,22 +323,10 @@ async def translated_completion(
         started_at=started,
         fallback_id="chatcmpl-" + request.request_id,
     )
-    resp.waiter = asyncio.current_task()
-    channel.on_disconnect(resp.client_gone)
-    try:
-        await pool.open_raw(
-            provider.origin,
-            "POST",
-            provider.path(translation.endpoint(upstream_model, stream)),
-            headers,
-            payload,
-            resp,
-        )
-        await resp.ready
-        resp.waiter = None
-    except GatewayError as exc:
-        resp.record_failure(exc.status, exc.message)
-        raise
-    except asyncio.CancelledError:  # the client went away before its response started
-        resp.record_failure(499, "client disconnected")
-        raise
+    await resp.exchange_with(
+        pool,
+        provider.origin,
+        provider.path(translation.endpoint(upstream_model, stream)),
+        headers,
+        payload,
+    )
