@@ -173,3 +173,22 @@ async def _read_response(reader: asyncio.StreamReader) -> RawResponse:
                 break
             rest += chunk
     return RawResponse(head, rest, _chunked_done(rest))
+
+
+async def disconnect_after(h: Harness, body: dict, *, read_bytes: int) -> float:
+    """POST ``body`` to the gateway, wait until the mock got the request and ``read_bytes`` of
+    the answer arrived, then abort the client connection; returns the loop time of the abort."""
+    reader, writer = await asyncio.open_connection(h.host, h.port)
+    data = orjson.dumps(body)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(data), data)
+    )
+    await h.mock.wait_requests(1)
+    got = b""
+    while len(got) < read_bytes:
+        chunk = await reader.read(1024)
+        assert chunk
+        got += chunk
+    writer.transport.abort()
+    return asyncio.get_running_loop().time()

@@ -8,7 +8,7 @@ import socket
 
 import orjson
 import pytest
-from gateway_harness import CHUNK_END, chat_body, gateway_with_mock, raw_post
+from gateway_harness import CHUNK_END, chat_body, disconnect_after, gateway_with_mock, raw_post
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -343,24 +343,6 @@ def test_upstream_drop_mid_event_while_eliding_ends_with_error_event():
 # ---- client disconnects --------------------------------------------------------------------------
 
 
-async def _disconnect_after(h, body: dict, *, read_bytes: int) -> float:
-    reader, writer = await asyncio.open_connection(h.host, h.port)
-    data = orjson.dumps(body)
-    writer.write(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
-        % (len(data), data)
-    )
-    await h.mock.wait_requests(1)
-    got = b""
-    while len(got) < read_bytes:
-        chunk = await reader.read(1024)
-        assert chunk
-        got += chunk
-    loop = asyncio.get_running_loop()
-    writer.transport.abort()
-    return loop.time()
-
-
 @pytest.mark.parametrize("when", ["before_head", "waiting_first_event", "mid_stream", "non_stream"])
 def test_client_disconnect_closes_upstream_within_50ms(when):
     async def main():
@@ -380,7 +362,7 @@ def test_client_disconnect_closes_upstream_within_50ms(when):
                     )
                 )
                 body, read_bytes = chat_body(False), 100
-            t0 = await _disconnect_after(h, body, read_bytes=read_bytes)
+            t0 = await disconnect_after(h, body, read_bytes=read_bytes)
             closed_at = await h.mock.wait_closed(1, timeout=2.0)
             assert closed_at - t0 < 0.05
             await asyncio.sleep(0.05)

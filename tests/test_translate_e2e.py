@@ -8,7 +8,7 @@ import asyncio
 import openai
 import orjson
 import pytest
-from gateway_harness import chat_body, gateway_with_mock, raw_post
+from gateway_harness import chat_body, disconnect_after, gateway_with_mock, raw_post
 
 from gwcore.testing import Scenario, recorded_fixture, run
 
@@ -474,23 +474,6 @@ def test_upstream_drop_mid_stream_is_a_terminal_error_event(model):
 # ---- client disconnects --------------------------------------------------------------------------
 
 
-async def _disconnect_after(h, body: dict, *, read_bytes: int) -> float:
-    reader, writer = await asyncio.open_connection(h.host, h.port)
-    data = orjson.dumps(body)
-    writer.write(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
-        % (len(data), data)
-    )
-    await h.mock.wait_requests(1)
-    got = b""
-    while len(got) < read_bytes:
-        chunk = await reader.read(1024)
-        assert chunk
-        got += chunk
-    writer.transport.abort()
-    return asyncio.get_running_loop().time()
-
-
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("when", ["before_head", "mid_stream", "whole_answer"])
 def test_client_disconnect_closes_upstream_within_50ms(model, when):
@@ -500,7 +483,7 @@ def test_client_disconnect_closes_upstream_within_50ms(model, when):
                 h.mock.scenarios.append(Scenario(hang=True))
             elif when == "whole_answer":  # the gateway reads a whole answer that never ends
                 h.mock.scenarios.append(Scenario(stall_at=40))
-            t0 = await _disconnect_after(
+            t0 = await disconnect_after(
                 h,
                 chat_body(when != "whole_answer", model=model),
                 read_bytes=600 if when == "mid_stream" else 0,
