@@ -175,6 +175,12 @@ class ExchangeResponse:
     def client_gone(self) -> None:  # pragma: no cover - each listener says what "gone" means
         raise NotImplementedError
 
+    def _head_arrived(self, exchange: UpstreamExchange, status: int) -> None:
+        """Every ``on_head`` starts here: the exchange, the status, the time to the head."""
+        self.exchange = exchange
+        self.record.status = status
+        self.record.ttfb_ms = (time.perf_counter() - self.started_at) * 1000.0
+
     # ---- the client channel's flow target
 
     def pause_reading(self) -> None:
@@ -257,9 +263,7 @@ class RelayedResponse(ExchangeResponse):
         chunked: bool,
         content_length: int | None,
     ) -> None:
-        self.exchange = exchange
-        self.record.status = status
-        self.record.ttfb_ms = (time.perf_counter() - self.started_at) * 1000.0
+        self._head_arrived(exchange, status)
         if chunked:
             self._dechunker = Dechunker()
         if not 200 <= status < 300:

@@ -79,9 +79,7 @@ class TranslatedResponse(ExchangeResponse):
         chunked: bool,
         content_length: int | None,
     ) -> None:
-        self.exchange = exchange
-        self.record.status = status
-        self.record.ttfb_ms = (time.perf_counter() - self.started_at) * 1000.0
+        self._head_arrived(exchange, status)
         if not 200 <= status < 300:
             self._mode = _ERROR
         elif self.stream:
