@@ -1,8 +1,10 @@
 """Build the optional C extensions; fall back to the pure-Python twins when that is impossible.
 
-Cython (a build requirement) compiles ``gwcore/_sse.pyx``. An sdist ships the generated ``.c``, so a
-machine without Cython still compiles it. A machine without a C compiler gets a working install that
-uses the pure-Python twin, and the build log says so. ``GWCORE_NO_EXTENSIONS=1`` skips compilation.
+Cython (a build requirement) compiles ``gwcore/_sse.pyx``, and ``gwcore/server/_http_py.py`` (with
+the class layouts of ``gwcore/server/_http.pxd``) into ``gwcore.server._http``. An sdist ships the
+generated ``.c``, so a machine without Cython still compiles them. A machine without a C compiler
+gets a working install that uses the pure-Python twins, and the build log says so.
+``GWCORE_NO_EXTENSIONS=1`` skips compilation.
 """
 
 import os
@@ -11,7 +13,11 @@ import sys
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-EXTENSIONS = ["gwcore._sse"]
+# module -> its Cython source (the generated C file sits beside it, same stem)
+EXTENSIONS = {
+    "gwcore._sse": "gwcore/_sse.pyx",
+    "gwcore.server._http": "gwcore/server/_http_py.py",
+}
 
 
 def _extensions() -> list[Extension]:
@@ -22,9 +28,8 @@ def _extensions() -> list[Extension]:
     except ImportError:
         cythonize = None
     exts = []
-    for name in EXTENSIONS:
-        stem = name.replace(".", "/")
-        src = stem + ".pyx" if cythonize is not None else stem + ".c"
+    for name, source in EXTENSIONS.items():
+        src = source if cythonize is not None else os.path.splitext(source)[0] + ".c"
         if not os.path.exists(src):
             continue
         exts.append(Extension(name, [src], extra_compile_args=["-O3"]))

@@ -3,6 +3,9 @@
 SSE scanner: ``sse`` runs a test once per implementation (compiled ``gwcore._sse`` and the pure twin
 ``gwcore._sse_py``); ``sse_pair`` gives both for differential tests. A missing compiled module skips
 its cases, except under ``GWCORE_REQUIRE_EXTENSIONS=1`` (CI), where it fails them.
+Front door: ``http_impl`` runs a test once with the compiled ``gwcore.server._http`` and once with
+its pure-Python source ``gwcore.server._http_py``, by pointing the server runner at that module's
+classes (test modules opt in with ``pytestmark = pytest.mark.usefixtures("http_impl")``).
 ``recorded_dir`` is the folder of recorded upstream responses (``GWCORE_FIXTURES`` overrides it).
 """
 
@@ -23,13 +26,17 @@ RECORDED_DIR = Path(
 )
 
 
-def _compiled_sse() -> ModuleType:
+def _compiled(name: str) -> ModuleType:
     try:
-        return importlib.import_module("gwcore._sse")
+        return importlib.import_module(name)
     except ImportError as exc:
         if REQUIRE_EXTENSIONS:
-            pytest.fail(f"GWCORE_REQUIRE_EXTENSIONS=1 but gwcore._sse does not import: {exc}")
-        pytest.skip(f"gwcore._sse is not compiled ({exc}); only the pure twin is tested")
+            pytest.fail(f"GWCORE_REQUIRE_EXTENSIONS=1 but {name} does not import: {exc}")
+        pytest.skip(f"{name} is not compiled ({exc}); only the pure twin is tested")
+
+
+def _compiled_sse() -> ModuleType:
+    return _compiled("gwcore._sse")
 
 
 @pytest.fixture(scope="session", params=["cython", "python"])
@@ -44,6 +51,25 @@ def sse(request: pytest.FixtureRequest) -> ModuleType:
 def sse_pair() -> tuple[ModuleType, ModuleType]:
     """(compiled, twin), for tests that compare the two on the same input."""
     return _compiled_sse(), importlib.import_module("gwcore._sse_py")
+
+
+def use_http(impl: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """Make servers started from now on run ``impl`` ("cython" or "python") of the front door."""
+    from gwcore.server import runner
+
+    if impl == "cython":
+        module = _compiled("gwcore.server._http")
+    else:
+        module = importlib.import_module("gwcore.server._http_py")
+    monkeypatch.setattr(runner, "HttpProtocol", module.HttpProtocol)
+    monkeypatch.setattr(runner, "ServerState", module.ServerState)
+    return module
+
+
+@pytest.fixture(params=["cython", "python"])
+def http_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """Servers started by this test run on one implementation of the front door."""
+    return use_http(request.param, monkeypatch)
 
 
 @pytest.fixture(scope="session")

@@ -8,11 +8,11 @@ import socket
 
 import orjson
 import pytest
+from conftest import use_http
 from gateway_harness import CHUNK_END, chat_body, disconnect_after, gateway_with_mock, raw_post
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gwcore.server.protocol import HttpProtocol
 from gwcore.testing import Scenario, recorded_fixture, run
 
 OPENAI_STREAM = recorded_fixture(__file__, "openai", "chat_completion_stream.txt")
@@ -24,11 +24,13 @@ needs_recorded = pytest.mark.skipif(
 
 
 @pytest.fixture(autouse=True)
-def _scanner(sse, monkeypatch):
-    """Every relay test runs over the compiled scanner and over its pure-Python twin."""
+def http(sse, monkeypatch):
+    """Every relay test runs over the compiled build (scanner and front door) and over the
+    pure-Python twins of both."""
     monkeypatch.setattr("gwcore.relay.StreamObserver", sse.StreamObserver)
     monkeypatch.setattr("gwcore.relay.SSEError", sse.SSEError)
     monkeypatch.setattr("gwcore.relay.RelayPump", sse.RelayPump)
+    return use_http("python" if sse.__name__.endswith("_py") else "cython", monkeypatch)
 
 
 def _events(payload: bytes) -> list[bytes]:
@@ -377,7 +379,7 @@ def test_client_disconnect_closes_upstream_within_50ms(when):
 # ---- flow control --------------------------------------------------------------------------------
 
 
-def test_client_that_stops_reading_pauses_the_upstream():
+def test_client_that_stops_reading_pauses_the_upstream(http):
     """Crossed flow control: a client that reads nothing makes the gateway stop reading the
     upstream, so the backlog stays in the upstream's socket buffers, not in gateway memory."""
     event = b"data: " + b'{"choices":[{"delta":{"content":"' + b"x" * 900 + b'"}}]}' + b"\n\n"
@@ -409,7 +411,7 @@ def test_client_that_stops_reading_pauses_the_upstream():
             assert backlog > 5_000_000
             # ...and the gateway's own buffer towards the client stays under its high-water mark
             # plus one read (the loop reads at most 256 KiB at a time).
-            fronts = [o for o in gc.get_objects() if isinstance(o, HttpProtocol)]
+            fronts = [o for o in gc.get_objects() if isinstance(o, http.HttpProtocol)]
             buffered = [p.transport.get_write_buffer_size() for p in fronts if p.transport]
             assert buffered and max(buffered) <= 256 * 1024 + 256 * 1024
             writer.transport.resume_reading()

@@ -23,7 +23,7 @@ from gwcore.errors import GatewayError
 from gwcore.server import App, Limits, Response, ServerConfig, Timeouts, running_server
 from gwcore.server.runner import new_event_loop
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("http_impl")]
 
 # -- a test app ---------------------------------------------------------------------------------
 

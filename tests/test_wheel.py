@@ -94,12 +94,15 @@ def _install(python: Path, wheel: Path, cwd: Path) -> None:
 
 
 def _probe(python: Path, cwd: Path, **env: str) -> tuple[str, str]:
+    """(where gwcore is imported from, the implementation of the scanner and the front door:
+    "cython" or "python" when both agree, else both joined by "+")."""
+    code = (
+        "import gwcore, gwcore.sse as s, gwcore.server.protocol as p; print(gwcore.__file__); "
+        "print(s.IMPLEMENTATION if s.IMPLEMENTATION == p.IMPLEMENTATION "
+        "else s.IMPLEMENTATION + '+' + p.IMPLEMENTATION)"
+    )
     out = subprocess.run(
-        [
-            str(python),
-            "-c",
-            "import gwcore, gwcore.sse as s; print(gwcore.__file__); print(s.IMPLEMENTATION)",
-        ],
+        [str(python), "-c", code],
         cwd=cwd,
         env=_clean_env(**env),
         capture_output=True,
@@ -199,8 +202,16 @@ def test_wheel_from_the_sdist_is_compiled_without_cython(built):
     assert "-cp3" in whl.name and "linux" in whl.name
     names = zipfile.ZipFile(whl).namelist()
     assert [n for n in names if n.startswith("gwcore/_sse.") and n.endswith(".so")]
-    assert "gwcore/_sse.c" not in names  # the sdist ships the C; wheels the compiled module
-    assert {"gwcore/_sse.pyi", "gwcore/py.typed", "gwcore/benchmark/cli.py"} <= set(names)
+    assert [n for n in names if n.startswith("gwcore/server/_http.") and n.endswith(".so")]
+    # the sdist ships the C; wheels the compiled modules
+    assert not {"gwcore/_sse.c", "gwcore/server/_http_py.c"} & set(names)
+    assert {
+        "gwcore/_sse.pyi",
+        "gwcore/server/_http.pyi",
+        "gwcore/server/_http_py.py",  # the twin, used with GWCORE_NO_EXTENSIONS=1
+        "gwcore/py.typed",
+        "gwcore/benchmark/cli.py",
+    } <= set(names)
 
 
 def test_installed_wheel_uses_the_compiled_scanner(built):

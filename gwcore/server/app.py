@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -21,12 +21,25 @@ if TYPE_CHECKING:
 
 __all__ = [
     "App",
+    "ClientDisconnected",
+    "FlowTarget",
     "Handler",
     "Request",
     "Response",
     "error_response",
     "status_line",
 ]
+
+
+class ClientDisconnected(ConnectionError):
+    """Raised by ``ResponseChannel.drain()`` once the client has gone away."""
+
+
+class FlowTarget(Protocol):
+    """What ``ResponseChannel.set_flow_target`` pauses while the client does not read."""
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
 
 
 class Request:

@@ -1,0 +1,28 @@
+# Class layouts for ``gwcore.server._http``: Cython compiles ``_http_py.py`` (the pure-Python twin,
+# run as is when nothing is compiled) into that module, and these declarations make its three
+# classes extension types whose attributes are C slots instead of instance dictionaries. Keep the
+# attribute lists in step with the ``self.x = ...`` stores of ``_http_py.py``: a store to a name
+# missing here fails in the compiled module only (the tests run both builds).
+
+cdef class ServerState:
+    cdef public object app, config, loop, routes, connections
+    cdef public object max_url, max_header_bytes, max_headers, max_body, head_guard
+    cdef public object header_timeout, body_timeout, keep_alive_timeout, write_high, write_low
+    cdef public object cors_any, cors_origins, access_log, shutting_down
+    cdef public object _server_line, _second, common, common_bytes, now, ids, id_prefix
+    cdef public object _tick_interval, _tick_handle
+    cdef object __weakref__
+
+cdef class ResponseChannel:
+    cdef public object _proto, request, write_raw, started, disconnected, chunked
+    cdef public object _ended, _done, _keep_alive, _status, _flow_target, _callbacks, _task
+    cdef object __weakref__
+
+cdef class HttpProtocol:
+    cdef public object _state, _loop, _routes, _max_body, _max_url, _max_headers
+    cdef public object _max_header_bytes, _header_timeout, _keep_alive_timeout, _cors, _parser
+    cdef public object transport, _client, _url, _headers, _nheaders, _header_bytes, _head_bytes
+    cdef public object _in_head, _req, _body, _body_size, _discard_body, _pending, _active
+    cdef public object _dispatching, _stopped, _eof, _lingering, _last_request, _closing
+    cdef public object _write_paused, _read_paused, _drain_waiter, _deadline, _deadline_408
+    cdef object __weakref__
