@@ -137,8 +137,8 @@ class ExchangeResponse:
     usage record written exactly once, crossed flow control, and the handler's wait.
 
     ``ready`` resolves once the client's response has started (the handler may return), or fails
-    with the ``GatewayError`` to answer with. ``waiter`` is the handler's task while it waits, so
-    that a client leaving before then cancels the wait (which closes the upstream connection).
+    with the ``GatewayError`` to answer with. A client leaving before then cancels the handler's
+    wait (``channel.cancel_handler()``), which closes the upstream connection.
     """
 
     def __init__(
@@ -150,7 +150,6 @@ class ExchangeResponse:
         self.started_at = started_at
         self.exchange: UpstreamExchange | None = None
         self.ready: asyncio.Future[None] = channel.loop.create_future()
-        self.waiter: asyncio.Task | None = None
         self._recorded = False
 
     async def exchange_with(
@@ -159,12 +158,10 @@ class ExchangeResponse:
         """POST ``body`` upstream with this object as the listener; return once the client's
         response started. Raises the ``GatewayError`` to answer with; either way, and when the
         client leaves first (the wait is cancelled), exactly one usage record is written."""
-        self.waiter = asyncio.current_task()
         self.channel.on_disconnect(self.client_gone)
         try:
             await pool.open_raw(origin, "POST", path, headers, body, self)
             await self.ready
-            self.waiter = None
         except GatewayError as exc:
             self.record_failure(exc.status, exc.message)
             raise
@@ -203,8 +200,8 @@ class ExchangeResponse:
 
     def _client_left(self) -> None:
         """The client went away: stop waiting, close the upstream at once, note it."""
-        if not self.ready.done() and self.waiter is not None:
-            self.waiter.cancel()  # connecting, or waiting for the head or a whole answer
+        if not self.ready.done():
+            self.channel.cancel_handler()  # connecting, or waiting for the head or a whole answer
         self._close_upstream()
         self.record.aborted = True
         self.record.error = self.record.error or "client disconnected"

@@ -135,8 +135,35 @@ async def disconnect_probe(request, channel):
             await channel.drain()
 
 
+async def suspends(request, channel):
+    """Answers after suspending twice (a bare yield, then a timer): the first step runs before
+    any task exists, the rest in one."""
+    await asyncio.sleep(0)
+    await asyncio.sleep(0.01)
+    return Response(200, b"after " + request.query.encode())
+
+
+async def fails_late(request, channel):
+    await asyncio.sleep(0.01)
+    raise ValueError("late secret")
+
+
+async def waits_for_ever(request, channel):
+    """Waits on a future nobody resolves; a client that leaves cancels the wait."""
+    PROBE["cancelled"] = threading.Event()
+    channel.on_disconnect(channel.cancel_handler)
+    try:
+        await asyncio.get_running_loop().create_future()
+    except asyncio.CancelledError:
+        PROBE["cancelled"].set()
+        raise
+
+
 def make_app() -> App:
     app = App()
+    app.route("GET", "/suspends", suspends)
+    app.route("GET", "/fails-late", fails_late)
+    app.route("GET", "/waits", waits_for_ever)
     app.route("POST", "/echo", echo)
     app.route("PUT", "/echo", echo)
     app.route("GET", "/headers", echo_headers)
@@ -557,6 +584,22 @@ def test_gateway_error_rendering(port):
         "param": None,
         "code": "rate_limited",
     }
+
+
+def test_async_handlers_that_suspend_fail_late_or_are_cancelled(port):
+    c = Conn(port)
+    c.send(get("/suspends?a") + get("/fails-late") + get("/suspends?b"))  # pipelined
+    first, failed, second = c.response(), c.response(), c.response()
+    assert (first.status, first.body) == (200, b"after a")
+    assert failed.status == 500 and b"late secret" not in failed.body
+    assert (second.status, second.body) == (200, b"after b")
+    c.send(get("/waits"))
+    time.sleep(0.05)
+    c.close()  # the client leaves while the handler waits: on_disconnect cancels it
+    assert PROBE["cancelled"].wait(3)  # type: ignore[attr-defined]
+    c = Conn(port)
+    c.send(get("/health"))
+    assert c.response().status == 200
 
 
 def test_handler_returning_nothing_is_500(port):
