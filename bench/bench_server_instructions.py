@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n1", type=int, default=200)
     parser.add_argument("--n2", type=int, default=1200)
     parser.add_argument("--servers", default="gwcore,uvicorn")
+    parser.add_argument("--routes", help="comma-separated substrings of the route names to run")
+    parser.add_argument("--keep", metavar="DIR", help="copy the callgrind files here")
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install -y valgrind)")
@@ -109,15 +111,23 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as d:
         for kind in args.servers.split(","):
             for name, request in ROUTES.items():
+                if args.routes and not any(r in name for r in args.routes.split(",")):
+                    continue
                 warm = [request] * WARMUP
                 a = _run(Path(d), kind, warm + [request] * args.n1)
                 b = _run(Path(d), kind, warm + [request] * args.n2)
                 per[(kind, name)] = (b - a) / (args.n2 - args.n1)
                 print(f"{kind:8} {name:24} {per[(kind, name)]:>10,.0f} instructions/request")
+        if args.keep:
+            Path(args.keep).mkdir(parents=True, exist_ok=True)
+            for f in Path(d).glob("*.callgrind"):
+                shutil.copy(f, Path(args.keep) / f.name)
     print("\n| route | gwcore | uvicorn | uvicorn ÷ gwcore |")
     print("|---|--:|--:|--:|")
     for name in ROUTES:
         g, u = per.get(("gwcore", name)), per.get(("uvicorn", name))
+        if g is None and u is None:
+            continue
         ratio = f"{u / g:.2f}" if g and u else "-"
         print(f"| {name} | {g or 0:,.0f} | {u or 0:,.0f} | {ratio} |")
     return 0

@@ -65,6 +65,8 @@ _METHODS = {m.encode(): m for m in ("GET", "POST", "HEAD", "OPTIONS", "PUT", "DE
 _NO_BODY_STATUS = frozenset((204, 304))
 _BIG_CHUNK = 16 * 1024  # write() frames smaller data by copying, larger by writelines
 _LINGER = 2.0  # seconds a half-closed connection waits for the client's EOF
+_NAMES: dict[bytes, str] = {}  # header name as received -> its lowercase text
+_MAX_NAMES = 512
 
 
 class _StopParsing(Exception):
@@ -500,7 +502,11 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
         if self._nheaders > self._max_headers or self._header_bytes > self._max_header_bytes:
             self._reject(431, "request header fields too large or too many")
             raise _StopParsing
-        key = name.decode("latin-1").lower()
+        key = _NAMES.get(name)
+        if key is None:
+            key = name.decode("latin-1").lower()
+            if len(_NAMES) < _MAX_NAMES:  # the names clients send repeat: keep a bounded few
+                _NAMES[name] = key
         headers = self._headers
         if key in headers:
             headers[key] = f"{headers[key]}, {value.decode('latin-1')}"
