@@ -136,8 +136,10 @@ async def disconnect_probe(request, channel):
 
 
 async def suspends(request, channel):
-    """Answers after suspending twice (a bare yield, then a timer): the first step runs before
-    any task exists, the rest in one."""
+    """Answers after suspending twice (a bare yield, then a timer). Its first step already runs
+    in a task: libraries (asyncpg, asyncio.timeout) need current_task() from the start."""
+    if asyncio.current_task() is None:
+        return Response(500, b"no current task")
     await asyncio.sleep(0)
     await asyncio.sleep(0.01)
     return Response(200, b"after " + request.query.encode())

@@ -22,9 +22,8 @@ import re
 import socket
 import sys
 import time
-import types
 from collections import deque
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable, Coroutine
 from email.utils import formatdate
 from itertools import count
 from typing import TYPE_CHECKING, Any
@@ -53,7 +52,6 @@ __all__ = ["ClientDisconnected", "FlowTarget", "HttpProtocol", "ResponseChannel"
 logger = logging.getLogger("gwcore.server")
 
 _EAGER_TASKS = sys.version_info >= (3, 12)  # asyncio.Task(eager_start=True)
-_COROUTINE = types.CoroutineType
 _STATUS = {code: status_line(code) for code in range(100, 600)}
 _STATUS_STR = {code: line.decode("latin-1") for code, line in _STATUS.items()}
 _CONNECTION = {True: b"connection: keep-alive\r\n", False: b"connection: close\r\n"}
@@ -320,38 +318,6 @@ class ResponseChannel:
                 logger.exception(
                     "on_disconnect callback failed (request_id=%s)", self.request.request_id
                 )
-
-
-class _Resumed:
-    """Await a coroutine that already ran its first step and yielded ``yielded``: the task that
-    awaits this sees the same yields, and its sends and throws (cancellation) reach the
-    coroutine unchanged."""
-
-    def __init__(self, coro: Coroutine[Any, Any, Any], yielded: Any) -> None:
-        self.coro = coro
-        self.yielded = yielded
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        return _resume(self.coro, self.yielded)
-
-
-def _resume(coro: Coroutine[Any, Any, Any], value: Any) -> Generator[Any, Any, Any]:
-    while True:
-        try:
-            sent = yield value
-        except GeneratorExit:
-            coro.close()
-            raise
-        except BaseException as exc:
-            try:
-                value = coro.throw(exc)
-            except StopIteration as stop:
-                return stop.value
-        else:
-            try:
-                value = coro.send(sent)
-            except StopIteration as stop:
-                return stop.value
 
 
 class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a base
@@ -701,34 +667,8 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
                 loop=self._loop,
                 eager_start=True,  # type: ignore[call-arg]
             )
-        else:
-            self._first_step(channel, result)
-
-    def _first_step(self, channel: ResponseChannel, coro: Coroutine[Any, Any, Any]) -> None:
-        """Python < 3.12 has no eager tasks: run the handler's first step now, as 3.12 does, and
-        make a task only if it suspends. A handler that answers at once costs no task (a third
-        of the instructions of a small request). Until it first suspends, ``current_task()`` is
-        None in the handler; ``channel.cancel_handler()`` reaches its task either way."""
-        if coro.__class__ is not _COROUTINE:  # another awaitable: a task drives it
-            channel._task = self._loop.create_task(self._run(channel, coro))
-            return
-        try:
-            yielded = coro.send(None)
-        except StopIteration as stop:
-            result = stop.value
-            if result.__class__ is Response and not channel.started:
-                self._send(channel, result)
-            else:
-                self._handler_returned(channel, result)
-            return
-        except asyncio.CancelledError:
-            if not channel._done:
-                channel.abort()
-            return
-        except Exception as exc:
-            self._handler_failed(channel, exc)
-            return
-        channel._task = self._loop.create_task(self._run(channel, _Resumed(coro, yielded)))
+        else:  # the handler's first step runs in its task, where current_task() is set
+            channel._task = self._loop.create_task(self._run(channel, result))
 
     async def _run(self, channel: ResponseChannel, awaitable: Coroutine[Any, Any, Any]) -> None:
         try:
