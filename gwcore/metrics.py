@@ -21,6 +21,7 @@ import re
 import shutil
 import sys
 import tempfile
+from bisect import bisect_left
 
 from gwcore.usage import UsageRecord
 
@@ -84,8 +85,33 @@ def upstream_error_kind(rec: UsageRecord) -> str | None:
     return None
 
 
+class _Observe:
+    """A histogram child's ``observe`` without its per-call checks: one bisect, two increments."""
+
+    __slots__ = ("bounds", "buckets", "sum")
+
+    def __init__(self, child) -> None:
+        self.bounds = list(child._upper_bounds)  # ends with +Inf: bisect always lands in range
+        self.buckets = [b.inc for b in child._buckets]
+        self.sum = child._sum.inc
+
+    def __call__(self, amount: float) -> None:
+        self.sum(amount)
+        self.buckets[bisect_left(self.bounds, amount)](1)
+
+
+def _inc(child):
+    """A counter or gauge child's value increment, without the wrapper's checks (the record's
+    amounts are never negative and no exemplars are used)."""
+    return child._value.inc
+
+
 class _LabelSet:
-    """The children of every per-record metric for one (provider, model, route, status)."""
+    """The increments of every per-record metric for one (provider, model, route, status), bound
+    once: a record costs a few C-level lock-protected additions, not ten wrapper calls.
+    ``prometheus_client``'s value objects (``_value``, ``_sum``, ``_buckets``, ``_upper_bounds``)
+    are internal but have been stable for years; ``tests/test_metrics.py`` checks the exposition,
+    so a change there fails the tests instead of miscounting."""
 
     __slots__ = (
         "cached",
@@ -100,15 +126,15 @@ class _LabelSet:
     )
 
     def __init__(self, m: GatewayMetrics, provider: str, model: str, route: str, status: str):
-        self.requests = m.requests.labels(provider, model, route, status)
-        self.duration = m.duration.labels(provider, route)
-        self.ttfb = m.ttfb.labels(provider, route)
-        self.prompt = m.tokens.labels(provider, model, "prompt")
-        self.completion = m.tokens.labels(provider, model, "completion")
-        self.cached = m.tokens.labels(provider, model, "cached")
-        self.reasoning = m.tokens.labels(provider, model, "reasoning")
-        self.cost = m.cost.labels(provider, model)
-        self.unpriced = m.unpriced.labels(provider, model)
+        self.requests = _inc(m.requests.labels(provider, model, route, status))
+        self.duration = _Observe(m.duration.labels(provider, route))
+        self.ttfb = _Observe(m.ttfb.labels(provider, route))
+        self.prompt = _inc(m.tokens.labels(provider, model, "prompt"))
+        self.completion = _inc(m.tokens.labels(provider, model, "completion"))
+        self.cached = _inc(m.tokens.labels(provider, model, "cached"))
+        self.reasoning = _inc(m.tokens.labels(provider, model, "reasoning"))
+        self.cost = _inc(m.cost.labels(provider, model))
+        self.unpriced = _inc(m.unpriced.labels(provider, model))
 
 
 class GatewayMetrics:
@@ -201,6 +227,7 @@ class GatewayMetrics:
         )
         self._sets: dict[tuple[str, str, str, str], _LabelSet] = {}
         self._in_flight: set[str] = set()
+        self._in_flight_inc = _inc(self.in_flight)
 
     # ---- the usage sink (once per request)
 
@@ -213,24 +240,24 @@ class GatewayMetrics:
             s = _LabelSet(self, *key)
             if len(self._sets) < _MAX_LABEL_SETS:
                 self._sets[key] = s
-        s.requests.inc()
+        s.requests(1)
         if rec.duration_ms is not None:
-            s.duration.observe(rec.duration_ms / 1000.0)
+            s.duration(rec.duration_ms / 1000.0)
         if rec.ttfb_ms is not None:
-            s.ttfb.observe(rec.ttfb_ms / 1000.0)
+            s.ttfb(rec.ttfb_ms / 1000.0)
         if rec.prompt_tokens:
-            s.prompt.inc(rec.prompt_tokens)
+            s.prompt(rec.prompt_tokens)
         if rec.completion_tokens:
-            s.completion.inc(rec.completion_tokens)
+            s.completion(rec.completion_tokens)
         if rec.cached_tokens:
-            s.cached.inc(rec.cached_tokens)
+            s.cached(rec.cached_tokens)
         if rec.reasoning_tokens:
-            s.reasoning.inc(rec.reasoning_tokens)
+            s.reasoning(rec.reasoning_tokens)
         if rec.cost is not None:
-            if rec.cost:
-                s.cost.inc(rec.cost)
+            if rec.cost > 0:
+                s.cost(rec.cost)
         elif rec.prompt_tokens is not None or rec.completion_tokens is not None:
-            s.unpriced.inc()
+            s.unpriced(1)
         if rec.error is not None or rec.status >= 400:
             kind = upstream_error_kind(rec)
             if kind is not None:
@@ -243,14 +270,14 @@ class GatewayMetrics:
         if request_id in self._in_flight:  # a client reused an x-request-id: count it once
             return False
         self._in_flight.add(request_id)
-        self.in_flight.inc()
+        self._in_flight_inc(1)
         return True
 
     def request_ended(self, request_id: str) -> None:
         in_flight = self._in_flight
         if request_id in in_flight:
             in_flight.discard(request_id)
-            self.in_flight.dec()
+            self._in_flight_inc(-1)
 
     # ---- the ledger writer's hooks (per batch, not per record)
 

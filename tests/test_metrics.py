@@ -212,3 +212,50 @@ def test_two_workers_metrics_are_summed(tmp_path):
             assert proc.returncode == 0, out
 
     run(with_mock())
+
+
+def test_histograms_and_counters_match_prometheus_own_observe():
+    """The bound increments put every value in the bucket ``Histogram.observe`` would, on and
+    around each bound, and add the same sums and token counts."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from gwcore.metrics import DURATION_BUCKETS, TTFB_BUCKETS
+
+    m = GatewayMetrics()
+    ref = CollectorRegistry()
+    duration = Histogram("d", "d", buckets=DURATION_BUCKETS, registry=ref)
+    ttfb = Histogram("t", "t", buckets=TTFB_BUCKETS, registry=ref)
+    values = [0.0, 1e-4, *DURATION_BUCKETS, *TTFB_BUCKETS, 0.07, 3.3, 1e4]
+    for i, v in enumerate(values):
+        nearby = (v, v * (1 + 1e-9), v * (1 - 1e-9))
+        for j, x in enumerate(nearby):
+            m.record(
+                UsageRecord(
+                    f"r{i}-{j}", "p", "m", "m", "relay", True, status=200,
+                    duration_ms=x * 1000.0, ttfb_ms=x * 1000.0, prompt_tokens=i + 1,
+                    completion_tokens=2 * i + 1, cost=0.5,
+                )
+            )  # fmt: skip
+            duration.observe(x)
+            ttfb.observe(x)
+    found = samples(m.render()[0].decode())
+    want = samples(__import__("prometheus_client").generate_latest(ref).decode())
+    n = 3 * len(values)
+    for ours, theirs in (
+        ("gwcore_request_duration_seconds", "d"),
+        ("gwcore_time_to_first_byte_seconds", "t"),
+    ):
+        got = {k[1]: v for k, v in found.items() if k[0] == ours + "_bucket"}
+        ref_buckets = {k[1]: v for k, v in want.items() if k[0] == theirs + "_bucket"}
+        assert {dict(k)["le"]: v for k, v in got.items()} == {
+            dict(k)["le"]: v for k, v in ref_buckets.items()
+        }
+        assert value(found, ours + "_count", provider="p", route="relay") == n
+        assert value(found, ours + "_sum", provider="p", route="relay") == pytest.approx(
+            value(want, theirs + "_sum")
+        )
+    assert value(found, "gwcore_requests_total", provider="p", model="m", route="relay",
+                 status="200") == n  # fmt: skip
+    tokens = sum(3 * (i + 1) for i in range(len(values)))
+    assert value(found, "gwcore_tokens_total", provider="p", model="m", type="prompt") == tokens
+    assert value(found, "gwcore_cost_usd_total", provider="p", model="m") == pytest.approx(n * 0.5)
