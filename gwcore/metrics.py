@@ -5,8 +5,9 @@ It owns the metric names, labels and buckets, and multiprocess mode: with severa
 ``prepare_multiprocess`` (called before the workers fork and before any metric exists) gives them
 a shared directory (``PROMETHEUS_MULTIPROC_DIR``) where each keeps its values, and a scrape of any
 worker adds them all up. Nearly everything is fed from the usage record, once per request: one
-cached lookup of the label set, a few increments. Never per chunk; never any I/O on the request
-path (a multiprocess increment writes to a memory-mapped file).
+cached lookup of the label set and a few plain additions to its tallies, which reach the metrics
+when a scrape flushes them (one process) or at once (several workers: a multiprocess increment
+writes to a memory-mapped file, no I/O). Never per chunk.
 
 ``prometheus_client`` is imported lazily: it picks its value class (in-process or multiprocess)
 when first imported, so importing it before ``prepare_multiprocess`` would pin the wrong one.
@@ -85,32 +86,52 @@ def upstream_error_kind(rec: UsageRecord) -> str | None:
     return None
 
 
-class _Observe:
-    """A histogram child's ``observe`` without its per-call checks: one bisect, two increments."""
+class _Histogram:
+    """One histogram child, fed by bucket index: values are tallied in plain counters and added
+    to the child (its ``_sum`` and ``_buckets`` values) when flushed."""
 
-    __slots__ = ("bounds", "buckets", "sum")
+    __slots__ = ("bounds", "buckets", "counts", "sum", "total")
 
     def __init__(self, child) -> None:
         self.bounds = list(child._upper_bounds)  # ends with +Inf: bisect always lands in range
         self.buckets = [b.inc for b in child._buckets]
         self.sum = child._sum.inc
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
 
-    def __call__(self, amount: float) -> None:
-        self.sum(amount)
-        self.buckets[bisect_left(self.bounds, amount)](1)
+    def tally(self, amount: float) -> None:
+        self.counts[bisect_left(self.bounds, amount)] += 1  # where Histogram.observe puts it
+        self.total += amount
+
+    def flush(self) -> None:
+        counts = self.counts
+        for i, n in enumerate(counts):
+            if n:
+                self.buckets[i](n)
+                counts[i] = 0
+        if self.total:
+            self.sum(self.total)
+            self.total = 0.0
 
 
 def _inc(child):
-    """A counter or gauge child's value increment, without the wrapper's checks (the record's
-    amounts are never negative and no exemplars are used)."""
+    """A counter or gauge child's value increment, without the wrapper's checks (the amounts
+    added are never negative and no exemplars are used)."""
     return child._value.inc
 
 
+_COUNTERS = ("requests", "prompt", "completion", "cached", "reasoning", "cost", "unpriced")
+
+
 class _LabelSet:
-    """The increments of every per-record metric for one (provider, model, route, status), bound
-    once: a record costs a few C-level lock-protected additions, not ten wrapper calls.
-    ``prometheus_client``'s value objects (``_value``, ``_sum``, ``_buckets``, ``_upper_bounds``)
-    are internal but have been stable for years; ``tests/test_metrics.py`` checks the exposition,
+    """Every per-record metric for one (provider, model, route, status): plain tallies a record
+    adds to, and the children's value increments, bound once, that ``flush`` adds them with.
+
+    A record costs a few additions; a flush (each scrape; each record with several workers, whose
+    scrapes read shared files) costs one locked increment per metric that moved, where
+    ``Counter.inc``/``Histogram.observe`` would take ten per record. ``prometheus_client``'s value
+    objects (``_value``, ``_sum``, ``_buckets``, ``_upper_bounds``) are internal but have been
+    stable for years; ``tests/test_metrics.py`` holds the exposition to ``Histogram.observe``'s,
     so a change there fails the tests instead of miscounting."""
 
     __slots__ = (
@@ -118,6 +139,14 @@ class _LabelSet:
         "completion",
         "cost",
         "duration",
+        "incs",
+        "n_cached",
+        "n_completion",
+        "n_cost",
+        "n_prompt",
+        "n_reasoning",
+        "n_requests",
+        "n_unpriced",
         "prompt",
         "reasoning",
         "requests",
@@ -126,15 +155,39 @@ class _LabelSet:
     )
 
     def __init__(self, m: GatewayMetrics, provider: str, model: str, route: str, status: str):
-        self.requests = _inc(m.requests.labels(provider, model, route, status))
-        self.duration = _Observe(m.duration.labels(provider, route))
-        self.ttfb = _Observe(m.ttfb.labels(provider, route))
-        self.prompt = _inc(m.tokens.labels(provider, model, "prompt"))
-        self.completion = _inc(m.tokens.labels(provider, model, "completion"))
-        self.cached = _inc(m.tokens.labels(provider, model, "cached"))
-        self.reasoning = _inc(m.tokens.labels(provider, model, "reasoning"))
-        self.cost = _inc(m.cost.labels(provider, model))
-        self.unpriced = _inc(m.unpriced.labels(provider, model))
+        self.incs = (
+            _inc(m.requests.labels(provider, model, route, status)),
+            _inc(m.tokens.labels(provider, model, "prompt")),
+            _inc(m.tokens.labels(provider, model, "completion")),
+            _inc(m.tokens.labels(provider, model, "cached")),
+            _inc(m.tokens.labels(provider, model, "reasoning")),
+            _inc(m.cost.labels(provider, model)),
+            _inc(m.unpriced.labels(provider, model)),
+        )
+        self.duration = _Histogram(m.duration.labels(provider, route))
+        self.ttfb = _Histogram(m.ttfb.labels(provider, route))
+        self.n_requests = self.n_prompt = self.n_completion = self.n_cached = 0
+        self.n_reasoning = self.n_unpriced = 0
+        self.n_cost = 0.0
+
+    def flush(self) -> None:
+        tallies = (
+            self.n_requests,
+            self.n_prompt,
+            self.n_completion,
+            self.n_cached,
+            self.n_reasoning,
+            self.n_cost,
+            self.n_unpriced,
+        )
+        for inc, n in zip(self.incs, tallies, strict=True):
+            if n:
+                inc(n)
+        self.n_requests = self.n_prompt = self.n_completion = self.n_cached = 0
+        self.n_reasoning = self.n_unpriced = 0
+        self.n_cost = 0.0
+        self.duration.flush()
+        self.ttfb.flush()
 
 
 class GatewayMetrics:
@@ -236,28 +289,34 @@ class GatewayMetrics:
         status = "499" if aborted_by_client else str(rec.status)
         key = (rec.provider, rec.upstream_model, rec.route, status)
         s = self._sets.get(key)
+        kept = True
         if s is None:
             s = _LabelSet(self, *key)
-            if len(self._sets) < _MAX_LABEL_SETS:
+            kept = len(self._sets) < _MAX_LABEL_SETS
+            if kept:
                 self._sets[key] = s
-        s.requests(1)
+        s.n_requests += 1
         if rec.duration_ms is not None:
-            s.duration(rec.duration_ms / 1000.0)
+            s.duration.tally(rec.duration_ms / 1000.0)
         if rec.ttfb_ms is not None:
-            s.ttfb(rec.ttfb_ms / 1000.0)
+            s.ttfb.tally(rec.ttfb_ms / 1000.0)
         if rec.prompt_tokens:
-            s.prompt(rec.prompt_tokens)
+            s.n_prompt += rec.prompt_tokens
         if rec.completion_tokens:
-            s.completion(rec.completion_tokens)
+            s.n_completion += rec.completion_tokens
         if rec.cached_tokens:
-            s.cached(rec.cached_tokens)
+            s.n_cached += rec.cached_tokens
         if rec.reasoning_tokens:
-            s.reasoning(rec.reasoning_tokens)
+            s.n_reasoning += rec.reasoning_tokens
         if rec.cost is not None:
             if rec.cost > 0:
-                s.cost(rec.cost)
+                s.n_cost += rec.cost
         elif rec.prompt_tokens is not None or rec.completion_tokens is not None:
-            s.unpriced(1)
+            s.n_unpriced += 1
+        # With several workers, a scrape reads the shared files: write them now. A label set
+        # past the cache bound is not kept for the next scrape either.
+        if self.multiprocess or not kept:
+            s.flush()
         if rec.error is not None or rec.status >= 400:
             kind = upstream_error_kind(rec)
             if kind is not None:
@@ -270,14 +329,16 @@ class GatewayMetrics:
         if request_id in self._in_flight:  # a client reused an x-request-id: count it once
             return False
         self._in_flight.add(request_id)
-        self._in_flight_inc(1)
+        if self.multiprocess:  # one process: the scrape reads len(self._in_flight)
+            self._in_flight_inc(1)
         return True
 
     def request_ended(self, request_id: str) -> None:
         in_flight = self._in_flight
         if request_id in in_flight:
             in_flight.discard(request_id)
-            self._in_flight_inc(-1)
+            if self.multiprocess:
+                self._in_flight_inc(-1)
 
     # ---- the ledger writer's hooks (per batch, not per record)
 
@@ -298,11 +359,19 @@ class GatewayMetrics:
 
     # ---- exposition
 
+    def flush(self) -> None:
+        """Add the records' tallies to the metrics (a scrape does it first)."""
+        for s in self._sets.values():
+            s.flush()
+        if not self.multiprocess:
+            self.in_flight.set(len(self._in_flight))
+
     def render(self) -> tuple[bytes, str]:
         """(body, content type) of a scrape: this process's registry, or every worker's files."""
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
         if not self.multiprocess:
+            self.flush()
             return generate_latest(self.registry), CONTENT_TYPE_LATEST
         from prometheus_client import multiprocess
 

@@ -259,3 +259,19 @@ def test_histograms_and_counters_match_prometheus_own_observe():
     tokens = sum(3 * (i + 1) for i in range(len(values)))
     assert value(found, "gwcore_tokens_total", provider="p", model="m", type="prompt") == tokens
     assert value(found, "gwcore_cost_usd_total", provider="p", model="m") == pytest.approx(n * 0.5)
+
+
+def test_records_past_the_label_set_bound_are_still_counted(monkeypatch):
+    monkeypatch.setattr("gwcore.metrics._MAX_LABEL_SETS", 1)
+    m = GatewayMetrics()
+    for i, model in enumerate(["kept", "not-kept", "not-kept"]):
+        m.record(UsageRecord(f"r{i}", "p", model, model, "relay", False, status=200, cost=0.25))
+    found = samples(m.render()[0].decode())
+    assert value(found, "gwcore_requests_total", provider="p", model="kept", route="relay",
+                 status="200") == 1  # fmt: skip
+    assert value(found, "gwcore_requests_total", provider="p", model="not-kept", route="relay",
+                 status="200") == 2  # fmt: skip
+    assert total(found, "gwcore_cost_usd_total") == pytest.approx(0.75)
+    m.record(UsageRecord("late", "p", "kept", "kept", "relay", False, status=200))
+    found = samples(m.render()[0].decode())  # a later scrape adds what came since
+    assert total(found, "gwcore_requests_total") == 4
