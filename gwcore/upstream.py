@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import socket
 import ssl
 from collections import deque
@@ -164,6 +165,11 @@ def _bad_char(text: str) -> bool:
     return "\r" in text or "\n" in text or "\0" in text
 
 
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+").fullmatch  # RFC 9110 field-name
+_GOOD_NAMES: set[str] = set()  # names already checked (they repeat: a bounded few)
+_HOST_LINES: dict[Origin, str] = {}
+
+
 def build_request(
     origin: Origin, method: str, path: str, headers: Sequence[tuple[str, str]], body: bytes
 ) -> bytes:
@@ -171,18 +177,33 @@ def build_request(
     ``Connection: keep-alive``) and body, ready for one write."""
     if not path.startswith("/") or _bad_char(path) or " " in path or _bad_char(method):
         raise GatewayError(500, f"invalid upstream request target {path!r}")
-    lines = [f"{method} {path} HTTP/1.1\r\nHost: {origin.host_header}\r\n"]
+    host = _HOST_LINES.get(origin)
+    if host is None:
+        host = f"Host: {origin.host_header}\r\n"
+        if len(_HOST_LINES) < 256:
+            _HOST_LINES[origin] = host
+    lines = [f"{method} {path} HTTP/1.1\r\n", host]
     for name, value in strip_hop_by_hop(headers):
+        if name not in _GOOD_NAMES:
+            if not _TOKEN(name):
+                raise GatewayError(400, f"invalid character in header {name!r}")
+            if len(_GOOD_NAMES) < 512:
+                _GOOD_NAMES.add(name)
         if name.lower() in _POOL_SET:
             continue
-        if not name or ":" in name or " " in name or _bad_char(name) or _bad_char(value):
-            raise GatewayError(400, f"invalid character in header {name!r}")
         lines.append(f"{name}: {value}\r\n")
     if body or method not in _NO_BODY_METHODS:
         lines.append(f"Content-Length: {len(body)}\r\n")
     lines.append("Connection: keep-alive\r\n\r\n")
+    text = "".join(lines)
+    # Every line ends with the CRLF written here and the head ends with an empty line: a CR, LF
+    # or NUL anywhere else came in a header value and would split or smuggle a header.
+    crlf = len(lines) + 1
+    if text.count("\n") != crlf or text.count("\r") != crlf or "\0" in text:
+        bad = next((n for n, v in headers if _bad_char(v) or _bad_char(n)), "?")
+        raise GatewayError(400, f"invalid character in header {bad!r}")
     try:
-        head = "".join(lines).encode("latin-1")
+        head = text.encode("latin-1")
     except UnicodeEncodeError as exc:
         raise GatewayError(400, "header values must be latin-1 text") from exc
     return head + body if body else head

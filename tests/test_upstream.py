@@ -151,7 +151,17 @@ def test_build_request_owns_framing_and_strips_hop_by_hop():
         b"Content-Length: 2\r\nConnection: keep-alive\r\n\r\n{}"
     )
     assert b"Content-Length" not in build_request(origin, "GET", "/v1/models", [], b"")
-    for bad in [("X", "a\r\nInjected: 1"), ("Bad Name", "v"), ("X:y", "v")]:
+    bad_headers = [
+        ("X", "a\r\nInjected: 1"),
+        ("X", "a\nInjected: 1"),
+        ("X", "a\rb"),
+        ("X", "a\0b"),
+        ("Bad Name", "v"),
+        ("X:y", "v"),
+        ("", "v"),
+        ("X\r\nY", "v"),
+    ]
+    for bad in bad_headers:
         with pytest.raises(GatewayError) as info:
             build_request(origin, "GET", "/", [bad], b"")
         assert info.value.status == 400
