@@ -223,8 +223,20 @@ def _json_object(raw: bytes) -> dict:
 
 
 def _forwarded(headers: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The client's end-to-end headers: not framing, credentials, what the gateway sets itself,
+    ``Proxy-*``, nor any header the client's ``Connection`` names (hop-by-hop, RFC 9110 7.6.1:
+    the upstream request never sees that ``Connection`` header, so it is resolved here)."""
+    connection = headers.get("connection")
+    nominated = _NO_NAMES if connection is None else _nominated(connection)
     return [
         (name, value)
         for name, value in headers.items()
-        if name not in _NOT_FORWARDED and not name.startswith("proxy-")
+        if name not in _NOT_FORWARDED and name not in nominated and not name.startswith("proxy-")
     ]
+
+
+_NO_NAMES: frozenset[str] = frozenset()
+
+
+def _nominated(connection: str) -> frozenset[str]:
+    return frozenset(token.strip().lower() for token in connection.split(","))

@@ -199,6 +199,24 @@ def test_client_credentials_never_forwarded():
     run(main(), use_uvloop=True)
 
 
+def test_headers_the_client_names_in_connection_are_not_forwarded():
+    """RFC 9110 7.6.1: a header the client's Connection header nominates is hop-by-hop too."""
+
+    async def main():
+        async with gateway_with_mock() as h:
+            await raw_post(
+                h.host,
+                h.port,
+                chat_body(False),
+                headers={"Connection": "keep-alive, X-Hop", "X-Hop": "hop", "X-Keep": "end"},
+            )
+            req = h.mock.requests[-1]
+            assert req.header("x-hop") is None
+            assert req.header("x-keep") == "end"  # end-to-end headers still pass
+
+    run(main(), use_uvloop=True)
+
+
 def test_upstream_keepalive_connection_reused():
     async def main():
         async with gateway_with_mock() as h:
