@@ -52,6 +52,7 @@ __all__ = ["ClientDisconnected", "FlowTarget", "HttpProtocol", "ResponseChannel"
 logger = logging.getLogger("gwcore.server")
 
 _EAGER_TASKS = sys.version_info >= (3, 12)  # asyncio.Task(eager_start=True)
+_TASK = "gwcore-handler"
 _STATUS = {code: status_line(code) for code in range(100, 600)}
 _STATUS_STR = {code: line.decode("latin-1") for code, line in _STATUS.items()}
 _CONNECTION = {True: b"connection: keep-alive\r\n", False: b"connection: close\r\n"}
@@ -665,10 +666,12 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
             channel._task = asyncio.Task(
                 self._run(channel, result),
                 loop=self._loop,
+                name=_TASK,
                 eager_start=True,  # type: ignore[call-arg]
             )
         else:  # the handler's first step runs in its task, where current_task() is set
-            channel._task = self._loop.create_task(self._run(channel, result))
+            # A fixed name: 3.11 would format "Task-<n>" for every request.
+            channel._task = asyncio.Task(self._run(channel, result), loop=self._loop, name=_TASK)
 
     async def _run(self, channel: ResponseChannel, awaitable: Coroutine[Any, Any, Any]) -> None:
         try:
