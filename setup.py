@@ -1,7 +1,8 @@
 """Build the optional C extensions; fall back to the pure-Python twins when that is impossible.
 
-Cython (a build requirement) compiles ``gwcore/_sse.pyx``, and ``gwcore/server/_http_py.py`` (with
-the class layouts of ``gwcore/server/_http.pxd``) into ``gwcore.server._http``. An sdist ships the
+Cython (a build requirement) compiles ``gwcore/_sse.pyx``, ``gwcore/server/_http_py.py`` (with the
+class layouts of ``gwcore/server/_http.pxd``) into ``gwcore.server._http``, and ``gwcore/relay.py``
+and ``gwcore/upstream.py`` in place (with their ``.pxd``). An sdist ships the
 generated ``.c``, so a machine without Cython still compiles them. A machine without a C compiler
 gets a working install that uses the pure-Python twins, and the build log says so.
 ``GWCORE_NO_EXTENSIONS=1`` skips compilation.
@@ -17,6 +18,9 @@ from setuptools.command.build_ext import build_ext
 EXTENSIONS = {
     "gwcore._sse": "gwcore/_sse.pyx",
     "gwcore.server._http": "gwcore/server/_http_py.py",
+    # compiled in place: the extension takes the source's own name (see gwcore/_twins.py)
+    "gwcore.relay": "gwcore/relay.py",
+    "gwcore.upstream": "gwcore/upstream.py",
 }
 
 

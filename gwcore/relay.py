@@ -1,3 +1,8 @@
+# cython: annotation_typing=False
+# Cython compiles this file in place, and relay.pxd makes Dechunker, ExchangeResponse and
+# RelayedResponse extension types.
+# Annotations only document here: they never become C-level type checks. This file is also the
+# pure-Python twin (see gwcore/_twins.py).
 """The relay: an upstream response in the client's dialect goes to the client as it arrives.
 
 It owns one relayed response: it is the upstream connection's listener (``on_head``, ``on_data``,

@@ -1,3 +1,8 @@
+# cython: annotation_typing=False
+# Cython compiles this file in place, and upstream.pxd makes UpstreamConnection, UpstreamExchange
+# and _HeadParser extension types.
+# Annotations only document here: they never become C-level type checks. This file is also the
+# pure-Python twin (see gwcore/_twins.py).
 """Pooled HTTP/1.1 client to providers, on asyncio Protocols and httptools' response parser.
 
 It owns the upstream sockets: connecting (TCP_NODELAY, TLS with the system trust store), writing a
@@ -329,7 +334,7 @@ class UpstreamExchange:
 # ------------------------------------------------------------------------------------ connection
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection:
     """One keep-alive connection to an origin, owned by ``UpstreamPool``. Listeners never hold it:
     they hold the ``UpstreamExchange`` of their request."""
 
@@ -879,7 +884,7 @@ class UpstreamPool:
         self._watched: set[UpstreamConnection] = set()
         self._tick_handle: asyncio.TimerHandle | None = None
         periods = [t / 4 for t in (header_timeout, idle_timeout, keepalive_idle) if t]
-        self._tick_every = min([1.0, *periods])
+        self._tick_every = min(1.0, min(periods, default=1.0))
 
     # ---- public
 

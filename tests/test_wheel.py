@@ -94,12 +94,14 @@ def _install(python: Path, wheel: Path, cwd: Path) -> None:
 
 
 def _probe(python: Path, cwd: Path, **env: str) -> tuple[str, str]:
-    """(where gwcore is imported from, the implementation of the scanner and the front door:
-    "cython" or "python" when both agree, else both joined by "+")."""
+    """(where gwcore is imported from, the implementation of every compiled module: "cython" or
+    "python" when they all agree, else the kinds found joined by "+")."""
     code = (
-        "import gwcore, gwcore.sse as s, gwcore.server.protocol as p; print(gwcore.__file__); "
-        "print(s.IMPLEMENTATION if s.IMPLEMENTATION == p.IMPLEMENTATION "
-        "else s.IMPLEMENTATION + '+' + p.IMPLEMENTATION)"
+        "import gwcore, gwcore.sse as s, gwcore.server.protocol as p, gwcore.relay as r, "
+        "gwcore.upstream as u; from gwcore._twins import implementation as i; "
+        "print(gwcore.__file__); "
+        "found = {s.IMPLEMENTATION, p.IMPLEMENTATION, i(r), i(u)}; "
+        "print(found.pop() if len(found) == 1 else '+'.join(sorted(found)))"
     )
     out = subprocess.run(
         [str(python), "-c", code],
@@ -202,9 +204,12 @@ def test_wheel_from_the_sdist_is_compiled_without_cython(built):
     assert "-cp3" in whl.name and "linux" in whl.name
     names = zipfile.ZipFile(whl).namelist()
     assert [n for n in names if n.startswith("gwcore/_sse.") and n.endswith(".so")]
-    assert [n for n in names if n.startswith("gwcore/server/_http.") and n.endswith(".so")]
-    # the sdist ships the C; wheels the compiled modules
-    assert not {"gwcore/_sse.c", "gwcore/server/_http_py.c"} & set(names)
+    for stem in ("gwcore/_sse.", "gwcore/server/_http.", "gwcore/relay.", "gwcore/upstream."):
+        assert [n for n in names if n.startswith(stem) and n.endswith(".so")], stem
+    # the sdist ships the C; wheels the compiled modules (and the sources, the pure twins)
+    c_files = {"gwcore/_sse.c", "gwcore/server/_http_py.c", "gwcore/relay.c", "gwcore/upstream.c"}
+    assert not c_files & set(names)
+    assert {"gwcore/relay.py", "gwcore/upstream.py"} <= set(names)
     assert {
         "gwcore/_sse.pyi",
         "gwcore/server/_http.pyi",

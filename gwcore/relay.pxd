@@ -1,0 +1,13 @@
+# Class layouts for the compiled gwcore.relay (Cython compiles relay.py in place; the .py is also
+# the pure-Python twin). Keep the attribute lists in step with the stores in relay.py; subclasses
+# written in Python (gwcore.translated) keep their own attributes in a __dict__ as usual.
+
+cdef class Dechunker:
+    cdef public object complete, out, parser
+
+cdef class ExchangeResponse:
+    cdef public object channel, record, sink, started_at, exchange, ready, _recorded
+    cdef object __weakref__
+
+cdef class RelayedResponse(ExchangeResponse):
+    cdef public object stream, elide_usage, observer, _mode, _dechunker, _kept, _feed, _write

@@ -1,0 +1,14 @@
+# Class layouts for the compiled gwcore.upstream (Cython compiles upstream.py in place; the .py is
+# also the pure-Python twin). Keep each attribute list in step with the class's __slots__.
+
+cdef class _HeadParser:
+    cdef public object complete, headers
+
+cdef class UpstreamExchange:
+    cdef public object _conn, _end, reused
+
+cdef class UpstreamConnection:
+    cdef public object _counted, _deadline, _diverted, _exchange, _head_buf, _head_fut, _keep_alive
+    cdef public object _listener, _loop, _method, _paused, _pool, _remaining, _rx, _rx_seen, _silent
+    cdef public object _state, _transport, _until_close, got_bytes, origin, requests, reused
+    cdef object __weakref__
