@@ -1,8 +1,9 @@
 """Build the optional C extensions; fall back to the pure-Python twins when that is impossible.
 
 Cython (a build requirement) compiles ``gwcore/_sse.pyx``, ``gwcore/server/_http_py.py`` (with the
-class layouts of ``gwcore/server/_http.pxd``) into ``gwcore.server._http``, and ``gwcore/relay.py``
-and ``gwcore/upstream.py`` in place (with their ``.pxd``). An sdist ships the
+class layouts of ``gwcore/server/_http.pxd``) into ``gwcore.server._http``, and the per-request
+modules of ``gwcore._twins.COMPILED_IN_PLACE`` in place (``relay`` and ``upstream`` with ``.pxd``
+class layouts). An sdist ships the
 generated ``.c``, so a machine without Cython still compiles them. A machine without a C compiler
 gets a working install that uses the pure-Python twins, and the build log says so.
 ``GWCORE_NO_EXTENSIONS=1`` skips compilation.
@@ -21,6 +22,11 @@ EXTENSIONS = {
     # compiled in place: the extension takes the source's own name (see gwcore/_twins.py)
     "gwcore.relay": "gwcore/relay.py",
     "gwcore.upstream": "gwcore/upstream.py",
+    "gwcore.gateway": "gwcore/gateway.py",
+    "gwcore.usage": "gwcore/usage.py",
+    "gwcore.metrics": "gwcore/metrics.py",
+    "gwcore.auth": "gwcore/auth.py",
+    "gwcore.providers": "gwcore/providers.py",
 }
 
 

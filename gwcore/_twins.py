@@ -17,7 +17,17 @@ from collections.abc import Sequence
 from importlib.machinery import ModuleSpec
 from types import ModuleType
 
-COMPILED_IN_PLACE = frozenset({"gwcore.relay", "gwcore.upstream"})
+COMPILED_IN_PLACE = frozenset(
+    {
+        "gwcore.auth",
+        "gwcore.gateway",
+        "gwcore.metrics",
+        "gwcore.providers",
+        "gwcore.relay",
+        "gwcore.upstream",
+        "gwcore.usage",
+    }
+)
 
 
 class SourceFirst(importlib.abc.MetaPathFinder):

@@ -1,3 +1,6 @@
+# cython: annotation_typing=False
+# Cython compiles this file in place; it is also the pure-Python twin (see gwcore/_twins.py).
+# Annotations only document here: they never become C-level type checks.
 """API keys: who may call ``/v1/*``, and which key a request's usage belongs to.
 
 It owns the master key (``GWCORE_MASTER_KEY``, compared in constant time), managed keys (made and

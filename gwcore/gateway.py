@@ -1,3 +1,6 @@
+# cython: annotation_typing=False
+# Cython compiles this file in place; it is also the pure-Python twin (see gwcore/_twins.py).
+# Annotations only document here: they never become C-level type checks.
 """The gateway's API handlers: ``/v1/chat/completions`` and ``/v1/models``, and what they share.
 
 It owns one request's decisions: validate the body, resolve the model to a provider, rewrite the

@@ -1,3 +1,6 @@
+# cython: annotation_typing=False
+# Cython compiles this file in place; it is also the pure-Python twin (see gwcore/_twins.py).
+# Annotations only document here: they never become C-level type checks.
 """Prometheus metrics: ``GatewayMetrics`` (a usage sink, plus the gauges and counters that records
 cannot carry) and its text exposition for ``GET /metrics``.
 

@@ -1,3 +1,6 @@
+# cython: annotation_typing=False
+# Cython compiles this file in place; it is also the pure-Python twin (see gwcore/_twins.py).
+# Annotations only document here: they never become C-level type checks.
 """The provider registry: which upstream serves a model, where it lives, how to authenticate.
 
 It owns provider kinds (dialect, default base URL, auth header shape), routing of a client's

@@ -1,3 +1,6 @@
+# cython: annotation_typing=False
+# Cython compiles this file in place; it is also the pure-Python twin (see gwcore/_twins.py).
+# Annotations only document here: they never become C-level type checks.
 """The usage record of one request, the mappings from each dialect's usage object to it, and sinks.
 
 It owns the meaning of the token fields (OpenAI semantics: ``prompt_tokens`` includes cached
