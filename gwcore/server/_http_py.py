@@ -492,9 +492,11 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
         url = self._url
         if url[0] != 47:  # not "/...": absolute-form or "*"
             url = self._origin_form(url)
-        if b"?" in url:
-            raw_path, _, raw_query = url.partition(b"?")
-            query = raw_query.decode("latin-1")
+        # find(), not `b"?" in url`: bytes.__contains__ first tries the argument as an int and
+        # builds and drops a TypeError (about 1.8k instructions, a few percent of a request).
+        mark = url.find(b"?")
+        if mark >= 0:
+            raw_path, query = url[:mark], url[mark + 1 :].decode("latin-1")
         else:
             raw_path, query = url, ""
         path = raw_path.decode("latin-1")
