@@ -31,7 +31,7 @@ from gwcore.ledger import UsagePipeline
 from gwcore.providers import CREDENTIAL_HEADERS, ProviderRegistry
 from gwcore.relay import RelayedResponse, stream_headers
 from gwcore.translated import translated_completion
-from gwcore.upstream import HOP_BY_HOP, UpstreamPool
+from gwcore.upstream import UpstreamPool, strip_hop_by_hop
 from gwcore.usage import MemorySink, UsageRecord, UsageSink, usage_from_openai
 
 __all__ = ["Gateway"]
@@ -39,11 +39,16 @@ __all__ = ["Gateway"]
 log = logging.getLogger("gwcore.gateway")
 
 # Client headers never forwarded upstream: framing, credentials, and what the gateway sets itself.
-_NOT_FORWARDED = (
-    HOP_BY_HOP
-    | CREDENTIAL_HEADERS
-    | {"host", "content-length", "accept-encoding", "content-type", "accept", "cookie", "expect"}
-)
+# (Hop-by-hop headers go too: ``_forwarded`` strips them first.)
+_NOT_FORWARDED = CREDENTIAL_HEADERS | {
+    "host",
+    "content-length",
+    "accept-encoding",
+    "content-type",
+    "accept",
+    "cookie",
+    "expect",
+}
 
 
 class Gateway:
@@ -226,20 +231,11 @@ def _json_object(raw: bytes) -> dict:
 
 
 def _forwarded(headers: Mapping[str, str]) -> list[tuple[str, str]]:
-    """The client's end-to-end headers: not framing, credentials, what the gateway sets itself,
-    ``Proxy-*``, nor any header the client's ``Connection`` names (hop-by-hop, RFC 9110 7.6.1:
-    the upstream request never sees that ``Connection`` header, so it is resolved here)."""
-    connection = headers.get("connection")
-    nominated = _NO_NAMES if connection is None else _nominated(connection)
+    """The client's end-to-end headers: not what the gateway sets itself, no credentials, and
+    nothing hop-by-hop (``strip_hop_by_hop`` also drops what the client's ``Connection`` names:
+    the upstream request never carries that ``Connection`` header, so it is resolved here)."""
     return [
         (name, value)
-        for name, value in headers.items()
-        if name not in _NOT_FORWARDED and name not in nominated and not name.startswith("proxy-")
+        for name, value in strip_hop_by_hop(list(headers.items()))
+        if name not in _NOT_FORWARDED
     ]
-
-
-_NO_NAMES: frozenset[str] = frozenset()
-
-
-def _nominated(connection: str) -> frozenset[str]:
-    return frozenset(token.strip().lower() for token in connection.split(","))

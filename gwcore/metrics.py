@@ -123,9 +123,6 @@ def _inc(child):
     return child._value.inc
 
 
-_COUNTERS = ("requests", "prompt", "completion", "cached", "reasoning", "cost", "unpriced")
-
-
 class _LabelSet:
     """Every per-record metric for one (provider, model, route, status): plain tallies a record
     adds to, and the children's value increments, bound once, that ``flush`` adds them with.
@@ -138,9 +135,6 @@ class _LabelSet:
     so a change there fails the tests instead of miscounting."""
 
     __slots__ = (
-        "cached",
-        "completion",
-        "cost",
         "duration",
         "incs",
         "n_cached",
@@ -150,11 +144,7 @@ class _LabelSet:
         "n_reasoning",
         "n_requests",
         "n_unpriced",
-        "prompt",
-        "reasoning",
-        "requests",
         "ttfb",
-        "unpriced",
     )
 
     def __init__(self, m: GatewayMetrics, provider: str, model: str, route: str, status: str):
