@@ -343,6 +343,58 @@ def test_queue_full_drops_are_counted_and_logged(caplog):
     assert "LOST" in text  # and what was still queued at exit says so too
 
 
+class _SlowStore:
+    """A store whose every write takes 5 ms: it records the size of each batch."""
+
+    display_url = "memory://slow"
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def write(self, rows: list[tuple]) -> None:
+        await asyncio.sleep(0.005)
+        self.batches.append(len(rows))
+
+
+def test_records_arriving_during_a_write_wait_for_the_next_interval():
+    async def main():
+        store = _SlowStore()
+        ledger = UsageLedger(store, batch_size=1_000, flush_interval=0.1)  # type: ignore[arg-type]
+        await ledger.start()
+        for i in range(300):  # a steady 1000 records/s for 0.3 s
+            ledger.record(_record(i))
+            await asyncio.sleep(0.001)
+        await ledger.stop()
+        return store.batches
+
+    batches = run(main(), use_uvloop=True)
+    assert sum(batches) == 300
+    # One write per 0.1 s interval (and the one at stop), not one per 5 ms write: a write after
+    # every write would make ~60 batches of ~5 records.
+    assert len(batches) <= 6, batches
+
+
+def test_a_full_batch_is_written_at_once_and_the_rest_drains_in_batches():
+    async def main():
+        store = _SlowStore()
+        ledger = UsageLedger(store, batch_size=50, flush_interval=3600)  # type: ignore[arg-type]
+        await ledger.start()
+        for i in range(175):
+            ledger.record(_record(i))
+        await asyncio.sleep(0.2)
+        written = list(store.batches)
+        await ledger.stop()
+        return written, store.batches
+
+    written, batches = run(main(), use_uvloop=True)
+    assert written == [50, 50, 50]  # full batches go at once; the 25 left wait for the interval
+    assert batches == [50, 50, 50, 25]  # and stop flushes them
+
+
 def test_stop_flushes_everything_queued(db_url):
     async def main():
         store = open_store(LedgerSettings(url=db_url))

@@ -240,6 +240,11 @@ class UsageLedger:
                 if backoff > _BACKOFF_FIRST:
                     log.warning("usage ledger %s: writing again", self.store.display_url)
                     backoff = _BACKOFF_FIRST
+                if len(self._queue) < self.batch_size and not self._stopping:
+                    # What arrived during the write waits for the next interval (or a full
+                    # batch): draining it at once would write a tiny batch after every write,
+                    # and each write costs a thread hand-off and a commit.
+                    break
             self.metrics.ledger_queue(self.depth)
 
     async def _pause(self, seconds: float) -> None:
