@@ -1077,25 +1077,23 @@ cdef class StreamObserver(_Scanner):
 # ---- the relay pump -------------------------------------------------------------------------------
 
 cdef class RelayPump:
-    """The upstream transport's protocol while a relayed body flows: each received piece goes
-    through the observer and straight to the client's ``write``, with no Python frame per piece.
+    """Where the upstream connection sends each piece while a relayed body flows: through the
+    observer and straight to the client's ``write``, with no Python frame per piece.
 
     ``owner`` hears once: ``pump_complete()`` when the chunked body ended, ``pump_failed(exc)`` on
-    broken framing. Connection events (``eof_received``, ``connection_lost``, write flow control)
-    go to ``protocol``, the upstream connection the pump stands in for. ``pieces`` counts what was
-    received (the connection's idle timer reads it).
+    broken framing. Connection events stay with the upstream connection. ``pieces`` counts what
+    was received (the connection's idle timer reads it).
     """
 
     cdef StreamObserver _observer
-    cdef object _write, _owner, _protocol
+    cdef object _write, _owner
     cdef public Py_ssize_t pieces
     cdef bint _over
 
-    def __init__(self, StreamObserver observer not None, write, owner, protocol):
+    def __init__(self, StreamObserver observer not None, write, owner):
         self._observer = observer
         self._write = write
         self._owner = owner
-        self._protocol = protocol
         self.pieces = 0
         self._over = False
 
@@ -1115,15 +1113,3 @@ cdef class RelayPump:
         if self._observer._complete:
             self._over = True
             self._owner.pump_complete()
-
-    def eof_received(self):
-        return self._protocol.eof_received()
-
-    def connection_lost(self, exc):
-        self._protocol.connection_lost(exc)
-
-    def pause_writing(self):
-        self._protocol.pause_writing()
-
-    def resume_writing(self):
-        self._protocol.resume_writing()

@@ -872,24 +872,22 @@ class StreamObserver(_Scanner):
 
 
 class RelayPump:
-    """The upstream transport's protocol while a relayed body flows: each received piece goes
-    through the observer and straight to the client's ``write``.
+    """Where the upstream connection sends each piece while a relayed body flows: through the
+    observer and straight to the client's ``write``.
 
     ``owner`` hears once: ``pump_complete()`` when the chunked body ended, ``pump_failed(exc)`` on
-    broken framing. Connection events (``eof_received``, ``connection_lost``, write flow control)
-    go to ``protocol``, the upstream connection the pump stands in for. ``pieces`` counts what was
-    received (the connection's idle timer reads it).
+    broken framing. Connection events stay with the upstream connection. ``pieces`` counts what
+    was received (the connection's idle timer reads it).
     """
 
-    __slots__ = ("_observer", "_over", "_owner", "_protocol", "_write", "pieces")
+    __slots__ = ("_observer", "_over", "_owner", "_write", "pieces")
 
-    def __init__(self, observer: StreamObserver, write: Any, owner: Any, protocol: Any) -> None:
+    def __init__(self, observer: StreamObserver, write: Any, owner: Any) -> None:
         if observer is None:
             raise TypeError("observer must be a StreamObserver")
         self._observer = observer
         self._write = write
         self._owner = owner
-        self._protocol = protocol
         self.pieces = 0
         self._over = False
 
@@ -908,15 +906,3 @@ class RelayPump:
         if self._observer.complete:
             self._over = True
             self._owner.pump_complete()
-
-    def eof_received(self) -> bool | None:
-        return self._protocol.eof_received()
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self._protocol.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self._protocol.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._protocol.resume_writing()

@@ -286,10 +286,8 @@ class RelayedResponse(ExchangeResponse):
             if chunked and channel.chunked:
                 self._mode = _RAW
                 self._write = channel.write_raw
-                # From the next piece on, the transport feeds the pump itself: C all the way.
-                exchange.divert(
-                    RelayPump(self.observer, channel.write_raw, self, exchange.connection)
-                )
+                # From the next piece on, the connection hands each piece to the pump: C all the way.
+                exchange.divert(RelayPump(self.observer, channel.write_raw, self))
             else:
                 self._mode = _FRAMED
                 self._write = channel.write

@@ -311,10 +311,11 @@ class UpstreamExchange:
             self._conn.close()
 
     def divert(self, protocol: asyncio.BaseProtocol) -> None:
-        """Hand the rest of the body to ``protocol`` (a ``RelayPump``): the transport calls its
-        ``data_received`` directly, with no Python frame of ours per piece. It must forward
-        ``eof_received``/``connection_lost`` to ``self.connection`` and count ``pieces`` (the
-        idle timer reads them). ``release()``/``close()`` take the transport back."""
+        """Hand the rest of the body to ``protocol`` (a ``RelayPump``): each piece goes straight
+        to its ``data_received``, before any state check of ours. It must count ``pieces`` (the
+        idle timer reads them); connection events stay with the connection. ``release()``/
+        ``close()`` end the diversion. (The transport keeps its protocol: uvloop's
+        ``set_protocol`` restarts reading, one ``epoll_ctl`` each way per request.)"""
         if self._end == 0:
             self._conn._divert(protocol)
 
@@ -427,6 +428,7 @@ class UpstreamConnection:
             return
         self._state = _CLOSED
         self._listener = None
+        self._diverted = None
         self._pool._forget(self)
         if self._transport is not None:
             self._transport.abort()
@@ -434,14 +436,11 @@ class UpstreamConnection:
     def _divert(self, protocol: asyncio.BaseProtocol) -> None:
         if self._state in (_STREAM, _LENGTH) and self._transport is not None:
             self._diverted = protocol
-            self._transport.set_protocol(protocol)
 
     def _undivert(self) -> None:
         if self._diverted is not None:
             self._rx += self._diverted.pieces  # type: ignore[attr-defined]
             self._diverted = None
-            if self._transport is not None:
-                self._transport.set_protocol(self)
 
     def pause_reading(self) -> None:
         if not self._paused and self._state != _CLOSED and self._transport is not None:
@@ -465,7 +464,11 @@ class UpstreamConnection:
             transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
-        if self._state == _STREAM:  # the relay's hot path: one compare, one count, one call
+        diverted = self._diverted
+        if diverted is not None:  # the relay's hot path: the pump scans and writes
+            diverted.data_received(data)
+            return
+        if self._state == _STREAM:  # one compare, one count, one call
             self._rx += 1
             self._listener.on_data(data)
             return
@@ -902,7 +905,9 @@ class UpstreamPool:
         data = build_request(origin, method, path, headers, body)
         fresh = False
         while True:
-            conn = await self._acquire(origin, fresh)
+            conn = None if fresh else self._idle(origin)
+            if conn is None:
+                conn = await self._acquire(origin, fresh)
             try:
                 await conn._send(data, listener, method)
             except _StaleConnection:
@@ -985,6 +990,18 @@ class UpstreamPool:
         if self._ssl_context is None:
             self._ssl_context = ssl.create_default_context()
         return self._ssl_context
+
+    def _idle(self, origin: Origin) -> UpstreamConnection | None:
+        """A pooled connection, taken without a coroutine (the common case), or None."""
+        op = self._origins.get(origin)
+        if op is None or self._closed:
+            return None
+        idle = op.idle
+        while idle:
+            conn = idle.pop()
+            if conn._take():
+                return conn
+        return None
 
     async def _acquire(self, origin: Origin, fresh: bool) -> UpstreamConnection:
         if self._closed:
