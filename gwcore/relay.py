@@ -286,7 +286,7 @@ class RelayedResponse(ExchangeResponse):
             if chunked and channel.chunked:
                 self._mode = _RAW
                 self._write = channel.write_raw
-                # From the next piece on, the connection hands each piece to the pump: C all the way.
+                # From the next piece on, the connection hands each piece to the pump (C).
                 exchange.divert(RelayPump(self.observer, channel.write_raw, self))
             else:
                 self._mode = _FRAMED
