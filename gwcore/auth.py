@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import inspect
 import logging
 import secrets
 import time
@@ -148,6 +147,14 @@ class KeyAuth:
 
     async def authenticate(self, headers: Mapping[str, str]) -> ApiKey | None:
         """The managed key presented (None: the master key); raises the 401 (or 503)."""
+        key = self.authenticate_cached(headers)
+        if key is _MISS:
+            key = self._admitted(await self._lookup(hash_key(presented_key(headers))))
+        return key
+
+    def authenticate_cached(self, headers: Mapping[str, str]) -> Any:
+        """``authenticate`` without awaiting: the same answer, or ``_MISS`` when the key is not in
+        the cache (then await ``authenticate``)."""
         token = presented_key(headers)
         if token is None:
             raise self._fail(
@@ -160,10 +167,10 @@ class KeyAuth:
             )
         if self.is_master(token):
             return None
-        digest = hash_key(token)
-        key = self._cached(digest)
-        if key is _MISS:
-            key = await self._lookup(digest)
+        key = self._cached(hash_key(token))
+        return key if key is _MISS else self._admitted(key)
+
+    def _admitted(self, key: ApiKey | None) -> ApiKey:
         if key is None:
             raise self._fail("invalid", _unauthorized("Incorrect API key provided."))
         if key.revoked_at is not None:
@@ -314,22 +321,46 @@ class KeyAuth:
         if not self.required and metrics is None:
             return handler
 
-        async def guarded(request: Any, channel: Any) -> Any:
-            if self._master is not None:
-                key = await self.authenticate(request.headers)
-                request.key_id = MASTER_KEY_ID if key is None else key.id
-                if key is not None and check_model and key.models is not None:
-                    self.check_model(key, request.body)
+        def admit(request: Any, key: ApiKey | None) -> None:
+            request.key_id = MASTER_KEY_ID if key is None else key.id
+            if key is not None and check_model and key.models is not None:
+                self.check_model(key, request.body)
+
+        def run(request: Any, channel: Any) -> Any:
             counted = metrics is not None and metrics.request_started(request.request_id)
             try:
                 result = handler(request, channel)
-                if inspect.isawaitable(result):
-                    result = await result
             except BaseException:
                 if counted:
                     metrics.request_ended(request.request_id)
                 raise
+            if counted and hasattr(result, "__await__"):
+                return until_done(request, result)
             return result
+
+        async def until_done(request: Any, awaitable: Any) -> Any:
+            try:
+                return await awaitable
+            except BaseException:
+                metrics.request_ended(request.request_id)
+                raise
+
+        async def after_lookup(request: Any, channel: Any) -> Any:
+            admit(request, await self.authenticate(request.headers))
+            result = run(request, channel)
+            if hasattr(result, "__await__"):
+                result = await result
+            return result
+
+        # Plain, so that a handler that needs no task (an idle pooled connection, a cached key)
+        # runs none: a coroutine the handler returns goes back to the front door as it is.
+        def guarded(request: Any, channel: Any) -> Any:
+            if self._master is not None:
+                key = self.authenticate_cached(request.headers)
+                if key is _MISS:
+                    return after_lookup(request, channel)
+                admit(request, key)
+            return run(request, channel)
 
         return guarded
 

@@ -102,7 +102,10 @@ class Gateway:
         """``GET /v1/models``: every provider's models as ``provider/model``."""
         _send_json(channel, orjson.dumps({"object": "list", "data": self.registry.list_models()}))
 
-    async def chat_completions(self, request: Any, channel: Any) -> Any:
+    def chat_completions(self, request: Any, channel: Any) -> Any:
+        """``POST /v1/chat/completions``. Plain, not ``async``: a relayed request on an idle pooled
+        connection goes out before this returns ``DEFERRED`` (no task); every other way returns a
+        coroutine for the front door's task."""
         started = time.perf_counter()
         body = _json_object(request.body)
         model = body.get("model")
@@ -120,9 +123,9 @@ class Gateway:
         stream = bool(stream)
         provider, upstream_model, rewritten = self.registry.resolve(model)
         if provider.kind == "demo":
-            return await self._demo(request, channel, body, model, stream, started)
+            return self._demo(request, channel, body, model, stream, started)
         if provider.dialect != "openai_chat":
-            return await translated_completion(
+            return translated_completion(
                 self.pool,
                 self.sink,
                 request,
@@ -167,10 +170,9 @@ class Gateway:
         relay = RelayedResponse(
             channel, record, self.sink, stream=stream, elide_usage=elide, started_at=started
         )
-        await relay.exchange_with(
+        return relay.start_exchange(
             self.pool, provider.origin, provider.path("/chat/completions"), headers, payload
         )
-        return None
 
     async def _demo(
         self, request: Any, channel: Any, body: dict, model: str, stream: bool, started: float

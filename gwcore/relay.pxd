@@ -6,7 +6,8 @@ cdef class Dechunker:
     cdef public object complete, out, parser
 
 cdef class ExchangeResponse:
-    cdef public object channel, record, sink, started_at, exchange, ready, _recorded
+    cdef public object channel, record, sink, started_at, exchange, ready, _recorded, _deferred
+    cdef public object _resend, _retry
     cdef object __weakref__
 
 cdef class RelayedResponse(ExchangeResponse):

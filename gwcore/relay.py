@@ -19,6 +19,7 @@ exactly one usage record per response, also for aborted ones.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -27,8 +28,9 @@ import httptools
 import orjson
 
 from gwcore.errors import GatewayError
+from gwcore.server.app import DEFERRED, error_response
 from gwcore.sse import RelayPump, SSEError, StreamObserver
-from gwcore.upstream import Origin, UpstreamExchange, UpstreamPool
+from gwcore.upstream import Origin, StaleConnection, UpstreamExchange, UpstreamPool
 from gwcore.usage import UsageRecord, UsageSink, usage_from_openai
 
 __all__ = [
@@ -38,6 +40,8 @@ __all__ = [
     "stream_headers",
     "upstream_error",
 ]
+
+log = logging.getLogger("gwcore.relay")
 
 # What each upstream error status becomes for the client (before the first byte).
 _ERROR_TYPES = {
@@ -144,6 +148,9 @@ class ExchangeResponse:
     ``ready`` resolves once the client's response has started (the handler may return), or fails
     with the ``GatewayError`` to answer with. A client leaving before then cancels the handler's
     wait (``channel.cancel_handler()``), which closes the upstream connection.
+
+    ``start_exchange`` skips the wait when a pooled connection is idle: the request goes out at
+    once, the handler returns ``DEFERRED`` (no task), and this object answers errors itself.
     """
 
     def __init__(
@@ -156,6 +163,67 @@ class ExchangeResponse:
         self.exchange: UpstreamExchange | None = None
         self.ready: asyncio.Future[None] = channel.loop.create_future()
         self._recorded = False
+        self._deferred = False  # no handler waits: errors before the response are answered here
+        self._resend: tuple | None = None  # (pool, origin, path, headers, body) while deferred
+        self._retry: asyncio.Task[None] | None = None
+
+    def start_exchange(
+        self, pool: UpstreamPool, origin: Origin, path: str, headers: list, body: bytes
+    ) -> Any:
+        """POST ``body`` upstream. On an idle pooled connection it is sent now and the result is
+        ``DEFERRED`` (the handler returns it; callbacks finish the response, no task). Otherwise
+        the result is the coroutine of ``exchange_with``, for the handler's task to await."""
+        try:
+            exchange = pool.send_now(origin, "POST", path, headers, body, self)
+        except GatewayError as exc:
+            self.record_failure(exc.status, exc.message)
+            raise
+        if exchange is None:
+            return self.exchange_with(pool, origin, path, headers, body)
+        self.exchange = exchange  # already: a client leaving before the head closes it
+        self._deferred = True
+        self._resend = (pool, origin, path, headers, body)
+        self.channel.on_disconnect(self.client_gone)
+        return DEFERRED
+
+    def on_head_failed(self, exc: BaseException) -> None:
+        """(``DEFERRED`` only) the request failed before the response head."""
+        if self._recorded:
+            return
+        resend, self._resend = self._resend, None
+        if isinstance(exc, StaleConnection) and resend is not None:
+            # The upstream had closed the pooled connection before answering: once, afresh.
+            self.exchange = None
+            self._retry = self.channel.loop.create_task(self._send_afresh(*resend))
+            return
+        if not isinstance(exc, GatewayError):
+            log.error("relay failed (request_id=%s)", self.record.request_id, exc_info=exc)
+            exc = GatewayError(500, "internal server error", type="server_error")
+        self.record_failure(exc.status, exc.message)
+        self._answer(exc)
+
+    async def _send_afresh(
+        self, pool: UpstreamPool, origin: Origin, path: str, headers: list, body: bytes
+    ) -> None:
+        try:
+            await pool.open_raw(origin, "POST", path, headers, body, self, fresh=True)
+        except asyncio.CancelledError:
+            pass  # the client left (``client_gone`` recorded it); open_raw closed the connection
+        except Exception as exc:
+            self.on_head_failed(exc)
+        finally:
+            self._retry = None
+
+    def _answer(self, exc: GatewayError) -> None:
+        """The error for a client whose response has not started: raised to the waiting handler,
+        or (``DEFERRED``) sent from here."""
+        if not self._deferred:
+            if not self.ready.done():
+                self.ready.set_exception(exc)
+        elif self.channel.started:
+            self.channel.abort()
+        else:
+            self.channel.send(error_response(exc))
 
     async def exchange_with(
         self, pool: UpstreamPool, origin: Origin, path: str, headers: list, body: bytes
@@ -207,6 +275,8 @@ class ExchangeResponse:
         """The client went away: stop waiting, close the upstream at once, note it."""
         if not self.ready.done():
             self.channel.cancel_handler()  # connecting, or waiting for the head or a whole answer
+        if self._retry is not None:
+            self._retry.cancel()
         self._close_upstream()
         self.record.aborted = True
         self.record.error = self.record.error or "client disconnected"
@@ -356,8 +426,7 @@ class RelayedResponse(ExchangeResponse):
             err = upstream_error(self.record.status, b"".join(self._kept))
             self.record.error = err.message
             self._write_record()
-            if not self.ready.done():
-                self.ready.set_exception(err)
+            self._answer(err)
             return
         self._finish()
 
@@ -371,8 +440,7 @@ class RelayedResponse(ExchangeResponse):
         rec.aborted = True
         if mode in (_ERROR, _WAITING):
             self._write_record()
-            if not self.ready.done():
-                self.ready.set_exception(exc)
+            self._answer(exc)
             return
         channel = self.channel
         if self.stream and mode in (_RAW, _FRAMED) and self.observer.at_boundary:

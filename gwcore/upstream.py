@@ -37,7 +37,7 @@ import ssl
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import AnyStr, Protocol
+from typing import AnyStr, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 import httptools
@@ -47,6 +47,7 @@ from gwcore.errors import GatewayError
 __all__ = [
     "HOP_BY_HOP",
     "Origin",
+    "StaleConnection",
     "UpstreamConnection",
     "UpstreamExchange",
     "UpstreamListener",
@@ -84,9 +85,9 @@ _CLOSED = 7
 # --------------------------------------------------------------------------------------- origins
 
 
-@dataclass(frozen=True, slots=True)
-class Origin:
-    """Where connections go: scheme, host and port. Pools are keyed by it."""
+class Origin(NamedTuple):
+    """Where connections go: scheme, host and port. Pools are keyed by it (a tuple: its hash and
+    equality are the tuple's, in C; a frozen dataclass's were interpreted Python, per request)."""
 
     scheme: str
     host: str
@@ -235,8 +236,12 @@ class UpstreamListener(Protocol):
 
     def on_error(self, exc: GatewayError) -> None: ...
 
+    # Only for ``UpstreamPool.send_now`` (nobody awaits the head): the request failed before a
+    # response head; ``StaleConnection`` means it may be sent again on a fresh connection.
+    def on_head_failed(self, exc: BaseException) -> None: ...
 
-class _StaleConnection(Exception):
+
+class StaleConnection(Exception):
     """A pooled connection the upstream had closed before it sent a byte of the response."""
 
 
@@ -484,18 +489,17 @@ class UpstreamConnection:
         self._listener = None
         self._pool._forget(self)
         if state == _HEAD:
-            fut = self._head_fut
-            if fut is not None and not fut.done():
-                if self.reused and not self.got_bytes:
-                    fut.set_exception(_StaleConnection())
-                else:
-                    fut.set_exception(
-                        GatewayError(
-                            502,
-                            "upstream closed the connection before sending a response",
-                            code="upstream_closed",
-                        )
-                    )
+            if self.reused and not self.got_bytes:
+                self._head_failed(StaleConnection(), listener)
+            else:
+                self._head_failed(
+                    GatewayError(
+                        502,
+                        "upstream closed the connection before sending a response",
+                        code="upstream_closed",
+                    ),
+                    listener,
+                )
         elif state == _STREAM and self._until_close and exc is None:
             listener.on_eof()
         elif state in (_STREAM, _LENGTH):
@@ -521,7 +525,11 @@ class UpstreamConnection:
         self._state = _ACTIVE
         return True
 
-    def _send(self, data: bytes, listener: UpstreamListener, method: str) -> asyncio.Future:
+    def _send(
+        self, data: bytes, listener: UpstreamListener, method: str, await_head: bool = True
+    ) -> asyncio.Future | None:
+        """Write the request. With ``await_head`` the head's outcome is a future; without, a
+        failure before the head goes to ``listener.on_head_failed`` (and success is ``on_head``)."""
         self._state = _HEAD
         self._listener = listener
         self._exchange = UpstreamExchange(self)
@@ -532,7 +540,7 @@ class UpstreamConnection:
         self._until_close = False
         self._rx = self._rx_seen = self._silent = 0
         self.requests += 1
-        fut = self._head_fut = self._loop.create_future()
+        fut = self._head_fut = self._loop.create_future() if await_head else None
         self._transport.write(data)
         pool = self._pool
         timeout = pool.header_timeout
@@ -642,14 +650,17 @@ class UpstreamConnection:
         self._remaining = length or 0
         listener = self._listener
         fut = self._head_fut
+        self._head_fut = None
         try:
             listener.on_head(self._exchange, status, headers, chunked, length)
         except BaseException as exc:
             self.close()
-            if not fut.done():
+            if fut is None:
+                listener.on_head_failed(exc)
+            elif not fut.done():
                 fut.set_exception(exc)
             return
-        if not fut.done():
+        if fut is not None and not fut.done():
             fut.set_result(None)
         if self._listener is not listener or self._state == _CLOSED:
             return  # released or closed inside on_head
@@ -661,10 +672,19 @@ class UpstreamConnection:
             self.data_received(buf[end:])
 
     def _fail_head(self, exc: GatewayError) -> None:
-        fut = self._head_fut
+        listener = self._listener
         self.close()
-        if fut is not None and not fut.done():
-            fut.set_exception(exc)
+        self._head_failed(exc, listener)
+
+    def _head_failed(self, exc: BaseException, listener: UpstreamListener | None) -> None:
+        """The request failed before its response head: to whoever waits for the head."""
+        fut = self._head_fut
+        self._head_fut = None
+        if fut is not None:
+            if not fut.done():
+                fut.set_exception(exc)
+        elif listener is not None:
+            listener.on_head_failed(exc)
 
     def _tick(self, now: float) -> None:
         """The pool's ticker: a deadline passed (header timeout, idle check, keep-alive end)."""
@@ -899,18 +919,26 @@ class UpstreamPool:
         headers: Sequence[tuple[str, str]],
         body: bytes,
         listener: UpstreamListener,
+        *,
+        fresh: bool = False,
     ) -> UpstreamExchange:
         """Send the request; return once the response head reached ``listener.on_head`` (which
-        already got the exchange). The body then flows to the listener as raw bytes."""
+        already got the exchange). The body then flows to the listener as raw bytes. ``fresh``:
+        never on a pooled connection (the retry after ``StaleConnection``)."""
         data = build_request(origin, method, path, headers, body)
-        fresh = False
         while True:
             conn = None if fresh else self._idle(origin)
             if conn is None:
                 conn = await self._acquire(origin, fresh)
             try:
                 await conn._send(data, listener, method)
-            except _StaleConnection:
+            except StaleConnection:
+                if fresh:
+                    raise GatewayError(
+                        502,
+                        "upstream closed the connection before sending a response",
+                        code="upstream_closed",
+                    ) from None
                 # The upstream had closed this pooled connection before answering: once, afresh.
                 log.debug("pooled connection to %s was stale; retrying on a fresh one", origin)
                 fresh = True
@@ -919,6 +947,26 @@ class UpstreamPool:
                 conn.close()
                 raise
             return conn._exchange
+
+    def send_now(
+        self,
+        origin: Origin,
+        method: str,
+        path: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+        listener: UpstreamListener,
+    ) -> UpstreamExchange | None:
+        """Send the request at once on an idle pooled connection, without a coroutine; None when
+        none is idle (then use ``open_raw``). Nobody awaits the head: ``listener.on_head`` or
+        ``listener.on_head_failed`` follows (``StaleConnection``: send it again with
+        ``open_raw(..., fresh=True)``). Raises ``GatewayError`` for a request it cannot build."""
+        data = build_request(origin, method, path, headers, body)
+        conn = self._idle(origin)
+        if conn is None:
+            return None
+        conn._send(data, listener, method, await_head=False)
+        return conn._exchange
 
     async def request(
         self,

@@ -175,6 +175,25 @@ async def _read_response(reader: asyncio.StreamReader) -> RawResponse:
     return RawResponse(head, rest, _chunked_done(rest))
 
 
+async def warm_pool(h: Harness) -> None:
+    """One relayed stream, so that the next request finds an idle pooled connection and takes the
+    path without a task (``DEFERRED``); its record and recorded request are then forgotten."""
+    resp = await raw_post(h.host, h.port, chat_body(True))
+    assert resp.status == 200 and resp.complete
+    assert [s["idle"] for s in h.gateway.pool.stats().values()] == [1]
+    h.sink.clear()
+    h.mock.requests.clear()
+
+
+def no_awaited_path(h: Harness) -> None:
+    """Make the awaited way to the upstream fail loudly: what follows must not use it."""
+
+    async def awaited(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the request took the awaited path, not the pooled one")
+
+    h.gateway.pool.open_raw = awaited  # type: ignore[method-assign]
+
+
 async def disconnect_after(h: Harness, body: dict, *, read_bytes: int) -> float:
     """POST ``body`` to the gateway, wait until the mock got the request and ``read_bytes`` of
     the answer arrived, then abort the client connection; returns the loop time of the abort."""

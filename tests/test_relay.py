@@ -9,7 +9,15 @@ import socket
 import orjson
 import pytest
 from conftest import use_http
-from gateway_harness import CHUNK_END, chat_body, disconnect_after, gateway_with_mock, raw_post
+from gateway_harness import (
+    CHUNK_END,
+    chat_body,
+    disconnect_after,
+    gateway_with_mock,
+    no_awaited_path,
+    raw_post,
+    warm_pool,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -217,6 +225,48 @@ def test_headers_the_client_names_in_connection_are_not_forwarded():
     run(main(), use_uvloop=True)
 
 
+def test_request_on_an_idle_pooled_connection_needs_no_task():
+    async def main():
+        async with gateway_with_mock() as h:
+            await warm_pool(h)
+            no_awaited_path(h)
+            direct = await raw_post(h.mock.host, h.mock.port, chat_body(True, include_usage=True))
+            h.mock.requests.clear()
+            resp = await raw_post(h.host, h.port, chat_body(True))
+            assert resp.status == 200 and resp.complete
+            assert resp.headers["x-gwcore-route"] == "relay"
+            (rec,) = h.sink.records
+            assert rec.status == 200 and not rec.aborted
+            assert rec.total_tokens == _usage_of(direct.payload())["total_tokens"]
+            assert [r.connection for r in h.mock.requests] == [1]  # the pooled one
+
+    run(main(), use_uvloop=True)
+
+
+def test_stale_pooled_connection_is_sent_again_on_a_fresh_one():
+    async def main():
+        async with gateway_with_mock() as h:
+            await warm_pool(h)
+            h.mock.scenarios.append(Scenario(reset=True))  # closed as the request arrives
+            resp = await raw_post(h.host, h.port, chat_body(True))
+            assert resp.status == 200 and resp.complete
+            assert [r.connection for r in h.mock.requests] == [1, 2]
+            (rec,) = h.sink.records
+            assert rec.status == 200 and not rec.aborted and rec.total_tokens
+
+            await asyncio.sleep(0.01)
+            h.sink.clear()
+            h.mock.requests.clear()
+            h.mock.scenarios.extend([Scenario(reset=True), Scenario(reset=True)])
+            resp = await raw_post(h.host, h.port, chat_body(True))  # the fresh one fails too
+            assert resp.status == 502
+            assert orjson.loads(resp.payload())["error"]["code"] == "upstream_closed"
+            (rec,) = h.sink.records
+            assert rec.status == 502 and len(h.mock.requests) == 2
+
+    run(main(), use_uvloop=True)
+
+
 def test_upstream_keepalive_connection_reused():
     async def main():
         async with gateway_with_mock() as h:
@@ -261,9 +311,13 @@ def test_non_streaming_relayed_as_received_with_usage():
         (503, "server_error"),
     ],
 )
-def test_upstream_error_status_before_first_byte(status, etype):
+@pytest.mark.parametrize("pooled", [False, True], ids=["fresh", "pooled"])
+def test_upstream_error_status_before_first_byte(status, etype, pooled):
     async def main():
         async with gateway_with_mock() as h:
+            if pooled:
+                await warm_pool(h)
+                no_awaited_path(h)
             h.mock.scenarios.append(Scenario.error(status, "upstream says no", code="some_code"))
             resp = await raw_post(h.host, h.port, chat_body(True))
             assert resp.status == status
@@ -292,13 +346,19 @@ def test_upstream_unreachable_is_502():
     run(main(), use_uvloop=True)
 
 
-def test_upstream_header_timeout_is_504():
+@pytest.mark.parametrize("pooled", [False, True], ids=["fresh", "pooled"])
+def test_upstream_header_timeout_is_504(pooled):
     async def main():
         async with gateway_with_mock(upstream={"header_timeout": 0.2}) as h:
+            if pooled:
+                await warm_pool(h)
+                no_awaited_path(h)
             h.mock.scenarios.append(Scenario(hang=True))
             resp = await raw_post(h.host, h.port, chat_body(True))
             assert resp.status == 504
             assert orjson.loads(resp.payload())["error"]["type"] == "timeout_error"
+            (rec,) = h.sink.records
+            assert rec.status == 504
 
     run(main(), use_uvloop=True)
 
@@ -363,10 +423,14 @@ def test_upstream_drop_mid_event_while_eliding_ends_with_error_event():
 # ---- client disconnects --------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("pooled", [False, True], ids=["fresh", "pooled"])
 @pytest.mark.parametrize("when", ["before_head", "waiting_first_event", "mid_stream", "non_stream"])
-def test_client_disconnect_closes_upstream_within_50ms(when):
+def test_client_disconnect_closes_upstream_within_50ms(when, pooled):
     async def main():
         async with gateway_with_mock(events=200, pace_ms=5) as h:
+            if pooled:
+                await warm_pool(h)
+                no_awaited_path(h)
             body, read_bytes = chat_body(True), 600
             if when == "before_head":
                 h.mock.scenarios.append(Scenario(hang=True))

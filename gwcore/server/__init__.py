@@ -11,13 +11,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from gwcore.server.app import App, Handler, Request, Response, error_response
+    from gwcore.server.app import DEFERRED, App, Handler, Request, Response, error_response
     from gwcore.server.config import Limits, ServerConfig, Timeouts
     from gwcore.server.protocol import ClientDisconnected, FlowTarget, ResponseChannel
     from gwcore.server.runner import running_server, serve
 
 _EXPORTS = {
     "App": "gwcore.server.app",
+    "DEFERRED": "gwcore.server.app",
     "Handler": "gwcore.server.app",
     "Request": "gwcore.server.app",
     "Response": "gwcore.server.app",
@@ -33,6 +34,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "DEFERRED",
     "App",
     "ClientDisconnected",
     "FlowTarget",

@@ -33,6 +33,7 @@ import httptools
 
 from gwcore.errors import GatewayError
 from gwcore.server.app import (
+    DEFERRED,
     App,
     ClientDisconnected,
     FlowTarget,
@@ -274,6 +275,15 @@ class ResponseChannel:
             return
         self._done = True
         self._proto._abort()
+
+    def send(self, response: Response) -> None:
+        """Answer with a complete response, in one write, instead of ``start()``... ``end()`` (for
+        a handler that returned ``DEFERRED``). Nothing happens once the response is over."""
+        if self._done:
+            return
+        if self.started:
+            raise RuntimeError("response already started")
+        self._proto._send(self, response)
 
     def set_flow_target(self, target: FlowTarget | None) -> None:
         """``target.pause_reading()``/``resume_reading()`` follow the client's flow control."""
@@ -662,6 +672,8 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
             return
         if result.__class__ is Response and not channel.started:
             self._send(channel, result)  # the common case, inline
+        elif result is DEFERRED:
+            pass  # the handler's callbacks finish the response
         elif result is None or isinstance(result, Response):
             self._handler_returned(channel, result)
         elif _EAGER_TASKS:
@@ -693,8 +705,8 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
             channel._task = None
 
     def _handler_returned(self, channel: ResponseChannel, result: object) -> None:
-        if channel._done:
-            return  # ended, aborted or the client is gone
+        if channel._done or result is DEFERRED:
+            return  # ended, aborted or the client is gone; or callbacks will finish it
         req = channel.request
         if isinstance(result, Response):
             if channel.started:

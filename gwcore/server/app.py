@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from gwcore.server.protocol import ResponseChannel
 
 __all__ = [
+    "DEFERRED",
     "App",
     "ClientDisconnected",
     "FlowTarget",
@@ -122,8 +123,20 @@ class Response:
         return f"<Response {self.status} {len(self.body)} bytes>"
 
 
+class _Deferred:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "DEFERRED"
+
+
+# What a plain handler returns when callbacks it arranged will finish the response (``start()`` and
+# ``end()``, ``send()``, or ``abort()`` on the channel): no task waits for it. It must also have
+# registered ``channel.on_disconnect`` for a client that leaves before then.
+DEFERRED: Any = _Deferred()
+
 # A handler is usually ``async def``; a plain function returning a Response (or None after driving
-# the channel) is also accepted and runs inline, without a task.
+# the channel, or DEFERRED) is also accepted and runs inline, without a task.
 Handler = Callable[
     ["Request", "ResponseChannel"],
     Awaitable[Response | None] | Response | None,
