@@ -336,10 +336,10 @@ class RelayedResponse(ExchangeResponse):
         content_length: int | None,
     ) -> None:
         self._head_arrived(exchange, status)
-        if chunked:
-            self._dechunker = Dechunker()
         if not 200 <= status < 300:
             self._mode = _ERROR
+            if chunked:
+                self._dechunker = Dechunker()
             return
         channel = self.channel
         passed = [
@@ -373,6 +373,8 @@ class RelayedResponse(ExchangeResponse):
                 channel.start(status, passed, chunked=False, content_length=content_length)
             self._mode = _BODY
             self._write = channel.write_raw if (chunked == channel.chunked) else channel.write
+        if chunked and self._mode != _RAW:  # raw pass-through: the scanner walks the chunks
+            self._dechunker = Dechunker()
         channel.set_flow_target(self)
         self.ready.set_result(None)
 

@@ -140,30 +140,44 @@ def parse_base_url(url: str) -> tuple[Origin, str]:
 # --------------------------------------------------------------------------------------- headers
 
 
-def _nominated(headers: Sequence[tuple[AnyStr, AnyStr]], connection: AnyStr, comma: AnyStr) -> set:
-    names = set()
-    for name, value in headers:
-        if name.lower() == connection:
-            names.update(token.strip().lower() for token in value.split(comma))
-    return names
+_NAMES: dict = {}  # name (str or bytes) -> (lowercase, hop-by-hop?, Connection?); see _name
+
+
+def _name(name: AnyStr) -> tuple:
+    """(lowercase, hop-by-hop, is Connection) for a header name, from a bounded cache: names
+    repeat."""
+    known = _NAMES.get(name)
+    if known is None:
+        low = name.lower()
+        if isinstance(low, bytes):
+            hop = low in _HOP_BY_HOP_BYTES or low.startswith(b"proxy-")
+            known = (low, hop, low == b"connection")
+        else:
+            hop = low in HOP_BY_HOP or low.startswith("proxy-")
+            known = (low, hop, low == "connection")
+        if len(_NAMES) >= 1024:  # names come from clients and upstreams: start over
+            _NAMES.clear()
+        _NAMES[name] = known
+    return known
 
 
 def strip_hop_by_hop(headers: Sequence[tuple[AnyStr, AnyStr]]) -> list[tuple[AnyStr, AnyStr]]:
     """Drop hop-by-hop headers (RFC 9110 7.6.1): the fixed set, ``Proxy-*``, and those that
     ``Connection`` names. Works on ``str`` pairs (requests) and ``bytes`` pairs (response heads)."""
-    if not headers:
-        return []
-    if isinstance(headers[0][0], bytes):
-        fixed, proxy, connection, comma = _HOP_BY_HOP_BYTES, b"proxy-", b"connection", b","
-    else:
-        fixed, proxy, connection, comma = HOP_BY_HOP, "proxy-", "connection", ","
-    nominated = _nominated(headers, connection, comma)
     out = []
-    for name, value in headers:
-        low = name.lower()
-        if low in fixed or low.startswith(proxy) or low in nominated:
+    nominated = None
+    for pair in headers:
+        low, hop, connection = _name(pair[0])
+        if hop:
+            if connection:
+                if nominated is None:
+                    nominated = set()
+                comma = "," if isinstance(low, str) else b","
+                nominated.update(token.strip().lower() for token in pair[1].split(comma))
             continue
-        out.append((name, value))
+        out.append(pair)
+    if nominated:
+        out = [pair for pair in out if _name(pair[0])[0] not in nominated]
     return out
 
 
@@ -172,8 +186,19 @@ def _bad_char(text: str) -> bool:
 
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+").fullmatch  # RFC 9110 field-name
-_GOOD_NAMES: set[str] = set()  # names already checked (they repeat: a bounded few)
+# Not in an RFC 9110 field-value (HTAB, SP, VCHAR, obs-text): CR, LF, NUL, the other controls,
+# DEL, and anything beyond latin-1.
+_BAD_VALUE = re.compile(r"[^\t\x20-\x7e\x80-\xff]").search
+_LINES: dict[tuple[str, str], str] = {}  # (name, value) -> its checked header line; bounded
 _HOST_LINES: dict[Origin, str] = {}
+
+
+def _header_line(name: str, value: str) -> str:
+    """``name: value\\r\\n``, checked: a token name and an RFC 9110 field value (no controls but
+    HTAB, latin-1 only); "" for the headers the pool writes itself."""
+    if not _TOKEN(name) or _BAD_VALUE(value):
+        raise GatewayError(400, f"invalid character in header {name!r}")
+    return "" if _name(name)[0] in _POOL_SET else f"{name}: {value}\r\n"
 
 
 def build_request(
@@ -189,29 +214,21 @@ def build_request(
         if len(_HOST_LINES) < 256:
             _HOST_LINES[origin] = host
     lines = [f"{method} {path} HTTP/1.1\r\n", host]
-    for name, value in strip_hop_by_hop(headers):
-        if name not in _GOOD_NAMES:
-            if not _TOKEN(name):
-                raise GatewayError(400, f"invalid character in header {name!r}")
-            if len(_GOOD_NAMES) < 512:
-                _GOOD_NAMES.add(name)
-        if name.lower() in _POOL_SET:
-            continue
-        lines.append(f"{name}: {value}\r\n")
+    cache = _LINES
+    for pair in strip_hop_by_hop(headers):
+        line = cache.get(pair)
+        if line is None:
+            line = _header_line(pair[0], pair[1])
+            if len(cache) >= 4096:  # values come from clients (request ids): start over
+                cache.clear()
+            cache[pair] = line
+        lines.append(line)
     if body or method not in _NO_BODY_METHODS:
         lines.append(f"Content-Length: {len(body)}\r\n")
     lines.append("Connection: keep-alive\r\n\r\n")
-    text = "".join(lines)
-    # Every line ends with the CRLF written here and the head ends with an empty line: a CR, LF
-    # or NUL anywhere else came in a header value and would split or smuggle a header.
-    crlf = len(lines) + 1
-    if text.count("\n") != crlf or text.count("\r") != crlf or "\0" in text:
-        bad = next((n for n, v in headers if _bad_char(v) or _bad_char(n)), "?")
-        raise GatewayError(400, f"invalid character in header {bad!r}")
-    try:
-        head = text.encode("latin-1")
-    except UnicodeEncodeError as exc:
-        raise GatewayError(400, "header values must be latin-1 text") from exc
+    # Every piece was checked: the request line here, each header line once (cached), the Host
+    # line from a parsed URL. No CR, LF or NUL but the line ends, all latin-1.
+    head = "".join(lines).encode("latin-1")
     return head + body if body else head
 
 

@@ -124,3 +124,70 @@ def test_content_length_counted_at_any_split(body, cuts):
     assert listener.head[2:] == (False, len(body))
     assert b"".join(listener.data) == body
     assert listener.eof == 1 and not listener.errors
+
+
+# ------------------------------------------------------------------------------- request heads
+
+_TOKEN_CHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+class _Parsed:
+    def __init__(self) -> None:
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = b""
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    headers=st.lists(
+        st.tuples(
+            st.one_of(
+                st.text(_TOKEN_CHARS, min_size=1, max_size=12),
+                st.text(max_size=6),  # anything: a space, a colon, CR/LF, non-latin-1
+            ),
+            st.one_of(
+                st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF), max_size=20),
+                st.text(max_size=10),
+            ),
+        ),
+        max_size=6,
+    ),
+    body=st.binary(max_size=40),
+)
+def test_build_request_head_parses_back_or_is_refused(headers, body):
+    """Whatever the caller's headers: either the head parses back (httptools) to exactly the
+    end-to-end ones it was given, or a 400 refuses it; the same twice (the line cache)."""
+    import httptools
+
+    from gwcore.errors import GatewayError
+    from gwcore.upstream import _TOKEN, build_request, strip_hop_by_hop
+
+    origin = Origin("http", "127.0.0.1", 9000)
+    kept = strip_hop_by_hop(headers)
+    valid = all(
+        _TOKEN(n) and all(c == "\t" or 0x20 <= ord(c) <= 0x7E or 0x80 <= ord(c) <= 0xFF for c in v)
+        for n, v in kept
+    )
+    for _ in range(2):
+        try:
+            data = build_request(origin, "POST", "/v1/x", headers, body)
+        except GatewayError as exc:
+            assert not valid and exc.status == 400
+            continue
+        assert valid
+        parsed = _Parsed()
+        parser = httptools.HttpRequestParser(parsed)
+        parser.feed_data(data)
+        expected = [
+            (n.encode(), v.encode("latin-1").strip(b" \t"))
+            for n, v in kept
+            if n.lower() not in ("host", "content-length")
+        ]
+        assert parsed.headers[1:-2] == expected
+        assert parsed.body == body
