@@ -27,6 +27,8 @@ EXTENSIONS = {
     "gwcore.metrics": "gwcore/metrics.py",
     "gwcore.auth": "gwcore/auth.py",
     "gwcore.providers": "gwcore/providers.py",
+    "gwcore.pricing": "gwcore/pricing.py",
+    "gwcore.ledger.writer": "gwcore/ledger/writer.py",
 }
 
 

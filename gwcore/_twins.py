@@ -21,7 +21,9 @@ COMPILED_IN_PLACE = frozenset(
     {
         "gwcore.auth",
         "gwcore.gateway",
+        "gwcore.ledger.writer",
         "gwcore.metrics",
+        "gwcore.pricing",
         "gwcore.providers",
         "gwcore.relay",
         "gwcore.upstream",

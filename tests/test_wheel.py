@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from gwcore._twins import COMPILED_IN_PLACE
+
 ROOT = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() == "true"
 SCANNER_TESTS = [str(ROOT / "tests" / name) for name in ("test_sse.py", "test_sse_recorded.py")]
@@ -97,10 +99,11 @@ def _probe(python: Path, cwd: Path, **env: str) -> tuple[str, str]:
     """(where gwcore is imported from, the implementation of every compiled module: "cython" or
     "python" when they all agree, else the kinds found joined by "+")."""
     code = (
-        "import gwcore, gwcore.sse as s, gwcore.server.protocol as p, gwcore.relay as r, "
-        "gwcore.upstream as u; from gwcore._twins import implementation as i; "
+        "import importlib, gwcore, gwcore.sse as s, gwcore.server.protocol as p; "
+        "from gwcore._twins import COMPILED_IN_PLACE, implementation as i; "
         "print(gwcore.__file__); "
-        "found = {s.IMPLEMENTATION, p.IMPLEMENTATION, i(r), i(u)}; "
+        "found = {s.IMPLEMENTATION, p.IMPLEMENTATION}; "
+        "found |= {i(importlib.import_module(m)) for m in COMPILED_IN_PLACE}; "
         "print(found.pop() if len(found) == 1 else '+'.join(sorted(found)))"
     )
     out = subprocess.run(
@@ -193,6 +196,7 @@ def _cython_importable() -> bool:
 def test_sdist_ships_the_generated_c_and_no_binary(built):
     names = {n.split("/", 1)[1] for n in built["sdist_names"] if "/" in n}
     assert {"gwcore/_sse.c", "gwcore/_sse.pyx", "gwcore/_sse_py.py", "setup.py"} <= names
+    assert {m.replace(".", "/") + ".c" for m in COMPILED_IN_PLACE} <= names
     assert {"gwcore/benchmark/runner.py", "gwcore/pricing.json", "PKG-INFO"} <= names
     assert not [n for n in names if n.endswith(".so")]
 
@@ -204,12 +208,12 @@ def test_wheel_from_the_sdist_is_compiled_without_cython(built):
     assert "-cp3" in whl.name and "linux" in whl.name
     names = zipfile.ZipFile(whl).namelist()
     assert [n for n in names if n.startswith("gwcore/_sse.") and n.endswith(".so")]
-    for stem in ("gwcore/_sse.", "gwcore/server/_http.", "gwcore/relay.", "gwcore/upstream."):
-        assert [n for n in names if n.startswith(stem) and n.endswith(".so")], stem
+    in_place = [m.replace(".", "/") for m in COMPILED_IN_PLACE]
+    for stem in ["gwcore/_sse", "gwcore/server/_http", *in_place]:
+        assert [n for n in names if n.startswith(stem + ".") and n.endswith(".so")], stem
     # the sdist ships the C; wheels the compiled modules (and the sources, the pure twins)
-    c_files = {"gwcore/_sse.c", "gwcore/server/_http_py.c", "gwcore/relay.c", "gwcore/upstream.c"}
-    assert not c_files & set(names)
-    assert {"gwcore/relay.py", "gwcore/upstream.py"} <= set(names)
+    assert not [n for n in names if n.endswith(".c")]
+    assert {f"{stem}.py" for stem in in_place} <= set(names)
     assert {
         "gwcore/_sse.pyi",
         "gwcore/server/_http.pyi",

@@ -31,7 +31,7 @@ from gwcore.config import ConfigError
 from gwcore.ledger.store import ApiKey, LedgerStore, UsageFilter
 from gwcore.ledger.writer import UsageLedger
 from gwcore.pricing import PriceTable
-from gwcore.usage import LogSink, UsageRecord, UsageSink
+from gwcore.usage import LogSink, PricedFanout, UsageSink
 
 if TYPE_CHECKING:
     from gwcore.config import GatewayConfig
@@ -155,9 +155,10 @@ def build_ledger(settings: LedgerSettings, metrics: Any = None) -> UsageLedger:
     )
 
 
-class UsagePipeline:
+class UsagePipeline(PricedFanout):
     """The gateway's usage sink: price the record, then every sink in turn (memory, log,
-    metrics, ledger). A failing sink is logged and never stops the others or the request."""
+    metrics, ledger). A failing sink is logged and never stops the others or the request.
+    (``record`` is ``PricedFanout``'s, compiled with the usage record.)"""
 
     def __init__(
         self,
@@ -168,11 +169,9 @@ class UsagePipeline:
         metrics: GatewayMetrics | None = None,
         kinds: Mapping[str, str] | None = None,
     ) -> None:
-        self.pricing = pricing
-        self.sinks = list(sinks)
+        super().__init__(pricing, sinks, kinds)
         self.ledger = ledger
         self.metrics = metrics
-        self.kinds = dict(kinds or {})  # provider name -> provider kind, for the price lookup
 
     @classmethod
     def from_config(
@@ -199,18 +198,6 @@ class UsagePipeline:
             sinks.append(ledger)
         kinds = {p.name: p.kind for p in registry}
         return cls(pricing, sinks, ledger=ledger, metrics=metrics, kinds=kinds)
-
-    def record(self, rec: UsageRecord) -> None:
-        if rec.cost is None:
-            try:
-                rec.cost = self.pricing.cost(rec, self.kinds.get(rec.provider))
-            except Exception:
-                log.exception("pricing failed for %s", rec.upstream_model)
-        for sink in self.sinks:
-            try:
-                sink.record(rec)
-            except Exception:
-                log.exception("usage sink %r failed", sink)
 
 
 def _truthy(value: str | None) -> bool:
