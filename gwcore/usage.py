@@ -68,6 +68,50 @@ class UsageRecord:
     key_id: str | None = None  # the API key that authenticated the request ("master", a key id)
     cost: float | None = None  # USD from the pricing table; None when a price or usage is unknown
 
+    # Written out: a dataclass's generated __init__ is interpreted Python (exec'd), this one is
+    # compiled with the module. Same fields, order and defaults; created_at=None means now.
+    def __init__(
+        self,
+        request_id: str,
+        provider: str,
+        requested_model: str,
+        upstream_model: str,
+        route: str,
+        stream: bool,
+        status: int = 0,
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
+        total_tokens: int | None = None,
+        cached_tokens: int | None = None,
+        reasoning_tokens: int | None = None,
+        ttfb_ms: float | None = None,
+        duration_ms: float | None = None,
+        created_at: float | None = None,
+        error: str | None = None,
+        aborted: bool = False,
+        key_id: str | None = None,
+        cost: float | None = None,
+    ) -> None:
+        self.request_id = request_id
+        self.provider = provider
+        self.requested_model = requested_model
+        self.upstream_model = upstream_model
+        self.route = route
+        self.stream = stream
+        self.status = status
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens
+        self.total_tokens = total_tokens
+        self.cached_tokens = cached_tokens
+        self.reasoning_tokens = reasoning_tokens
+        self.ttfb_ms = ttfb_ms
+        self.duration_ms = duration_ms
+        self.created_at = time.time() if created_at is None else created_at
+        self.error = error
+        self.aborted = aborted
+        self.key_id = key_id
+        self.cost = cost
+
     def set_tokens(self, tokens: Mapping[str, int | None]) -> None:
         """Take the token fields of a ``usage_from_*`` result (others are ignored)."""
         for name in TOKEN_FIELDS:

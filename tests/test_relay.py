@@ -267,6 +267,33 @@ def test_stale_pooled_connection_is_sent_again_on_a_fresh_one():
     run(main(), use_uvloop=True)
 
 
+@pytest.mark.parametrize("pooled", [False, True], ids=["fresh", "pooled"])
+def test_a_relayed_request_leaves_no_cycles_behind(pooled):
+    """Refcounting frees every object of a finished request (no cycle left for the collector:
+    its pauses grow with the garbage, and a busy gateway makes it run often)."""
+
+    async def main():
+        async with gateway_with_mock() as h:
+            if pooled:
+                await warm_pool(h)
+            gc.collect()
+            gc.disable()
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            try:
+                for _ in range(10):
+                    resp = await raw_post(h.host, h.port, chat_body(True))
+                    assert resp.status == 200 and resp.complete
+                gc.collect()
+                ours = [o for o in gc.garbage if type(o).__module__.startswith("gwcore")]
+            finally:
+                gc.set_debug(0)
+                gc.garbage.clear()
+                gc.enable()
+            assert ours == []
+
+    run(main(), use_uvloop=True)
+
+
 def test_upstream_keepalive_connection_reused():
     async def main():
         async with gateway_with_mock() as h:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import orjson
 import pytest
@@ -153,3 +154,20 @@ def test_usage_record_and_sinks(caplog):
     assert len(lines) == 1
     assert json.loads(lines[0].getMessage()) == rec.to_dict()
     assert any("disk full" in (r.exc_text or "") for r in caplog.records if r.levelno >= 40)
+
+
+def test_usage_record_init_matches_its_fields():
+    """The written-out __init__ keeps the dataclass's fields, order and defaults."""
+    import dataclasses
+    import inspect
+
+    names = [f.name for f in dataclasses.fields(UsageRecord)]
+    params = list(inspect.signature(UsageRecord.__init__).parameters)[1:]
+    assert params == names
+    before = time.time()
+    rec = UsageRecord("r", "p", "m", "u", "relay", True)
+    assert before <= rec.created_at <= time.time()
+    for f in dataclasses.fields(UsageRecord):
+        if f.name != "created_at" and f.default is not dataclasses.MISSING:
+            assert getattr(rec, f.name) == f.default, f.name
+    assert UsageRecord("r", "p", "m", "u", "relay", True, created_at=5.0).created_at == 5.0

@@ -260,6 +260,9 @@ class ResponseChannel:
         if not self.started:
             raise RuntimeError("end() before start()")
         self._done = self._ended = True
+        # No more disconnect callbacks or flow control: dropping them breaks the cycle through
+        # the handler's objects (a relay holds this channel), so refcounting frees the request.
+        self._callbacks = self._flow_target = None
         if (
             self.chunked
             and not terminator_sent
@@ -321,6 +324,7 @@ class ResponseChannel:
 
     def _lost(self) -> None:
         self.disconnected = True
+        self._flow_target = None
         callbacks, self._callbacks = self._callbacks, None
         for callback in callbacks or ():
             try:
@@ -398,6 +402,7 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
         self._stopped = self._closing = True
         self._deadline = 0.0
         self._pending.clear()
+        self._parser = None  # it holds our callbacks: a cycle refcounting could not free
         channel = self._active
         if channel is not None:
             self._active = None
@@ -795,6 +800,7 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
             self._send(channel, internal_error())
             return
         channel.started = channel._done = channel._ended = True
+        channel._callbacks = channel._flow_target = None  # as end() does
         channel._status = status
         channel._keep_alive = keep_alive
         transport = self.transport
