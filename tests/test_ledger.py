@@ -569,3 +569,24 @@ def test_two_workers_share_one_ledger(kind, tmp_path):
                 await store.close()
 
         assert run(stored()) == set(ids)
+
+
+def test_sqlite_row_binds_null_and_booleans_as_sqlite_would(tmp_path):
+    """None and bools reach SQLite through the store's C adapters: NULL, 0 and 1, typed."""
+    path = tmp_path / "ledger.db"
+
+    async def main():
+        store = SqliteStore(str(path))
+        await store.open()
+        rec = _record(1, key_id=None, cost=None, error=None, aborted=True, stream=False)
+        await store.write([record_row(rec)])
+        await store.close()
+
+    run(main())
+    con = sqlite3.connect(path)
+    row = con.execute(
+        "SELECT key_id, typeof(key_id), cost_nanousd, typeof(cost_nanousd), stream, typeof(stream),"
+        " aborted, typeof(aborted) FROM usage_records"
+    ).fetchone()
+    con.close()
+    assert row == (None, "null", None, "null", 0, "integer", 1, "integer")
