@@ -26,6 +26,7 @@ COMPILED_IN_PLACE = frozenset(
         "gwcore.pricing",
         "gwcore.providers",
         "gwcore.relay",
+        "gwcore.server.app",
         "gwcore.upstream",
         "gwcore.usage",
     }
