@@ -29,6 +29,7 @@ EXTENSIONS = {
     "gwcore.providers": "gwcore/providers.py",
     "gwcore.pricing": "gwcore/pricing.py",
     "gwcore.ledger.writer": "gwcore/ledger/writer.py",
+    "gwcore.ledger.schema": "gwcore/ledger/schema.py",
     "gwcore.server.app": "gwcore/server/app.py",
 }
 

@@ -21,6 +21,7 @@ COMPILED_IN_PLACE = frozenset(
     {
         "gwcore.auth",
         "gwcore.gateway",
+        "gwcore.ledger.schema",
         "gwcore.ledger.writer",
         "gwcore.metrics",
         "gwcore.pricing",

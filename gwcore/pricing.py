@@ -1,3 +1,6 @@
+# cython: annotation_typing=False
+# Cython compiles this file in place; it is also the pure-Python twin (see gwcore/_twins.py).
+# Annotations only document here: they never become C-level type checks.
 """Prices per model and the cost of one usage record.
 
 It owns the price table shipped with the package (``gwcore/pricing.json``: USD per million tokens

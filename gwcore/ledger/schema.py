@@ -1,3 +1,6 @@
+# cython: annotation_typing=False
+# Cython compiles this file in place; it is also the pure-Python twin (see gwcore/_twins.py).
+# Annotations only document here: they never become C-level type checks.
 """The ledger schema: its migrations (per backend), the columns of a usage row, a record as a row.
 
 Owns the table layout and its version. A migration is append-only: a released migration is never

@@ -1,3 +1,6 @@
+# cython: annotation_typing=False
+# Cython compiles this file in place; it is also the pure-Python twin (see gwcore/_twins.py).
+# Annotations only document here: they never become C-level type checks.
 """``UsageLedger``: the usage sink that stores every record, and its background writer.
 
 It owns the path from ``record(rec)`` (on the event loop, once per request) to the database: a

@@ -1,5 +1,6 @@
 # cython: annotation_typing=False
 # Cython compiles this file in place; it is also the pure-Python twin (see gwcore/_twins.py).
+# Annotations only document here: they never become C-level type checks.
 """What handlers see: ``Request``, ``Response``, the ``Handler`` type and ``App`` (the route table).
 
 Owns routing by exact path and method (404, 405 with ``Allow``), the default ``GET /health`` route
