@@ -73,6 +73,10 @@ def _run(tmp: Path, target: str, mock_port: int, n: int) -> int:
         if target == "gwcore_noledger":  # prices the ledger (and what it alone needs)
             env["GWCORE_LEDGER"] = "off"
         env["GWCORE_DATABASE_URL"] = f"sqlite:///{tmp / 'ledger.db'}"
+        # One hash seed for every run: start-up work depends on it (by millions of instructions),
+        # and the N1 and N2 runs must cancel it out exactly. Random seeds moved the result by
+        # +-10k instructions per request.
+        env["PYTHONHASHSEED"] = "0"
         cmd = [sys.executable, "-m", "gwcore.cli", "serve", "--host", "127.0.0.1"]
         cmd += ["--port", str(port), "--config", str(config), "--log-level", "WARNING"]
     elif target == "floor":

@@ -15,6 +15,7 @@ Never a timed test: it prints numbers, it asserts nothing.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import signal
@@ -69,7 +70,9 @@ def _run(tmp: Path, kind: str, requests: list[bytes]) -> int:
     port = _free_port()
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--trace-children=no"]
     cmd += [sys.executable, str(HERE / "bench_server.py"), "--serve", kind, "--port", str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # One hash seed for every run: start-up work depends on it, and N1 and N2 must cancel it out.
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         deadline = time.monotonic() + 180
         while True:
