@@ -949,13 +949,7 @@ class UpstreamPool:
                 conn = await self._acquire(origin, fresh)
             try:
                 await conn._send(data, listener, method)
-            except StaleConnection:
-                if fresh:
-                    raise GatewayError(
-                        502,
-                        "upstream closed the connection before sending a response",
-                        code="upstream_closed",
-                    ) from None
+            except StaleConnection:  # never from a fresh connection: it served nothing before
                 # The upstream had closed this pooled connection before answering: once, afresh.
                 log.debug("pooled connection to %s was stale; retrying on a fresh one", origin)
                 fresh = True
