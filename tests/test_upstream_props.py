@@ -184,10 +184,12 @@ def test_build_request_head_parses_back_or_is_refused(headers, body):
         parsed = _Parsed()
         parser = httptools.HttpRequestParser(parsed)
         parser.feed_data(data)
+        # A field value excludes its surrounding whitespace (RFC 9110 5.5); parsers differ on
+        # what they strip of it, so both sides are compared without it.
         expected = [
             (n.encode(), v.encode("latin-1").strip(b" \t"))
             for n, v in kept
             if n.lower() not in ("host", "content-length")
         ]
-        assert parsed.headers[1:-2] == expected
+        assert [(n, v.strip(b" \t")) for n, v in parsed.headers[1:-2]] == expected
         assert parsed.body == body
