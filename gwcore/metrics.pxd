@@ -1,0 +1,9 @@
+# Class layouts for the compiled gwcore.metrics (Cython compiles metrics.py in place; the .py is also
+# the pure-Python twin). Keep each attribute list in step with the class's __slots__.
+
+cdef class _Histogram:
+    cdef public object bounds, buckets, counts, sum, total
+
+cdef class _LabelSet:
+    cdef public object duration, incs, n_cached, n_completion, n_cost, n_prompt, n_reasoning
+    cdef public object n_requests, n_unpriced, ttfb
