@@ -889,6 +889,16 @@ class _OriginPool:
         self.waiters: deque[asyncio.Future] = deque()
 
 
+def _take_idle(op: _OriginPool) -> UpstreamConnection | None:
+    """The newest idle connection of ``op`` still alive (the dead ones are dropped), or None."""
+    idle = op.idle
+    while idle:
+        conn = idle.pop()
+        if conn._take():
+            return conn
+    return None
+
+
 class UpstreamPool:
     """Keep-alive connections per origin, at most ``max_per_origin`` open at a time.
 
@@ -972,6 +982,9 @@ class UpstreamPool:
         none is idle (then use ``open_raw``). Nobody awaits the head: ``listener.on_head`` or
         ``listener.on_head_failed`` follows (``StaleConnection``: send it again with
         ``open_raw(..., fresh=True)``). Raises ``GatewayError`` for a request it cannot build."""
+        op = self._origins.get(origin)
+        if op is None or not op.idle:
+            return None  # before building: open_raw builds the request itself
         data = build_request(origin, method, path, headers, body)
         conn = self._idle(origin)
         if conn is None:
@@ -1055,12 +1068,7 @@ class UpstreamPool:
         op = self._origins.get(origin)
         if op is None or self._closed:
             return None
-        idle = op.idle
-        while idle:
-            conn = idle.pop()
-            if conn._take():
-                return conn
-        return None
+        return _take_idle(op)
 
     async def _acquire(self, origin: Origin, fresh: bool) -> UpstreamConnection:
         if self._closed:
@@ -1072,10 +1080,9 @@ class UpstreamPool:
         deadline = loop.time() + self.connect_timeout
         while True:
             if not fresh:
-                while op.idle:
-                    conn = op.idle.pop()
-                    if conn._take():
-                        return conn
+                conn = _take_idle(op)
+                if conn is not None:
+                    return conn
             if op.open < self.max_per_origin:
                 break
             if fresh and op.idle:
