@@ -292,16 +292,16 @@ class FanoutSink:
                 log.exception("usage sink %r failed", sink)
 
 
-class PricedFanout:
-    """Price each record (``pricing.cost(rec, kind)``, unless it has a cost), then every sink in
-    turn; a failing sink or price is logged and stops nothing. The gateway's pipeline
+class PricedFanout(FanoutSink):
+    """A ``FanoutSink`` that prices each record first (``pricing.cost(rec, kind)``, unless it has a
+    cost); a failing price is logged and stops nothing. The gateway's pipeline
     (``gwcore.ledger.UsagePipeline``) is one: it lives here to be compiled with the record."""
 
     def __init__(
         self, pricing: Any, sinks: Iterable[UsageSink], kinds: Mapping[str, str] | None = None
     ) -> None:
+        super().__init__(sinks)
         self.pricing = pricing
-        self.sinks = list(sinks)
         self.kinds = dict(kinds or {})  # provider name -> provider kind, for the price lookup
 
     def record(self, rec: UsageRecord) -> None:
@@ -310,8 +310,4 @@ class PricedFanout:
                 rec.cost = self.pricing.cost(rec, self.kinds.get(rec.provider))
             except Exception:
                 log.exception("pricing failed for %s", rec.upstream_model)
-        for sink in self.sinks:
-            try:
-                sink.record(rec)
-            except Exception:
-                log.exception("usage sink %r failed", sink)
+        FanoutSink.record(self, rec)
