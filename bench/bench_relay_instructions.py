@@ -120,6 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n2", type=int, default=400)
     parser.add_argument("--targets", default="gwcore,gwcore_pure,floor,nginx")
     parser.add_argument("--keep", metavar="DIR", help="copy the callgrind files here")
+    parser.add_argument(
+        "--events",
+        type=int,
+        default=33,
+        help="SSE events per stream (two runs with different counts split per-event from "
+        "per-request cost)",
+    )
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install -y valgrind)")
@@ -127,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        mock = start_mock(tmp, 33, NO_PIN)
+        mock = start_mock(tmp, args.events, NO_PIN)
         try:
             for target in args.targets.split(","):
                 t0 = time.monotonic()
