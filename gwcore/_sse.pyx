@@ -82,9 +82,46 @@ cdef extern from *:
         }
         return -1;
     }
+    /* First CR or LF in [p, end), or NULL: one pass where two memchr calls scanned the line
+       twice (an SSE line ends at either). */
+    static const unsigned char *gw_eol(const unsigned char *p, const unsigned char *end) {
+    #ifdef GW_SSE2
+        const __m128i cr = _mm_set1_epi8(0x0D), lf = _mm_set1_epi8(0x0A);
+        while (end - p >= 16) {
+            __m128i a = _mm_loadu_si128((const __m128i *)p);
+            unsigned m = (unsigned)_mm_movemask_epi8(
+                _mm_or_si128(_mm_cmpeq_epi8(a, cr), _mm_cmpeq_epi8(a, lf)));
+            if (m) return p + gw_ctz(m);
+            p += 16;
+        }
+    #endif
+        for (; p < end; p++)
+            if (*p == 0x0D || *p == 0x0A) return p;
+        return NULL;
+    }
+    /* Index of the first quote or backslash in h[i:end], or end: how a JSON walk crosses the
+       inside of a string (most of an event's bytes) without looking at each byte. */
+    static Py_ssize_t gw_str_stop(const unsigned char *h, Py_ssize_t i, Py_ssize_t end) {
+        const unsigned char *p = h + i, *stop = h + end;
+    #ifdef GW_SSE2
+        const __m128i q = _mm_set1_epi8(0x22), b = _mm_set1_epi8(0x5C);
+        while (stop - p >= 16) {
+            __m128i a = _mm_loadu_si128((const __m128i *)p);
+            unsigned m = (unsigned)_mm_movemask_epi8(
+                _mm_or_si128(_mm_cmpeq_epi8(a, q), _mm_cmpeq_epi8(a, b)));
+            if (m) return (Py_ssize_t)(p - h) + gw_ctz(m);
+            p += 16;
+        }
+    #endif
+        for (; p < stop; p++)
+            if (*p == 0x22 || *p == 0x5C) break;
+        return (Py_ssize_t)(p - h);
+    }
     """
     Py_ssize_t gw_find(const unsigned char *h, Py_ssize_t start, Py_ssize_t end,
                        const char *nd, Py_ssize_t nl) noexcept nogil
+    const unsigned char *gw_eol(const unsigned char *p, const unsigned char *end) noexcept nogil
+    Py_ssize_t gw_str_stop(const unsigned char *h, Py_ssize_t i, Py_ssize_t end) noexcept nogil
 
 cdef enum:
     C_LF = 0x0A
@@ -220,17 +257,18 @@ cdef inline Py_ssize_t skip_ws(const unsigned char* d, Py_ssize_t i, Py_ssize_t 
 cdef Py_ssize_t object_end(const unsigned char* d, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
     """Index after the JSON value opened by the brace at ``d[i]``, or -1 when unbalanced."""
     cdef Py_ssize_t depth = 0
-    cdef bint in_str = False
     cdef unsigned char c
     while i < n:
         c = d[i]
-        if in_str:
-            if c == C_BSLASH:
-                i += 1
-            elif c == C_QUOTE:
-                in_str = False
-        elif c == C_QUOTE:
-            in_str = True
+        if c == C_QUOTE:  # a string: jump from one quote or backslash to the next
+            i += 1
+            while True:
+                i = gw_str_stop(d, i, n)
+                if i >= n:
+                    return -1
+                if d[i] == C_QUOTE:
+                    break
+                i += 2  # a backslash and the byte it escapes
         elif c == C_LBRACE or c == C_LBRACKET:
             depth += 1
         elif c == C_RBRACE or c == C_RBRACKET:
@@ -254,15 +292,22 @@ cdef void nest_advance(Nesting* t, const unsigned char* d, Py_ssize_t target) no
     cdef bint in_str = t.in_str, esc = t.esc
     cdef unsigned char c
     while i < target:
-        c = d[i]
         if in_str:
             if esc:
                 esc = False
-            elif c == C_BSLASH:
-                esc = True
-            elif c == C_QUOTE:
+                i += 1
+                continue
+            i = gw_str_stop(d, i, target)
+            if i >= target:
+                break
+            if d[i] == C_QUOTE:
                 in_str = False
-        elif c == C_QUOTE:
+            else:
+                esc = True
+            i += 1
+            continue
+        c = d[i]
+        if c == C_QUOTE:
             in_str = True
         elif c == C_LBRACE or c == C_LBRACKET:
             depth += 1
@@ -406,8 +451,26 @@ cdef class _Scanner:
         cdef int st = self._cst
         cdef unsigned char b
         cdef signed char v
+        cdef Py_ssize_t k, size
         try:
             while pos < n:
+                if st == S_SIZE and self._cdigits == 0:
+                    # Fast path: a whole "<hex>CRLF" size line of a data chunk in this piece.
+                    k = pos
+                    size = 0
+                    while k < n and k - pos < 15 and HEXV[d[k]] >= 0:
+                        size = size * 16 + HEXV[d[k]]
+                        k += 1
+                    if size and k + 1 < n and d[k] == C_CR and d[k + 1] == C_LF:
+                        self._csize = size
+                        self._cline = 0
+                        pos = k + 2
+                        st = S_DATA
+                        continue
+                elif st == S_DATA_CR and pos + 1 < n and d[pos] == C_CR and d[pos + 1] == C_LF:
+                    pos += 2  # the CRLF after a chunk's data
+                    st = S_SIZE
+                    continue
                 if st == S_DATA:
                     take = n - pos
                     if take > self._csize:
@@ -523,8 +586,6 @@ cdef class _Scanner:
     cdef int _segment(self, const unsigned char* d, Py_ssize_t s, Py_ssize_t e) except -1:
         """Split the payload bytes ``d[s:e]`` into SSE lines (any piece, any split)."""
         cdef Py_ssize_t pos = s, i, nxt, k
-        cdef const unsigned char* nlf
-        cdef const unsigned char* ncr
         cdef const unsigned char* hit
         if self._elide:
             spans_add(&self._segs, s, e)
@@ -556,23 +617,11 @@ cdef class _Scanner:
                 self._bom = -1
                 if k:  # a false start of a BOM is the beginning of the first line
                     self._carry(BOM, k)
-        # Next LF and CR, each searched again only once passed; NULL: none left in the segment.
-        nlf = <const unsigned char*>memchr(d + pos, C_LF, <size_t>(e - pos))
-        ncr = <const unsigned char*>memchr(d + pos, C_CR, <size_t>(e - pos))
         while pos < e:
             if self._elide and not self._blk:
                 self._blk = True
                 self._blk_here = pos
-            if nlf != NULL and nlf < d + pos:
-                nlf = <const unsigned char*>memchr(d + pos, C_LF, <size_t>(e - pos))
-            if ncr != NULL and ncr < d + pos:
-                ncr = <const unsigned char*>memchr(d + pos, C_CR, <size_t>(e - pos))
-            if nlf == NULL:
-                hit = ncr
-            elif ncr == NULL or nlf < ncr:
-                hit = nlf
-            else:
-                hit = ncr
+            hit = gw_eol(d + pos, d + e)  # the line ends at the first CR or LF
             if hit == NULL:
                 self._carry(d + pos, e - pos)
                 return 0

@@ -312,3 +312,39 @@ def test_at_boundary_means_an_appended_event_stands_alone(sse, stream, cut, fram
         assert [e[:2] for e in p.feed(tail) + p.close()] == [(None, error[6:-2])]
         q = sse.EventParser(chunked=chunked)
         assert q.feed(sent + tail)[: len(before)] == before
+
+
+# JSON text whose strings are long enough for the compiled walk's 16-byte string skipping, with
+# quotes and backslashes at every alignment, and usage objects at several depths: the compiled
+# scanner must find the same usage (and elide the same events) as the byte-by-byte twin.
+_json_text = st.text(alphabet=st.sampled_from('ab"\\{}[]:, u\u00e9'), max_size=60)
+_json_values = st.recursive(
+    st.none() | st.integers(-5, 10**6) | _json_text,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["usage", "choices", "x", "usageMetadata", 'k"\\']), inner, max_size=4
+        )
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(
+    objs=st.lists(
+        st.dictionaries(
+            st.sampled_from(["usage", "choices", "id", "usageMetadata"]), _json_values, max_size=4
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+    cuts=cut_lists,
+)
+def test_compiled_agrees_with_twin_on_json_with_long_strings(sse_pair, objs, cuts):
+    compiled, twin = sse_pair
+    body = b"".join(b"data: " + json.dumps(o).encode() + b"\n\n" for o in objs)
+    for elide in (False, True):
+        kw = {"chunked": False, "elide_injected_usage": elide}
+        pieces = split(body, cuts)
+        assert run(compiled, "observe", kw, pieces) == run(twin, "observe", kw, pieces)
