@@ -106,9 +106,12 @@ class Provider:
     discovered: list[str] = field(default_factory=list)  # from the provider's /models
     created: dict[str, int] = field(default_factory=dict)  # model -> epoch, when listed
     auth_headers: list[tuple[str, str]] = field(default_factory=list, repr=False)
+    # Lowercase names of the headers the provider sets itself (what a client may not override).
+    own_names: frozenset[str] = field(default=frozenset(), init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.auth_headers = _auth_headers(self.kind, self.api_key)
+        self.own_names = frozenset(name.lower() for name, _ in self.headers())
 
     @classmethod
     def create(
@@ -171,8 +174,8 @@ class Provider:
     def request_headers(self, forward: Sequence[tuple[str, str]] = ()) -> list[tuple[str, str]]:
         """The provider's headers plus the caller's ``forward`` ones minus any credential, cookie
         or header the provider sets itself: a client's key never reaches a provider."""
-        own = {name.lower() for name, _ in self.auth_headers + self.extra_headers}
-        out = self.headers()
+        own = self.own_names
+        out = self.auth_headers + self.extra_headers
         for name, value in forward:
             low = name.lower()
             if low not in CREDENTIAL_HEADERS and low not in own:

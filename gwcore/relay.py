@@ -161,7 +161,9 @@ class ExchangeResponse:
         self.sink = sink
         self.started_at = started_at
         self.exchange: UpstreamExchange | None = None
-        self.ready: asyncio.Future[None] = channel.loop.create_future()
+        # The handler's wait, made by ``exchange_with``: a request sent at once (``DEFERRED``)
+        # has no waiting handler, and no future to make, resolve and free.
+        self.ready: asyncio.Future[None] | None = None
         self._recorded = False
         self._deferred = False  # no handler waits: errors before the response are answered here
         self._resend: tuple | None = None  # (pool, origin, path, headers, body) while deferred
@@ -218,8 +220,9 @@ class ExchangeResponse:
         """The error for a client whose response has not started: raised to the waiting handler,
         or (``DEFERRED``) sent from here."""
         if not self._deferred:
-            if not self.ready.done():
-                self.ready.set_exception(exc)
+            ready = self.ready
+            if ready is not None and not ready.done():
+                ready.set_exception(exc)
         elif self.channel.started:
             self.channel.abort()
         else:
@@ -231,6 +234,8 @@ class ExchangeResponse:
         """POST ``body`` upstream with this object as the listener; return once the client's
         response started. Raises the ``GatewayError`` to answer with; either way, and when the
         client leaves first (the wait is cancelled), exactly one usage record is written."""
+        if self.ready is None:
+            self.ready = self.channel.loop.create_future()
         self.channel.on_disconnect(self.client_gone)
         try:
             await pool.open_raw(origin, "POST", path, headers, body, self)
@@ -273,7 +278,8 @@ class ExchangeResponse:
 
     def _client_left(self) -> None:
         """The client went away: stop waiting, close the upstream at once, note it."""
-        if not self.ready.done():
+        ready = self.ready
+        if ready is not None and not ready.done():
             self.channel.cancel_handler()  # connecting, or waiting for the head or a whole answer
         if self._retry is not None:
             self._retry.cancel()
@@ -376,7 +382,8 @@ class RelayedResponse(ExchangeResponse):
         if chunked and self._mode != _RAW:  # raw pass-through: the scanner walks the chunks
             self._dechunker = Dechunker()
         channel.set_flow_target(self)
-        self.ready.set_result(None)
+        if self.ready is not None:
+            self.ready.set_result(None)
 
     def on_data(self, data: bytes) -> None:
         if self._mode == _RAW:  # the hot path

@@ -191,12 +191,19 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+").fullmatch  # RFC 9110 field
 _BAD_VALUE = re.compile(r"[^\t\x20-\x7e\x80-\xff]").search
 _LINES: dict[tuple[str, str], str] = {}  # (name, value) -> its checked header line; bounded
 _HOST_LINES: dict[Origin, str] = {}
+_TOKEN_NAMES: set[str] = set()  # names that passed _TOKEN; bounded
 
 
 def _header_line(name: str, value: str) -> str:
     """``name: value\\r\\n``, checked: a token name and an RFC 9110 field value (no controls but
     HTAB, latin-1 only); "" for the headers the pool writes itself."""
-    if not _TOKEN(name) or _BAD_VALUE(value):
+    if name not in _TOKEN_NAMES:
+        if not _TOKEN(name):
+            raise GatewayError(400, f"invalid character in header {name!r}")
+        if len(_TOKEN_NAMES) < 1024:  # names repeat; values (request ids) do not
+            _TOKEN_NAMES.add(name)
+    # Printable ASCII is valid at once (two C scans); the regex decides the rest (HTAB, latin-1).
+    if not (value.isascii() and value.isprintable()) and _BAD_VALUE(value):
         raise GatewayError(400, f"invalid character in header {name!r}")
     return "" if _name(name)[0] in _POOL_SET else f"{name}: {value}\r\n"
 
