@@ -2,9 +2,9 @@
 
 Cython (a build requirement) compiles ``gwcore/_sse.pyx``, ``gwcore/server/_http_py.py`` (with the
 class layouts of ``gwcore/server/_http.pxd``) into ``gwcore.server._http``, and the per-request
-modules of ``gwcore._twins.COMPILED_IN_PLACE`` in place (``relay`` and ``upstream`` with ``.pxd``
-class layouts). An sdist ships the
-generated ``.c``, so a machine without Cython still compiles them. A machine without a C compiler
+modules of ``gwcore._twins.COMPILED_IN_PLACE`` in place (``relay``, ``upstream`` and others with
+``.pxd`` class layouts; ``upstream`` cimports ``gwcore/_sse.pxd``). An sdist ships the generated
+``.c``, so a machine without Cython still compiles them. A machine without a C compiler
 gets a working install that uses the pure-Python twins, and the build log says so.
 ``GWCORE_NO_EXTENSIONS=1`` skips compilation.
 """
@@ -32,6 +32,10 @@ EXTENSIONS = {
     "gwcore.ledger.schema": "gwcore/ledger/schema.py",
     "gwcore.server.app": "gwcore/server/app.py",
 }
+
+# A compiled module that cimports another's types imports that compiled module too: it is built
+# only when that one was (else both fall back to their twins together).
+NEEDS = {"gwcore.upstream": "gwcore._sse"}
 
 
 def _extensions() -> list[Extension]:
@@ -61,10 +65,18 @@ class OptionalBuildExt(build_ext):
         except Exception as exc:  # any build failure means "use the twin"
             self._warn(exc)
 
+    failed: set[str] = set()
+
     def build_extension(self, ext: Extension) -> None:
+        need = NEEDS.get(ext.name)
+        if need in self.failed:
+            self.failed.add(ext.name)
+            self._warn(RuntimeError(f"it needs the compiled {need}"), ext.name)
+            return
         try:
             super().build_extension(ext)
         except Exception as exc:
+            self.failed.add(ext.name)
             self._warn(exc, ext.name)
 
     @staticmethod

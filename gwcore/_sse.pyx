@@ -1134,11 +1134,6 @@ cdef class RelayPump:
     was received (the connection's idle timer reads it).
     """
 
-    cdef StreamObserver _observer
-    cdef object _write, _owner
-    cdef public Py_ssize_t pieces
-    cdef bint _over
-
     def __init__(self, StreamObserver observer not None, write, owner):
         self._observer = observer
         self._write = write
@@ -1146,19 +1141,22 @@ cdef class RelayPump:
         self.pieces = 0
         self._over = False
 
-    def data_received(self, bytes data not None):
+    cpdef data_received(self, bytes data):
         cdef object out
+        cdef StreamObserver observer = <StreamObserver>self._observer
+        if data is None:
+            raise TypeError("data must be bytes, not None")
         if self._over:
             return
         self.pieces += 1
         try:
-            out = self._observer._feed(data)
+            out = observer._feed(data)
         except SSEError as exc:
             self._over = True
             self._owner.pump_failed(exc)
             return
         if PyBytes_GET_SIZE(out):
             self._write(out)
-        if self._observer._complete:
+        if observer._complete:
             self._over = True
             self._owner.pump_complete()

@@ -1,6 +1,10 @@
 # Class layouts for the compiled gwcore.upstream (Cython compiles upstream.py in place; the .py is
 # also the pure-Python twin). Keep each attribute list in step with the class's __slots__.
 
+cimport cython
+
+from gwcore._sse cimport RelayPump as _CPump
+
 cdef class _HeadParser:
     cdef public object complete, headers
 
@@ -12,3 +16,7 @@ cdef class UpstreamConnection:
     cdef public object _listener, _loop, _method, _paused, _pool, _remaining, _rx, _rx_seen, _silent
     cdef public object _state, _transport, _until_close, got_bytes, origin, requests, reused
     cdef object __weakref__
+
+    # The relay's hot path: each piece goes to the pump as a C call.
+    @cython.locals(pump=_CPump)
+    cpdef data_received(self, data)
