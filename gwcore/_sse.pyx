@@ -86,13 +86,31 @@ cdef extern from *:
        twice (an SSE line ends at either). */
     static const unsigned char *gw_eol(const unsigned char *p, const unsigned char *end) {
     #ifdef GW_SSE2
+        const unsigned char *p0 = p;
         const __m128i cr = _mm_set1_epi8(0x0D), lf = _mm_set1_epi8(0x0A);
+        while (end - p >= 32) {
+            __m128i a0 = _mm_loadu_si128((const __m128i *)p);
+            __m128i a1 = _mm_loadu_si128((const __m128i *)(p + 16));
+            unsigned m = (unsigned)_mm_movemask_epi8(
+                             _mm_or_si128(_mm_cmpeq_epi8(a0, cr), _mm_cmpeq_epi8(a0, lf)))
+                         | ((unsigned)_mm_movemask_epi8(
+                             _mm_or_si128(_mm_cmpeq_epi8(a1, cr), _mm_cmpeq_epi8(a1, lf))) << 16);
+            if (m) return p + gw_ctz(m);
+            p += 32;
+        }
         while (end - p >= 16) {
             __m128i a = _mm_loadu_si128((const __m128i *)p);
             unsigned m = (unsigned)_mm_movemask_epi8(
                 _mm_or_si128(_mm_cmpeq_epi8(a, cr), _mm_cmpeq_epi8(a, lf)));
             if (m) return p + gw_ctz(m);
             p += 16;
+        }
+        if (p < end && end - p0 >= 16) {  /* the tail: the last 16 bytes, those before p masked */
+            __m128i a = _mm_loadu_si128((const __m128i *)(end - 16));
+            unsigned m = (unsigned)_mm_movemask_epi8(
+                _mm_or_si128(_mm_cmpeq_epi8(a, cr), _mm_cmpeq_epi8(a, lf)));
+            m >>= 16 - (unsigned)(end - p);
+            return m ? p + gw_ctz(m) : NULL;
         }
     #endif
         for (; p < end; p++)
