@@ -138,18 +138,29 @@ class Gateway:
                 started,
             )
 
-        elide = False
+        elide = splice = False
         if stream:
             options = body.get("stream_options")
             if options is not None and not isinstance(options, dict):
                 raise GatewayError(400, "stream_options must be an object", param="stream_options")
             if not (options and options.get("include_usage") is True):
                 # Ask for usage anyway (the ledger needs it) and hide the answer from the client.
-                body["stream_options"] = {**(options or {}), "include_usage": True}
                 elide = True
+                if "stream_options" in body:  # null, or an object without include_usage
+                    body["stream_options"] = {**(options or {}), "include_usage": True}
+                else:
+                    splice = True
         if rewritten:
             body["model"] = upstream_model
-        payload = orjson.dumps(body) if (elide or rewritten) else request.body
+            if splice:
+                body["stream_options"] = {"include_usage": True}
+            payload = orjson.dumps(body)
+        elif splice:  # the common case: the client's bytes and one member more, not re-encoded
+            payload = _with_member(request.body, _INCLUDE_USAGE)
+        elif elide:
+            payload = orjson.dumps(body)
+        else:
+            payload = request.body
 
         record = UsageRecord(
             request_id=request.request_id,
@@ -218,6 +229,16 @@ def _send_json(channel: Any, body: bytes, headers: list[tuple[str, str]] | None 
     )
     channel.write_raw(body)
     channel.end()
+
+
+_INCLUDE_USAGE = b'"stream_options":{"include_usage":true}'
+
+
+def _with_member(raw: bytes, member: bytes) -> bytes:
+    """``raw``, a JSON object with at least one member (orjson parsed it), with ``member`` added
+    last: every byte the client sent is kept."""
+    end = raw.rstrip(b" \t\r\n")
+    return end[:-1] + b"," + member + b"}" + raw[len(end) :]
 
 
 def _json_object(raw: bytes) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import socket
 
 import orjson
@@ -125,10 +126,16 @@ def test_injected_usage_chunk_elided_everything_else_unchanged(cuts, ask):
             upstream = await raw_post(h.mock.host, h.mock.port, chat_body(True, include_usage=True))
             full = upstream.payload()
             h.mock.scenarios.append(Scenario.replay(full, split_at=[c % len(full) for c in cuts]))
-            resp = await raw_post(h.host, h.port, chat_body(True, include_usage=ask or None))
+            # Indented: the gateway must not re-encode what it does not change.
+            sent = json.dumps(chat_body(True, include_usage=ask or None), indent=1).encode()
+            resp = await raw_post(h.host, h.port, sent)
             assert resp.status == 200 and resp.complete
             forwarded = h.mock.requests[-1].json()
             assert forwarded["stream_options"] == {"include_usage": True}
+            if not ask:  # no stream_options sent: the client's bytes go on, plus one member
+                assert h.mock.requests[-1].body == (
+                    sent[:-1] + b',"stream_options":{"include_usage":true}}'
+                )
             usage_event = [e for e in _events(full) if b'"choices":[]' in e]
             assert len(usage_event) == 1
             expected = full if ask else full.replace(usage_event[0] + b"\n\n", b"", 1)
@@ -575,3 +582,41 @@ def test_http10_client_gets_the_stream_without_chunked_framing():
             writer.close()
 
     run(main(), use_uvloop=True)
+
+
+_json_members = st.dictionaries(
+    st.text(max_size=8),
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=12),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+        max_leaves=6,
+    ),
+    min_size=1,
+    max_size=5,
+)
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    obj=_json_members,
+    indent=st.sampled_from([None, 1, 2]),
+    pad=st.text(alphabet=" \t\r\n", max_size=3),
+)
+def test_member_added_to_the_clients_bytes(obj, indent, pad):
+    """The injected ``stream_options`` goes in as one more member after the client's bytes, which
+    stay as sent (whitespace, key order, number spelling): the result parses to the client's
+    object plus that member."""
+    from gwcore.gateway import _INCLUDE_USAGE, _with_member
+
+    obj.pop("stream_options", None)
+    if not obj:
+        obj["model"] = "m"
+    raw = (json.dumps(obj, indent=indent) + pad).encode()
+    out = _with_member(raw, _INCLUDE_USAGE)
+    assert orjson.loads(out) == {**orjson.loads(raw), "stream_options": {"include_usage": True}}
+    body = raw.rstrip(b" \t\r\n")
+    assert out.startswith(body[:-1]) and out.endswith(raw[len(body) - 1 :])
