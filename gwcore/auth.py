@@ -211,16 +211,11 @@ class KeyAuth:
             return  # the handler answers 400 for that, before anything goes upstream
         if not isinstance(model, str) or not model:
             return
-        names = {model}
         if self.registry is not None:
-            try:
-                provider, upstream, _ = self.registry.resolve(model)
-            except GatewayError:
-                pass  # the handler answers 404
-            else:
-                names.add(upstream)
-                names.add(f"{provider.name}/{upstream}")
-        if not any(fnmatchcase(n, p) for p in patterns for n in names):
+            allowed = self.registry.allowed(patterns, model)  # an unknown model: 404 follows
+        else:
+            allowed = any(fnmatchcase(model, p) for p in patterns)
+        if not allowed:
             raise self._fail(
                 "model",
                 GatewayError(
@@ -323,6 +318,7 @@ class KeyAuth:
 
         def admit(request: Any, key: ApiKey | None) -> None:
             request.key_id = MASTER_KEY_ID if key is None else key.id
+            request.key_models = None if key is None else key.models  # /v1/models lists these
             if key is not None and check_model and key.models is not None:
                 self.check_model(key, request.body)
 

@@ -99,8 +99,13 @@ class Gateway:
     # ---- handlers
 
     def models(self, request: Any, channel: Any) -> None:
-        """``GET /v1/models``: every provider's models as ``provider/model``."""
-        _send_json(channel, orjson.dumps({"object": "list", "data": self.registry.list_models()}))
+        """``GET /v1/models``: every provider's models as ``provider/model``; for a key with a
+        model allow-list, only the models it may use."""
+        data = self.registry.list_models()
+        patterns = getattr(request, "key_models", None)
+        if patterns is not None:
+            data = [m for m in data if self.registry.allowed(patterns, m["id"])]
+        _send_json(channel, orjson.dumps({"object": "list", "data": data}))
 
     def chat_completions(self, request: Any, channel: Any) -> Any:
         """``POST /v1/chat/completions``. Plain, not ``async``: a relayed request on an idle pooled

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -304,6 +305,20 @@ class ProviderRegistry:
         self._aliases, self._models = aliases, models
 
     # ---- routing
+
+    def allowed(self, patterns: Sequence[str], model: str) -> bool:
+        """Whether an API key's allow-list (``model``, ``provider/model`` or a glob such as
+        ``provider/*``; a bare name matches it on any provider) admits ``model``: as named, and
+        as what it resolves to."""
+        names = {model}
+        try:
+            provider, upstream, _ = self.resolve(model)
+        except GatewayError:
+            pass  # unknown: only the name as given can match
+        else:
+            names.add(upstream)
+            names.add(f"{provider.name}/{upstream}")
+        return any(fnmatchcase(n, p) for p in patterns for n in names)
 
     def resolve(self, model: str) -> tuple[Provider, str, bool]:
         """(provider, upstream model, rewritten). ``name/model`` picks a provider by NAME (split at

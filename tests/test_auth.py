@@ -190,6 +190,14 @@ def test_model_allow_list(db_url):
             async with h.client(glob) as user:
                 r = await user.post("/v1/chat/completions", json=chat(False, model="gpt-other"))
                 assert r.status_code == 200
+            # /v1/models lists what a key may use: all of it for the master key and the glob.
+            every = [m["id"] for m in (await admin.get("/v1/models")).json()["data"]]
+            assert "mock/gpt-test" in every and len(every) > 1
+            async with h.client(glob) as user:
+                assert [m["id"] for m in (await user.get("/v1/models")).json()["data"]] == every
+            async with h.client(only) as user:
+                listed = (await user.get("/v1/models")).json()["data"]
+                assert [m["id"] for m in listed] == ["mock/gpt-test"]
             bad = await admin.post(KEYS, json={"models": []})
             assert bad.status_code == 400
 
