@@ -147,7 +147,8 @@ _NAMES: dict = {}  # name (str or bytes) -> (lowercase, hop-by-hop?, Connection?
 def _name(name: AnyStr) -> tuple:
     """(lowercase, hop-by-hop, is Connection) for a header name, from a bounded cache: names
     repeat."""
-    known = _NAMES.get(name)
+    names = _NAMES  # a local: Cython calls .get without binding a method object per call
+    known = names.get(name)
     if known is None:
         low = name.lower()
         if isinstance(low, bytes):
@@ -216,7 +217,8 @@ def build_request(
     ``Connection: keep-alive``) and body, ready for one write."""
     if not path.startswith("/") or _bad_char(path) or " " in path or _bad_char(method):
         raise GatewayError(500, f"invalid upstream request target {path!r}")
-    host = _HOST_LINES.get(origin)
+    hosts = _HOST_LINES
+    host = hosts.get(origin)
     if host is None:
         host = f"Host: {origin.host_header}\r\n"
         if len(_HOST_LINES) < 256:

@@ -230,8 +230,9 @@ class ResponseChannel:
         else:  # the end of the body is the end of the connection
             framing = ""
             keep_alive = False
+        statuses = _STATUS_STR
         head = (
-            f"{_STATUS_STR.get(status) or status_line(status).decode('latin-1')}"
+            f"{statuses.get(status) or status_line(status).decode('latin-1')}"
             f"{proto._state.common}x-request-id: {req.request_id}\r\n{framing}"
             f"{_CONNECTION_STR[keep_alive]}{proto._cors_lines(req)}{header_lines(headers)}\r\n"
         ).encode("latin-1")
@@ -484,7 +485,8 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
         if self._nheaders > self._max_headers or self._header_bytes > self._max_header_bytes:
             self._reject(431, "request header fields too large or too many")
             raise _StopParsing
-        key = _NAMES.get(name)
+        names = _NAMES  # a local: Cython calls .get without binding a method object per call
+        key = names.get(name)
         if key is None:
             key = name.decode("latin-1").lower()
             if len(_NAMES) < _MAX_NAMES:  # the names clients send repeat: keep a bounded few
@@ -503,7 +505,8 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
         self._nheaders = self._header_bytes = 0
         self._in_head = False
         raw_method = parser.get_method()
-        method = _METHODS.get(raw_method) or raw_method.decode("latin-1")
+        known_methods = _METHODS
+        method = known_methods.get(raw_method) or raw_method.decode("latin-1")
         url = self._url
         if url[0] != 47:  # not "/...": absolute-form or "*"
             url = self._origin_form(url)
