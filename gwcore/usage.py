@@ -114,15 +114,25 @@ class UsageRecord:
 
     def set_tokens(self, tokens: Mapping[str, int | None]) -> None:
         """Take the token fields of a ``usage_from_*`` result (others are ignored)."""
-        for name in TOKEN_FIELDS:
-            if name in tokens:
-                setattr(self, name, tokens[name])
+        # Written out (TOKEN_FIELDS, one by one): a setattr by name per field costs a lookup.
+        if "prompt_tokens" in tokens:
+            self.prompt_tokens = tokens["prompt_tokens"]
+        if "completion_tokens" in tokens:
+            self.completion_tokens = tokens["completion_tokens"]
+        if "total_tokens" in tokens:
+            self.total_tokens = tokens["total_tokens"]
+        if "cached_tokens" in tokens:
+            self.cached_tokens = tokens["cached_tokens"]
+        if "reasoning_tokens" in tokens:
+            self.reasoning_tokens = tokens["reasoning_tokens"]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def _int(value: Any) -> int | None:
+    if value.__class__ is int:  # the common case, first
+        return value
     # bool is an int subclass; a provider sending true/false is not a count
     if isinstance(value, int) and not isinstance(value, bool):
         return value
@@ -157,6 +167,20 @@ def _tokens(
 
 def usage_from_openai(usage: Mapping[str, Any] | None) -> dict[str, int | None]:
     """OpenAI chat ``usage`` (also Groq, xAI, OpenRouter, Azure, vLLM, Ollama) -> token fields."""
+    if usage.__class__ is dict:  # what orjson gives (once per request): the same, in one frame
+        prompt_details = usage.get("prompt_tokens_details")
+        completion_details = usage.get("completion_tokens_details")
+        return _tokens(
+            _int(usage.get("prompt_tokens")),
+            _int(usage.get("completion_tokens")),
+            _int(usage.get("total_tokens")),
+            _int(prompt_details.get("cached_tokens"))
+            if prompt_details.__class__ is dict
+            else _int(_get(prompt_details, "cached_tokens")),
+            _int(completion_details.get("reasoning_tokens"))
+            if completion_details.__class__ is dict
+            else _int(_get(completion_details, "reasoning_tokens")),
+        )
     return _tokens(
         _int(_get(usage, "prompt_tokens")),
         _int(_get(usage, "completion_tokens")),
