@@ -176,7 +176,7 @@ class Provider:
         """The provider's headers plus the caller's ``forward`` ones minus any credential, cookie
         or header the provider sets itself: a client's key never reaches a provider."""
         own = self.own_names
-        out = self.auth_headers + self.extra_headers
+        out = self.headers()
         for name, value in forward:
             low = name.lower()
             if low not in CREDENTIAL_HEADERS and low not in own:

@@ -167,20 +167,6 @@ def _tokens(
 
 def usage_from_openai(usage: Mapping[str, Any] | None) -> dict[str, int | None]:
     """OpenAI chat ``usage`` (also Groq, xAI, OpenRouter, Azure, vLLM, Ollama) -> token fields."""
-    if usage.__class__ is dict:  # what orjson gives (once per request): the same, in one frame
-        prompt_details = usage.get("prompt_tokens_details")
-        completion_details = usage.get("completion_tokens_details")
-        return _tokens(
-            _int(usage.get("prompt_tokens")),
-            _int(usage.get("completion_tokens")),
-            _int(usage.get("total_tokens")),
-            _int(prompt_details.get("cached_tokens"))
-            if prompt_details.__class__ is dict
-            else _int(_get(prompt_details, "cached_tokens")),
-            _int(completion_details.get("reasoning_tokens"))
-            if completion_details.__class__ is dict
-            else _int(_get(completion_details, "reasoning_tokens")),
-        )
     return _tokens(
         _int(_get(usage, "prompt_tokens")),
         _int(_get(usage, "completion_tokens")),
