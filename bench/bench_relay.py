@@ -168,6 +168,22 @@ def report(args, summary, wrk, profile, notes) -> str:
                 f"| {fmt(s['ttfe_p50_us'])} | {fmt(s['ttfe_p99_us'])} | {fmt(s['ttlb_p50_us'])} "
                 f"| {pct(s['cpu0_other'])} | {pct(s['cpu1_busy'])} | {sum(s['errors'].values())} |"
             )
+    lines += [
+        "",
+        "Relay CPU per stream split (medians over rounds, from the utime and stime of "
+        "/proc/<pid>/stat): user space, the relay's own code; kernel, the reads, writes and "
+        "wake-ups.",
+        "",
+        "| target | c | user µs/req | kernel µs/req |",
+        "|---|--:|--:|--:|",
+    ]
+    for c in args.concurrency:
+        for t in args.targets:
+            s = summary.get((t, c))
+            if s is None or s.get("relay_user_us") is None or s.get("relay_cpu_us") is None:
+                continue
+            kernel = s["relay_cpu_us"] - s["relay_user_us"]
+            lines.append(f"| {t} | {c} | {fmt(s['relay_user_us'], 1)} | {fmt(kernel, 1)} |")
     cs = args.concurrency
     lines += [
         "",

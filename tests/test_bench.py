@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -345,6 +346,7 @@ def test_bench_stream_direct_and_gwcore(tmp_path):
         assert m["rounds"] == 3
     gw = medians[("gwcore", 1)]
     assert gw["relay_cpu_us"] > 0 and gw["rss_peak_mb"] > 0
+    assert 0 <= gw["relay_user_us"] <= gw["relay_cpu_us"]  # the user-space part of it
     assert medians[("direct", 1)]["relay_cpu_us"] is None  # no gateway in between
     assert len(results["rounds"]) == 6
     assert results["meta"]["scanner"] in ("cython", "python")
@@ -392,6 +394,9 @@ def test_bench_every_workload_once(tmp_path):
         assert "LiteLLM proxy is not installed: target skipped" in text
 
 
+SPLIT_ROW = r"\| \w+ \| 1 \| [\d,.]+ \| -?[\d,.]+ \|"  # target, c, user and kernel µs/req
+
+
 @pytest.mark.skipif(not shutil.which("nginx") and not services.nginx_executable(), reason="nginx")
 def test_bench_relay_script_still_runs(tmp_path):
     proc = subprocess.run(
@@ -419,6 +424,9 @@ def test_bench_relay_script_still_runs(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "gwcore CPU/req ÷ nginx CPU/req" in proc.stdout
+    assert "| target | c | user µs/req | kernel µs/req |" in proc.stdout
+    split = [line for line in proc.stdout.splitlines() if re.fullmatch(SPLIT_ROW, line)]
+    assert {line.split(" | ")[0] for line in split} == {"| nginx", "| gwcore", "| floor"}
     medians = json.loads((tmp_path / "results.json").read_text())["medians"]
     assert {m["target"] for m in medians} == {"direct", "nginx", "gwcore", "floor"}
     assert all(sum(m["errors"].values()) == 0 for m in medians)

@@ -32,6 +32,7 @@ from gwcore.benchmark.procstat import (
     syscalls,
     tcp_queues,
     tree_cpu_seconds,
+    user_seconds,
 )
 from gwcore.benchmark.services import Pinning
 
@@ -514,6 +515,7 @@ async def run_load(
         await asyncio.gather(*(load.connect() for _ in range(concurrency)))
         await asyncio.sleep(warmup)
     relay_cpu0, mock_cpu0 = tree_cpu_seconds(relay), tree_cpu_seconds(mock)
+    relay_user0 = tree_cpu_seconds(relay, user_seconds)
     own0 = self_cpu()
     sys0 = cpu_busy_ticks()
     io0 = syscalls(relay[0]) if relay else (0, 0)
@@ -528,6 +530,9 @@ async def run_load(
             queues["kernel_to_clients_mb"] = tcp_queues(local_port=port)[0] / 2**20
             queues["kernel_from_upstream_mb"] = tcp_queues(remote_port=mock_port)[1] / 2**20
         queues["held_at_mock_mb"] = tcp_queues(local_port=mock_port)[0] / 2**20
+    # user time read after the total at the start and before it at the end: its difference can
+    # never exceed the total's (the clock ticks meanwhile)
+    relay_user1 = tree_cpu_seconds(relay, user_seconds)
     relay_cpu1, mock_cpu1 = tree_cpu_seconds(relay), tree_cpu_seconds(mock)
     own1 = self_cpu()
     sys1 = cpu_busy_ticks()
@@ -563,6 +568,8 @@ async def run_load(
         "requests": load.ok if per_request else len(load.events_read),
         "rps": load.ok / wall if per_request else None,
         "relay_cpu_us": (relay_cpu1 - relay_cpu0) / n * 1e6 if relay and per_request else None,
+        # its user-space part (the rest is the kernel's: reads, writes, wake-ups)
+        "relay_user_us": (relay_user1 - relay_user0) / n * 1e6 if relay and per_request else None,
         "relay_busy": relay_busy,
         "relay_reads": (io1[0] - io0[0]) / n if relay else None,
         "relay_writes": (io1[1] - io0[1]) / n if relay else None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -59,12 +59,18 @@ def process_tree(roots: Iterable[int]) -> list[int]:
     return out
 
 
-def tree_cpu_seconds(pids: Iterable[int]) -> float:
-    """utime + stime summed over ``pids`` (exited ones count 0)."""
+def user_seconds(pid: int) -> float:
+    """utime of ``pid``: its CPU time in user space (the rest of ``cpu_seconds`` is kernel)."""
+    return int(_stat_fields(pid)[11]) / CLK_TCK
+
+
+def tree_cpu_seconds(pids: Iterable[int], of: Callable[[int], float] = cpu_seconds) -> float:
+    """utime + stime (or what ``of`` says, e.g. ``user_seconds``) summed over ``pids`` (exited
+    ones count 0)."""
     total = 0.0
     for pid in pids:
         with contextlib.suppress(OSError, IndexError, ValueError):
-            total += cpu_seconds(pid)
+            total += of(pid)
     return total
 
 
