@@ -40,6 +40,7 @@ REQUEST = http_request("/v1/chat/completions", chat_body(MODEL, True))
 NO_PIN = Pinning(False)  # callgrind runs one process at a time: no pinning
 
 WARMUP = 50
+CALLGRIND_ARGS: list[str] = []  # --callgrind-arg, e.g. --toggle-collect=<function> to price one
 
 
 def _stream(sock: socket.socket) -> None:
@@ -60,6 +61,7 @@ def _run(tmp: Path, target: str, mock_port: int, n: int) -> int:
     out = tmp / f"{target}.{n}.callgrind"
     port = free_port()
     grind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--trace-children=no"]
+    grind += CALLGRIND_ARGS
     env = {k: v for k, v in os.environ.items() if not k.startswith("GWCORE_")}
     if target.startswith("gwcore"):
         config = tmp / "gwcore.yaml"
@@ -127,7 +129,16 @@ def main(argv: list[str] | None = None) -> int:
         help="SSE events per stream (two runs with different counts split per-event from "
         "per-request cost)",
     )
+    parser.add_argument(
+        "--callgrind-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="passed to valgrind, e.g. --callgrind-arg=--toggle-collect='__pyx_pw_*on_head' counts "
+        "only inside that function (and what it calls)",
+    )
     args = parser.parse_args(argv)
+    CALLGRIND_ARGS[:] = args.callgrind_arg
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install -y valgrind)")
         return 1
