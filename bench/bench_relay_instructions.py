@@ -63,6 +63,11 @@ def _run(tmp: Path, target: str, mock_port: int, n: int) -> int:
     grind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--trace-children=no"]
     grind += CALLGRIND_ARGS
     env = {k: v for k, v in os.environ.items() if not k.startswith("GWCORE_")}
+    # One hash seed for every run of a Python target (gwcore, the floor): start-up work depends on
+    # it (by millions of instructions), and the N1 and N2 runs must cancel it out exactly. Random
+    # seeds moved gwcore's result by +-10k instructions per request. (The floor's figure still
+    # moves by a few thousand: how many events one read gathers depends on timing.)
+    env["PYTHONHASHSEED"] = "0"
     if target.startswith("gwcore"):
         config = tmp / "gwcore.yaml"
         config.write_text(
@@ -75,10 +80,6 @@ def _run(tmp: Path, target: str, mock_port: int, n: int) -> int:
         if target == "gwcore_noledger":  # prices the ledger (and what it alone needs)
             env["GWCORE_LEDGER"] = "off"
         env["GWCORE_DATABASE_URL"] = f"sqlite:///{tmp / 'ledger.db'}"
-        # One hash seed for every run: start-up work depends on it (by millions of instructions),
-        # and the N1 and N2 runs must cancel it out exactly. Random seeds moved the result by
-        # +-10k instructions per request.
-        env["PYTHONHASHSEED"] = "0"
         cmd = [sys.executable, "-m", "gwcore.cli", "serve", "--host", "127.0.0.1"]
         cmd += ["--port", str(port), "--config", str(config), "--log-level", "WARNING"]
     elif target == "floor":
