@@ -1149,18 +1149,21 @@ cdef class RelayPump:
 
     ``owner`` hears once: ``pump_complete()`` when the chunked body ended, ``pump_failed(exc)`` on
     broken framing. Connection events stay with the upstream connection. ``pieces`` counts what
-    was received (the connection's idle timer reads it).
+    was received (the connection's idle timer reads it). ``first``, when given, takes the first
+    bytes written instead of ``write`` (a write that puts the held response head in front of
+    them: one system call, one segment to the client).
     """
 
-    def __init__(self, StreamObserver observer not None, write, owner):
+    def __init__(self, StreamObserver observer not None, write, owner, first=None):
         self._observer = observer
         self._write = write
         self._owner = owner
+        self._first = first
         self.pieces = 0
         self._over = False
 
     cpdef data_received(self, bytes data):
-        cdef object out
+        cdef object out, first
         cdef StreamObserver observer = <StreamObserver>self._observer
         if data is None:
             raise TypeError("data must be bytes, not None")
@@ -1174,7 +1177,12 @@ cdef class RelayPump:
             self._owner.pump_failed(exc)
             return
         if PyBytes_GET_SIZE(out):
-            self._write(out)
+            if self._first is None:
+                self._write(out)
+            else:
+                first = self._first
+                self._first = None
+                first(out)
         if observer._complete:
             self._over = True
             self._owner.pump_complete()

@@ -877,17 +877,20 @@ class RelayPump:
 
     ``owner`` hears once: ``pump_complete()`` when the chunked body ended, ``pump_failed(exc)`` on
     broken framing. Connection events stay with the upstream connection. ``pieces`` counts what
-    was received (the connection's idle timer reads it).
+    was received (the connection's idle timer reads it). ``first``, when given, takes the first
+    bytes written instead of ``write`` (a write that puts the held response head in front of
+    them: one system call, one segment to the client).
     """
 
-    __slots__ = ("_observer", "_over", "_owner", "_write", "pieces")
+    __slots__ = ("_first", "_observer", "_over", "_owner", "_write", "pieces")
 
-    def __init__(self, observer: StreamObserver, write: Any, owner: Any) -> None:
+    def __init__(self, observer: StreamObserver, write: Any, owner: Any, first: Any = None) -> None:
         if observer is None:
             raise TypeError("observer must be a StreamObserver")
         self._observer = observer
         self._write = write
         self._owner = owner
+        self._first = first
         self.pieces = 0
         self._over = False
 
@@ -902,7 +905,12 @@ class RelayPump:
             self._owner.pump_failed(exc)
             return
         if out:
-            self._write(out)
+            first = self._first
+            if first is None:
+                self._write(out)
+            else:
+                self._first = None
+                first(out)
         if self._observer.complete:
             self._over = True
             self._owner.pump_complete()

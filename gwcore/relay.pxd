@@ -11,4 +11,4 @@ cdef class ExchangeResponse:
     cdef object __weakref__
 
 cdef class RelayedResponse(ExchangeResponse):
-    cdef public object stream, elide_usage, observer, _mode, _dechunker, _kept, _feed, _write
+    cdef public object stream, elide_usage, observer, _mode, _dechunker, _kept, _feed, _write, _raw

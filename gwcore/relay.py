@@ -247,6 +247,9 @@ class ExchangeResponse:
             self.record_failure(499, "client disconnected")
             raise
 
+    def on_head_end(self) -> None:
+        """The upstream read that carried the head is handed on: nothing held back here."""
+
     def client_gone(self) -> None:  # pragma: no cover - each listener says what "gone" means
         raise NotImplementedError
 
@@ -330,6 +333,7 @@ class RelayedResponse(ExchangeResponse):
         self._kept: list[bytes] = []  # body of a non-streamed or error response
         self._feed = None
         self._write = None
+        self._raw = False  # the upstream's chunk framing goes to the client as is
 
     # ---- upstream listener
 
@@ -353,17 +357,23 @@ class RelayedResponse(ExchangeResponse):
             for k, v in headers
             if k.lower() in _PASS_HEADERS
         ]
+        # The head is held back: it leaves in one write with the first body bytes of this read,
+        # or alone at its end (``on_head_end``).
         if self.stream:
-            channel.start(status, stream_headers("relay") + passed, chunked=True)
+            channel.start(status, stream_headers("relay") + passed, chunked=True, hold=True)
             self.observer = StreamObserver(
                 chunked=chunked and channel.chunked, elide_injected_usage=self.elide_usage
             )
             self._feed = self.observer.feed
             if chunked and channel.chunked:
                 self._mode = _RAW
-                self._write = channel.write_raw
-                # From the next piece on, the connection hands each piece to the pump (C).
-                exchange.divert(RelayPump(self.observer, channel.write_raw, self))
+                self._raw = True
+                self._write = channel.write_held  # (the end's tail; the pump writes the rest)
+                # From the next piece on, the connection hands each piece to the pump (C): its
+                # first write carries the held head, the others go to the transport itself.
+                exchange.divert(
+                    RelayPump(self.observer, channel.write_raw, self, channel.write_held)
+                )
             else:
                 self._mode = _FRAMED
                 self._write = channel.write
@@ -374,11 +384,14 @@ class RelayedResponse(ExchangeResponse):
                     ctype = v.decode("latin-1")
             passed += [("content-type", ctype), ("x-gwcore-route", "relay")]
             if chunked:
-                channel.start(status, passed, chunked=True)
+                channel.start(status, passed, chunked=True, hold=True)
             else:
-                channel.start(status, passed, chunked=False, content_length=content_length)
+                channel.start(
+                    status, passed, chunked=False, content_length=content_length, hold=True
+                )
             self._mode = _BODY
-            self._write = channel.write_raw if (chunked == channel.chunked) else channel.write
+            self._raw = chunked == channel.chunked
+            self._write = channel.write_held if self._raw else channel.write
         if chunked and self._mode != _RAW:  # raw pass-through: the scanner walks the chunks
             self._dechunker = Dechunker()
         channel.set_flow_target(self)
@@ -421,7 +434,7 @@ class RelayedResponse(ExchangeResponse):
             return
         if mode == _BODY:
             self._kept.append(payload)
-            self._write(data if self._write is self.channel.write_raw else payload)
+            self._write(data if self._raw else payload)
         elif mode == _ERROR:
             self._kept.append(payload)
         if dechunker is not None and dechunker.complete:
@@ -472,6 +485,9 @@ class RelayedResponse(ExchangeResponse):
 
     # ---- endings
 
+    def on_head_end(self) -> None:
+        self.channel.flush_head()
+
     def _finish(self) -> None:
         self._mode = _DONE
         self._release()
@@ -481,7 +497,7 @@ class RelayedResponse(ExchangeResponse):
             if tail:
                 self._write(tail)
         # Raw chunked pass-through already forwarded the upstream's own last chunk.
-        channel.end(terminator_sent=channel.chunked and self._write is channel.write_raw)
+        channel.end(terminator_sent=channel.chunked and self._raw)
         self._write_record()
 
     def _write_record(self) -> None:

@@ -259,6 +259,10 @@ class UpstreamListener(Protocol):
 
     def on_data(self, data: bytes) -> None: ...
 
+    # The piece that completed the head has been handed on (what followed the head went to
+    # ``on_data`` or the diverted protocol first): anything held back for it goes out now.
+    def on_head_end(self) -> None: ...
+
     def on_eof(self) -> None: ...
 
     def on_error(self, exc: GatewayError) -> None: ...
@@ -701,6 +705,7 @@ class UpstreamConnection:
         self._start_idle_timer()
         if len(buf) > end:
             self.data_received(buf[end:])
+        listener.on_head_end()
 
     def _fail_head(self, exc: GatewayError) -> None:
         listener = self._listener
@@ -872,6 +877,9 @@ class _BufferingListener:
         elif dechunker.complete:
             self._parts = dechunker.parts
             self.on_eof()
+
+    def on_head_end(self) -> None:
+        pass
 
     def on_eof(self) -> None:
         conn = self.conn

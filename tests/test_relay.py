@@ -454,6 +454,78 @@ def test_upstream_drop_mid_event_while_eliding_ends_with_error_event():
     run(main(), use_uvloop=True)
 
 
+# ---- the response head ---------------------------------------------------------------------------
+
+
+def _data_segments_in(sock: socket.socket) -> int:
+    """Segments carrying data this socket received (Linux ``tcp_info.tcpi_data_segs_in``)."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    return int.from_bytes(info[152:156], "little")
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_INFO"), reason="needs Linux TCP_INFO")
+@pytest.mark.parametrize("pooled", [False, True], ids=["fresh", "pooled"])
+def test_head_leaves_with_the_first_event(pooled):
+    """The upstream's head and first event arrive in one piece: the client gets its head and that
+    event in one write (one TCP segment), then one segment per upstream write."""
+    body = b"".join(b'data: {"choices":[],"n":%d}\n\n' % i for i in range(6))
+    cuts = [len(body) * i // 6 for i in range(1, 6)]
+
+    async def main():
+        async with gateway_with_mock() as h:
+            if pooled:
+                await warm_pool(h)
+                no_awaited_path(h)
+            h.mock.scenarios.append(Scenario.replay(body, split_at=cuts, pace_ms=30))
+            reader, writer = await asyncio.open_connection(h.host, h.port)
+            try:
+                sock = writer.get_extra_info("socket")
+                data = orjson.dumps(chat_body(True, include_usage=True))
+                writer.write(
+                    b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(data), data)
+                )
+                raw = b""
+                while not raw.endswith(CHUNK_END):
+                    chunk = await asyncio.wait_for(reader.read(65536), 5)
+                    assert chunk
+                    raw += chunk
+                assert raw.startswith(b"HTTP/1.1 200 ")
+                assert raw.partition(b"\r\n\r\n")[2] == _wire(_pieces(body, cuts))
+                # six upstream writes (the head rode with the first): six segments, not seven
+                assert _data_segments_in(sock) <= 6
+            finally:
+                writer.close()
+
+    run(main(), use_uvloop=True)
+
+
+@pytest.mark.parametrize("pooled", [False, True], ids=["fresh", "pooled"])
+def test_head_alone_is_not_held_back(pooled):
+    """An upstream that sends its head and then thinks: the client has the head at once."""
+
+    async def main():
+        async with gateway_with_mock() as h:
+            if pooled:
+                await warm_pool(h)
+                no_awaited_path(h)
+            h.mock.scenarios.append(Scenario(head_separate=True, stall_at=0))
+            reader, writer = await asyncio.open_connection(h.host, h.port)
+            try:
+                data = orjson.dumps(chat_body(True))
+                writer.write(
+                    b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(data), data)
+                )
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 1.0)
+                assert head.startswith(b"HTTP/1.1 200 ")
+                assert b"x-gwcore-route: relay" in head.lower()
+            finally:
+                writer.close()
+
+    run(main(), use_uvloop=True)
+
+
 # ---- client disconnects --------------------------------------------------------------------------
 
 

@@ -51,6 +51,7 @@ class Recorder:
         self.conn = None
         self.head = None
         self.chunks: list[bytes] = []
+        self.head_ends = 0
         self.error: GatewayError | None = None
         self.done = loop.create_future()
         self.first_data = loop.create_future()
@@ -74,6 +75,9 @@ class Recorder:
             self._parser.feed_data(data)
             if self._state.complete:
                 self._finish("complete")
+
+    def on_head_end(self):
+        self.head_ends += 1
 
     def on_eof(self):
         self._finish("eof")

@@ -44,12 +44,16 @@ class Listener:
         self.data: list[bytes] = []
         self.eof = 0
         self.errors: list = []
+        self.head_ends: list[int] = []  # bytes of body received when each on_head_end came
 
     def on_head(self, conn, status, headers, chunked, content_length):
         self.head = (status, headers, chunked, content_length)
 
     def on_data(self, data):
         self.data.append(data)
+
+    def on_head_end(self):
+        self.head_ends.append(sum(map(len, self.data)))
 
     def on_eof(self):
         self.eof += 1
@@ -111,6 +115,13 @@ def test_chunked_head_found_at_any_split(body, headers, interim, cuts):
             assert any(piece is d for d in listener.data)
         offset += len(piece)
     assert listener.eof == 0 and not listener.errors  # the scanner, not the connection, ends it
+    # on_head_end comes once, when the rest of the piece that completed the head was handed on
+    offset = 0
+    for piece in pieces:
+        offset += len(piece)
+        if offset >= head_end:
+            break
+    assert listener.head_ends == [offset - head_end]
 
 
 @settings(max_examples=200, deadline=None)
@@ -120,10 +131,17 @@ def test_chunked_head_found_at_any_split(body, headers, interim, cuts):
 )
 def test_content_length_counted_at_any_split(body, cuts):
     response = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
-    listener, _, _ = feed(response, cuts)
+    listener, _pieces, _ = feed(response, cuts)
     assert listener.head[2:] == (False, len(body))
     assert b"".join(listener.data) == body
     assert listener.eof == 1 and not listener.errors
+    head_end = response.index(b"\r\n\r\n") + 4
+    offset = 0
+    for piece in _pieces:
+        offset += len(piece)
+        if offset >= head_end:
+            break
+    assert listener.head_ends == ([offset - head_end] if body else [])
 
 
 # ------------------------------------------------------------------------------- request heads

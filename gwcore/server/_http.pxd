@@ -15,7 +15,7 @@ cdef class ServerState:
 
 cdef class ResponseChannel:
     cdef public object _proto, request, write_raw, started, disconnected, chunked
-    cdef public object _ended, _done, _keep_alive, _status, _flow_target, _callbacks, _task
+    cdef public object _ended, _done, _keep_alive, _status, _flow_target, _callbacks, _task, _held
     cdef object __weakref__
 
 cdef class HttpProtocol:

@@ -196,6 +196,7 @@ class ResponseChannel:
         self._flow_target: FlowTarget | None = None
         self._callbacks: list[Callable[[], object]] | None = None
         self._task: asyncio.Task[Any] | None = None
+        self._held: bytes | None = None  # a head start(hold=True) kept back, not yet written
 
     @property
     def transport(self) -> asyncio.Transport:
@@ -212,8 +213,13 @@ class ResponseChannel:
         *,
         chunked: bool = True,
         content_length: int | None = None,
+        hold: bool = False,
     ) -> None:
-        """Write the status line and headers in one write; the server adds its own headers."""
+        """Write the status line and headers in one write; the server adds its own headers.
+
+        ``hold=True`` keeps the head back, to go out in one write with the first body bytes:
+        ``write_held()`` (or ``write``, ``end``, ``abort``) sends it in front of them, and
+        ``flush_head()`` alone. Until then ``write_raw`` must not be called."""
         if self.started:
             raise RuntimeError("response already started")
         proto = self._proto
@@ -239,11 +245,37 @@ class ResponseChannel:
         self.started = True
         self._status = status
         self._keep_alive = keep_alive
-        if not self.disconnected:
+        if hold:
+            self._held = head
+        elif not self.disconnected:
             proto.transport.write(head)  # type: ignore[union-attr]
+
+    def write_held(self, data: bytes) -> None:
+        """``write_raw(data)``, with the head ``start(hold=True)`` kept back in front of it."""
+        held = self._held
+        if held is None:
+            self.write_raw(data)
+            return
+        self._held = None
+        if self.disconnected:
+            return
+        if self.request._head:
+            self._proto.transport.write(held)  # type: ignore[union-attr]
+        else:
+            self._proto.transport.write(held + data)  # type: ignore[union-attr]
+
+    def flush_head(self) -> None:
+        """Write the head ``start(hold=True)`` kept back, if it is still held."""
+        held = self._held
+        if held is not None:
+            self._held = None
+            if not self.disconnected:
+                self._proto.transport.write(held)  # type: ignore[union-attr]
 
     def write(self, data: bytes) -> None:
         """Write ``data`` as one HTTP chunk (as is when not chunked); empty data is skipped."""
+        if self._held is not None:
+            self.flush_head()
         if not data or self.request._head or self._done or self.disconnected:
             return
         transport = self._proto.transport
@@ -260,6 +292,8 @@ class ResponseChannel:
             return
         if not self.started:
             raise RuntimeError("end() before start()")
+        if self._held is not None:
+            self.flush_head()
         self._done = self._ended = True
         # No more disconnect callbacks or flow control: dropping them breaks the cycle through
         # the handler's objects (a relay holds this channel), so refcounting frees the request.
@@ -277,6 +311,8 @@ class ResponseChannel:
         """Close the client connection now: the response cannot be finished cleanly."""
         if self._done:
             return
+        if self._held is not None:
+            self.flush_head()  # the status the client was told, then the broken body
         self._done = True
         self._proto._abort()
 
