@@ -3,7 +3,9 @@
 
 cdef class _Histogram:
     cdef public object bounds, buckets, counts, sum, total
+    cpdef tally(self, amount)
 
 cdef class _LabelSet:
-    cdef public object duration, incs, n_cached, n_completion, n_cost, n_prompt, n_reasoning
-    cdef public object n_requests, n_unpriced, ttfb
+    cdef public _Histogram duration, ttfb  # typed: each record's tally is a C call
+    cdef public object incs, n_cached, n_completion, n_cost, n_prompt, n_reasoning
+    cdef public object n_requests, n_unpriced

@@ -9,6 +9,12 @@ cdef class ExchangeResponse:
     cdef public object channel, record, sink, started_at, exchange, ready, _recorded, _deferred
     cdef public object _resend, _retry
     cdef object __weakref__
+    # Once per request, called from inside the class: C calls.
+    cpdef _head_arrived(self, exchange, status)
+    cpdef _release(self)
+    cpdef _record_once(self, tokens)
 
 cdef class RelayedResponse(ExchangeResponse):
     cdef public object stream, elide_usage, observer, _mode, _dechunker, _kept, _feed, _write, _raw
+    cpdef _finish(self)
+    cpdef _write_record(self)

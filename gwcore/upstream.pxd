@@ -20,3 +20,23 @@ cdef class UpstreamConnection:
     # The relay's hot path: each piece goes to the pump as a C call.
     @cython.locals(pump=_CPump)
     cpdef data_received(self, data)
+    # Once per request, called from inside the class: C calls.
+    cpdef _take(self)
+    cpdef _send(self, data, listener, method, await_head=*)
+    cpdef _data_slow(self, data)
+    cpdef _on_head_bytes(self, data)
+    cpdef _on_head(self, status, version, headers, buf, end)
+    cpdef _start_idle_timer(self)
+    cpdef _divert(self, protocol)
+    cpdef _undivert(self)
+
+# Per-request helpers: cpdef, so that the calls inside this module are C calls (they stay
+# callable from Python with the same signatures).
+cpdef tuple _name(name)
+cpdef list strip_hop_by_hop(headers)
+cpdef bint _bad_char(text)
+cpdef str _header_line(name, value)
+cpdef bytes build_request(origin, method, path, headers, body)
+
+@cython.locals(conn=UpstreamConnection)
+cpdef _take_idle(op)

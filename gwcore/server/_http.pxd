@@ -13,8 +13,11 @@ cdef class ServerState:
     cdef public object _tick_interval, _tick_handle
     cdef object __weakref__
 
+cdef class HttpProtocol
+
 cdef class ResponseChannel:
-    cdef public object _proto, request, write_raw, started, disconnected, chunked
+    cdef public HttpProtocol _proto
+    cdef public object request, write_raw, started, disconnected, chunked
     cdef public object _ended, _done, _keep_alive, _status, _flow_target, _callbacks, _task, _held
     cdef object __weakref__
 
@@ -26,3 +29,15 @@ cdef class HttpProtocol:
     cdef public object _dispatching, _stopped, _eof, _lingering, _last_request, _closing
     cdef public object _write_paused, _read_paused, _drain_waiter, _deadline, _deadline_408
     cdef object __weakref__
+
+    # Once or twice per request, called from inside the class or from its ResponseChannel (whose
+    # _proto is typed): C calls.
+    cpdef _expect_body(self, req, headers)
+    cpdef _dispatch_pending(self)
+    cpdef _set_reading(self, reading)
+    cpdef _serve(self, req)
+    cpdef _handler_returned(self, channel, result)
+    cpdef _response_done(self, channel)
+    cpdef _cors_lines(self, req)
+
+cpdef str header_lines(headers)
