@@ -32,10 +32,12 @@ cdef class UpstreamConnection:
 
 # Per-request helpers: cpdef, so that the calls inside this module are C calls (they stay
 # callable from Python with the same signatures).
+@cython.locals(names=dict)
 cpdef tuple _name(name)
 cpdef list strip_hop_by_hop(headers)
 cpdef bint _bad_char(text)
 cpdef str _header_line(name, value)
+@cython.locals(hosts=dict, cache=dict, lines=list)
 cpdef bytes build_request(origin, method, path, headers, body)
 
 @cython.locals(conn=UpstreamConnection)

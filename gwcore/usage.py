@@ -143,7 +143,8 @@ def _int(value: Any) -> int | None:
 
 def _get(obj: Any, key: str) -> Any:
     if obj.__class__ is dict:  # what orjson gives: skip the slow ABC check
-        return obj.get(key)
+        d = obj  # typed dict in the compiled module (usage.pxd): a C-level lookup
+        return d.get(key)
     if obj is None:  # an absent details object: skip it too
         return None
     return obj.get(key) if isinstance(obj, Mapping) else None

@@ -4,6 +4,8 @@
 # attribute lists in step with the ``self.x = ...`` stores of ``_http_py.py``: a store to a name
 # missing here fails in the compiled module only (the tests run both builds).
 
+cimport cython
+
 cdef class ServerState:
     cdef public object app, config, loop, routes, connections
     cdef public object max_url, max_header_bytes, max_headers, max_body, head_guard
@@ -39,5 +41,10 @@ cdef class HttpProtocol:
     cpdef _handler_returned(self, channel, result)
     cpdef _response_done(self, channel)
     cpdef _cors_lines(self, req)
+    # httptools callbacks (they stay Python-callable), with their dictionaries typed
+    @cython.locals(names=dict, headers=dict)
+    cpdef on_header(self, name, value)
+    @cython.locals(headers=dict, known_methods=dict)
+    cpdef on_headers_complete(self)
 
 cpdef str header_lines(headers)
