@@ -651,7 +651,7 @@ class UpstreamConnection:
         te = None
         conn_tokens = b""
         for name, value in headers:
-            low = name.lower()
+            low = _name(name)[0]  # lowercase, from the bounded cache: names repeat
             if low == b"content-length":
                 value = value.strip()
                 if not value.isdigit() or (length is not None and length != int(value)):
@@ -662,8 +662,11 @@ class UpstreamConnection:
                 te = value.lower()
             elif low == b"connection":
                 conn_tokens += b"," + value.lower()
-        tokens = {t.strip() for t in conn_tokens.split(b",")}
-        keep_alive = (b"keep-alive" in tokens) if version == "1.0" else (b"close" not in tokens)
+        if conn_tokens:
+            tokens = {t.strip() for t in conn_tokens.split(b",")}
+            keep_alive = (b"keep-alive" in tokens) if version == "1.0" else (b"close" not in tokens)
+        else:
+            keep_alive = version != "1.0"
         if self._method == "HEAD" or status == 204 or status == 304:
             length = 0
         elif te is not None:

@@ -131,7 +131,7 @@ class UsageRecord:
 
 
 def _int(value: Any) -> int | None:
-    if value.__class__ is int:  # the common case, first
+    if type(value) is int:  # the common case, first (type(): no attribute lookup when compiled)
         return value
     # bool is an int subclass; a provider sending true/false is not a count
     if isinstance(value, int) and not isinstance(value, bool):
@@ -142,7 +142,7 @@ def _int(value: Any) -> int | None:
 
 
 def _get(obj: Any, key: str) -> Any:
-    if obj.__class__ is dict:  # what orjson gives: skip the slow ABC check
+    if type(obj) is dict:  # what orjson gives: skip the slow ABC check
         d = obj  # typed dict in the compiled module (usage.pxd): a C-level lookup
         return d.get(key)
     if obj is None:  # an absent details object: skip it too

@@ -714,7 +714,7 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
         except Exception as exc:
             self._handler_failed(channel, exc)
             return
-        if result.__class__ is Response and not channel.started:
+        if type(result) is Response and not channel.started:
             self._send(channel, result)  # the common case, inline
         elif result is DEFERRED:
             pass  # the handler's callbacks finish the response
@@ -741,7 +741,7 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
         except Exception as exc:
             self._handler_failed(channel, exc)
         else:
-            if result.__class__ is Response and not channel.started:
+            if type(result) is Response and not channel.started:
                 self._send(channel, result)
             else:
                 self._handler_returned(channel, result)
