@@ -31,7 +31,7 @@ from gwcore.ledger import UsagePipeline
 from gwcore.providers import CREDENTIAL_HEADERS, ProviderRegistry
 from gwcore.relay import RelayedResponse, stream_headers
 from gwcore.translated import translated_completion
-from gwcore.upstream import UpstreamPool, strip_hop_by_hop
+from gwcore.upstream import UpstreamPool, header_block, strip_hop_by_hop
 from gwcore.usage import MemorySink, UsageRecord, UsageSink, usage_from_openai
 
 __all__ = ["Gateway"]
@@ -73,6 +73,9 @@ class Gateway:
         )
         self.sink: UsageSink = sink if sink is not None else self.usage
         self.refresh_models = refresh_models
+        # (provider, stream) -> the header lines every relayed request to it carries, rendered
+        # and checked once (``upstream.header_block``)
+        self._blocks: dict[tuple[str, bool], str] = {}
 
     @classmethod
     def from_file(cls, path: str | None, environ: Mapping[str, str] | None = None) -> Gateway:
@@ -176,18 +179,17 @@ class Gateway:
             stream=stream,
             key_id=getattr(request, "key_id", None),
         )
-        headers = provider.request_headers(_forwarded(request.headers))
-        headers += [
-            ("content-type", "application/json"),
-            ("accept", "text/event-stream" if stream else "application/json"),
-            ("accept-encoding", "identity"),
-            ("x-request-id", request.request_id),
-        ]
+        blocks = self._blocks
+        block = blocks.get((provider.name, stream))
+        if block is None:
+            block = blocks[provider.name, stream] = _relay_block(provider, stream)
+        headers = provider.forwardable(_forwarded(request.headers))
+        headers.append(("x-request-id", request.request_id))
         relay = RelayedResponse(
             channel, record, self.sink, stream=stream, elide_usage=elide, started_at=started
         )
         return relay.start_exchange(
-            self.pool, provider.origin, provider.path("/chat/completions"), headers, payload
+            self.pool, provider.origin, provider.path("/chat/completions"), headers, payload, block
         )
 
     async def _demo(
@@ -226,6 +228,19 @@ class Gateway:
             record.duration_ms = (time.perf_counter() - started) * 1000.0
             self.sink.record(record)
         return None
+
+
+def _relay_block(provider: Any, stream: bool) -> str:
+    """The headers of every relayed request to ``provider``: its own (credentials, extras), then
+    what the gateway asks for (JSON in, an event stream or JSON out, no compression)."""
+    return header_block(
+        [
+            *provider.headers(),
+            ("content-type", "application/json"),
+            ("accept", "text/event-stream" if stream else "application/json"),
+            ("accept-encoding", "identity"),
+        ]
+    )
 
 
 def _send_json(channel: Any, body: bytes, headers: list[tuple[str, str]] | None = None) -> None:

@@ -175,8 +175,13 @@ class Provider:
     def request_headers(self, forward: Sequence[tuple[str, str]] = ()) -> list[tuple[str, str]]:
         """The provider's headers plus the caller's ``forward`` ones minus any credential, cookie
         or header the provider sets itself: a client's key never reaches a provider."""
+        return self.headers() + self.forwardable(forward)
+
+    def forwardable(self, forward: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The caller's ``forward`` headers minus any credential, cookie or header the provider
+        sets itself (what goes with the provider's own headers)."""
         own = self.own_names
-        out = self.headers()
+        out = []
         for name, value in forward:
             low = name.lower()
             if low not in CREDENTIAL_HEADERS and low not in own:

@@ -170,21 +170,28 @@ class ExchangeResponse:
         self._retry: asyncio.Task[None] | None = None
 
     def start_exchange(
-        self, pool: UpstreamPool, origin: Origin, path: str, headers: list, body: bytes
+        self,
+        pool: UpstreamPool,
+        origin: Origin,
+        path: str,
+        headers: list,
+        body: bytes,
+        block: str = "",
     ) -> Any:
-        """POST ``body`` upstream. On an idle pooled connection it is sent now and the result is
-        ``DEFERRED`` (the handler returns it; callbacks finish the response, no task). Otherwise
-        the result is the coroutine of ``exchange_with``, for the handler's task to await."""
+        """POST ``body`` upstream (``block``: header lines from ``upstream.header_block``). On an
+        idle pooled connection it is sent now and the result is ``DEFERRED`` (the handler returns
+        it; callbacks finish the response, no task). Otherwise the result is the coroutine of
+        ``exchange_with``, for the handler's task to await."""
         try:
-            exchange = pool.send_now(origin, "POST", path, headers, body, self)
+            exchange = pool.send_now(origin, "POST", path, headers, body, self, block)
         except GatewayError as exc:
             self.record_failure(exc.status, exc.message)
             raise
         if exchange is None:
-            return self.exchange_with(pool, origin, path, headers, body)
+            return self.exchange_with(pool, origin, path, headers, body, block)
         self.exchange = exchange  # already: a client leaving before the head closes it
         self._deferred = True
-        self._resend = (pool, origin, path, headers, body)
+        self._resend = (pool, origin, path, headers, body, block)
         self.channel.on_disconnect(self.client_gone)
         return DEFERRED
 
@@ -205,10 +212,10 @@ class ExchangeResponse:
         self._answer(exc)
 
     async def _send_afresh(
-        self, pool: UpstreamPool, origin: Origin, path: str, headers: list, body: bytes
+        self, pool: UpstreamPool, origin: Origin, path: str, headers: list, body: bytes, block: str
     ) -> None:
         try:
-            await pool.open_raw(origin, "POST", path, headers, body, self, fresh=True)
+            await pool.open_raw(origin, "POST", path, headers, body, self, fresh=True, block=block)
         except asyncio.CancelledError:
             pass  # the client left (``client_gone`` recorded it); open_raw closed the connection
         except Exception as exc:
@@ -229,7 +236,13 @@ class ExchangeResponse:
             self.channel.send(error_response(exc))
 
     async def exchange_with(
-        self, pool: UpstreamPool, origin: Origin, path: str, headers: list, body: bytes
+        self,
+        pool: UpstreamPool,
+        origin: Origin,
+        path: str,
+        headers: list,
+        body: bytes,
+        block: str = "",
     ) -> None:
         """POST ``body`` upstream with this object as the listener; return once the client's
         response started. Raises the ``GatewayError`` to answer with; either way, and when the
@@ -238,7 +251,7 @@ class ExchangeResponse:
             self.ready = self.channel.loop.create_future()
         self.channel.on_disconnect(self.client_gone)
         try:
-            await pool.open_raw(origin, "POST", path, headers, body, self)
+            await pool.open_raw(origin, "POST", path, headers, body, self, block=block)
             await self.ready
         except GatewayError as exc:
             self.record_failure(exc.status, exc.message)

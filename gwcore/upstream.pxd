@@ -38,7 +38,7 @@ cpdef list strip_hop_by_hop(headers)
 cpdef bint _bad_char(text)
 cpdef str _header_line(name, value)
 @cython.locals(hosts=dict, cache=dict, lines=list)
-cpdef bytes build_request(origin, method, path, headers, body)
+cpdef bytes build_request(origin, method, path, headers, body, block=*)
 
 @cython.locals(conn=UpstreamConnection)
 cpdef _take_idle(op)

@@ -55,6 +55,7 @@ __all__ = [
     "UpstreamPool",
     "UpstreamResponse",
     "build_request",
+    "header_block",
     "parse_base_url",
     "strip_hop_by_hop",
 ]
@@ -211,11 +212,23 @@ def _header_line(name: str, value: str) -> str:
     return "" if _name(name)[0] in _POOL_SET else f"{name}: {value}\r\n"
 
 
+def header_block(headers: Sequence[tuple[str, str]]) -> str:
+    """Header lines checked once, as ``build_request`` checks its ``headers`` (hop-by-hop ones
+    dropped, names and values validated), for ``build_request(..., block=...)``: the headers
+    every request to one provider carries are rendered once, not per request."""
+    return "".join([_header_line(name, value) for name, value in strip_hop_by_hop(headers)])
+
+
 def build_request(
-    origin: Origin, method: str, path: str, headers: Sequence[tuple[str, str]], body: bytes
+    origin: Origin,
+    method: str,
+    path: str,
+    headers: Sequence[tuple[str, str]],
+    body: bytes,
+    block: str = "",
 ) -> bytes:
-    """The request bytes: head (Host, the caller's end-to-end headers, Content-Length,
-    ``Connection: keep-alive``) and body, ready for one write."""
+    """The request bytes: head (Host, ``block`` (from ``header_block`` only), the caller's
+    end-to-end headers, Content-Length, ``Connection: keep-alive``) and body, for one write."""
     if not path.startswith("/") or _bad_char(path) or " " in path or _bad_char(method):
         raise GatewayError(500, f"invalid upstream request target {path!r}")
     hosts = _HOST_LINES
@@ -224,7 +237,7 @@ def build_request(
         host = f"Host: {origin.host_header}\r\n"
         if len(_HOST_LINES) < 256:
             _HOST_LINES[origin] = host
-    lines = [f"{method} {path} HTTP/1.1\r\n", host]
+    lines = [f"{method} {path} HTTP/1.1\r\n", host, block]
     cache = _LINES
     for pair in strip_hop_by_hop(headers):
         line = cache.get(pair)
@@ -974,11 +987,13 @@ class UpstreamPool:
         listener: UpstreamListener,
         *,
         fresh: bool = False,
+        block: str = "",
     ) -> UpstreamExchange:
         """Send the request; return once the response head reached ``listener.on_head`` (which
         already got the exchange). The body then flows to the listener as raw bytes. ``fresh``:
-        never on a pooled connection (the retry after ``StaleConnection``)."""
-        data = build_request(origin, method, path, headers, body)
+        never on a pooled connection (the retry after ``StaleConnection``). ``block``: header
+        lines from ``header_block``, written before ``headers``."""
+        data = build_request(origin, method, path, headers, body, block)
         while True:
             conn = None if fresh else self._idle(origin)
             if conn is None:
@@ -1003,6 +1018,7 @@ class UpstreamPool:
         headers: Sequence[tuple[str, str]],
         body: bytes,
         listener: UpstreamListener,
+        block: str = "",
     ) -> UpstreamExchange | None:
         """Send the request at once on an idle pooled connection, without a coroutine; None when
         none is idle (then use ``open_raw``). Nobody awaits the head: ``listener.on_head`` or
@@ -1011,7 +1027,7 @@ class UpstreamPool:
         op = self._origins.get(origin)
         if op is None or not op.idle:
             return None  # before building: open_raw builds the request itself
-        data = build_request(origin, method, path, headers, body)
+        data = build_request(origin, method, path, headers, body, block)
         conn = self._idle(origin)
         if conn is None:
             return None

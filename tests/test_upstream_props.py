@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from gwcore.upstream import Origin, UpstreamConnection, UpstreamPool
@@ -211,3 +211,43 @@ def test_build_request_head_parses_back_or_is_refused(headers, body):
         ]
         assert [(n, v.strip(b" \t")) for n, v in parsed.headers[1:-2]] == expected
         assert parsed.body == body
+
+
+_HEADER_LISTS = st.lists(
+    st.tuples(
+        st.one_of(
+            st.text(_TOKEN_CHARS, min_size=1, max_size=12),
+            st.sampled_from(["Authorization", "Accept", "Host", "Content-Length", "TE", "Upgrade"]),
+            st.text(max_size=6),  # anything: a space, a colon, CR/LF, non-latin-1
+        ),
+        st.one_of(
+            st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF), max_size=20),
+            st.text(max_size=10),
+        ),
+    ),
+    max_size=5,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(first=_HEADER_LISTS, rest=_HEADER_LISTS, body=st.binary(max_size=20))
+def test_header_block_writes_what_the_headers_would(first, rest, body):
+    """Headers rendered once (``header_block``) and written before the per-request ones give the
+    same request bytes as one list of both, and are refused when that list would be (a
+    ``Connection`` header, which nominates names across both lists, is left out)."""
+    from gwcore.errors import GatewayError
+    from gwcore.upstream import build_request, header_block
+
+    assume(all(n.lower() != "connection" for n, _ in first + rest))
+    origin = Origin("http", "127.0.0.1", 9000)
+    try:
+        expected = build_request(origin, "POST", "/v1/x", first + rest, body)
+    except GatewayError as exc:
+        assert exc.status == 400
+        expected = None
+    try:
+        got = build_request(origin, "POST", "/v1/x", rest, body, header_block(first))
+    except GatewayError as exc:
+        assert exc.status == 400
+        got = None
+    assert got == expected
