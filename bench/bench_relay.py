@@ -394,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--targets",
         default="direct,nginx,gwcore,floor",
-        help="also: gwcore_quiet (gwcore --log-level WARNING: no usage log line)",
+        help="also: gwcore_quiet (gwcore --log-level WARNING)",
     )
     p.add_argument("--events", type=int, default=33, help="SSE events per answer")
     p.add_argument("--out", type=Path, help="write report.md and results.json into this directory")
