@@ -10,12 +10,15 @@ import os
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from ledger_harness import (
     CLEAN_ENV,
     DB_URL,
@@ -574,7 +577,7 @@ def test_two_workers_share_one_ledger(kind, tmp_path):
 
 
 def test_sqlite_row_binds_null_and_booleans_as_sqlite_would(tmp_path):
-    """None and bools reach SQLite through the store's C adapters: NULL, 0 and 1, typed."""
+    """None and bools reach SQLite as NULL, 0 and 1, typed."""
     path = tmp_path / "ledger.db"
 
     async def main():
@@ -592,3 +595,67 @@ def test_sqlite_row_binds_null_and_booleans_as_sqlite_would(tmp_path):
     ).fetchone()
     con.close()
     assert row == (None, "null", None, "null", 0, "integer", 1, "integer")
+
+
+_NULLABLE = {
+    "key_id": st.text(max_size=8),
+    "prompt_tokens": st.integers(0, 2**40),
+    "completion_tokens": st.integers(0, 2**40),
+    "total_tokens": st.integers(0, 2**40),
+    "cached_tokens": st.integers(0, 2**40),
+    "reasoning_tokens": st.integers(0, 2**40),
+    "cost_nanousd": st.integers(-(2**62), 2**62),
+    "ttfb_ms": st.floats(0, 1e6),
+    "duration_ms": st.floats(0, 1e6),
+    "error": st.text(max_size=8),
+}
+
+
+@st.composite
+def _rows(draw) -> list[tuple]:
+    rows = []
+    for i in range(draw(st.integers(1, 260))):  # more than two statements' worth of rows
+        values = {
+            "created_at": 1_700_000_000.0 + i,
+            "request_id": f"req-{i}",
+            "provider": "mock",
+            "requested_model": MODEL,
+            "upstream_model": MODEL,
+            "route": draw(st.sampled_from(["relay", "translated"])),
+            "stream": draw(st.booleans()),
+            "status": draw(st.sampled_from([200, 499, 502])),
+            "aborted": draw(st.booleans()),
+        }
+        for name, values_of in _NULLABLE.items():
+            values[name] = draw(st.none() | values_of)
+        rows.append(tuple(values[name] for name in COLUMNS))
+    return rows
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=_rows())
+def test_sqlite_stores_any_mix_of_nulls_exactly(rows):
+    """The SQLite store writes each group of rows that share their NULL columns with a statement
+    naming only the others (``rows_by_nulls``): whatever the mix, every row reads back as it was
+    written, NULL as NULL, booleans as 0 and 1."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "ledger.db")
+
+        async def main():
+            store = SqliteStore(path)
+            await store.open()
+            try:
+                await store.write(rows)
+            finally:
+                await store.close()
+
+        run(main())
+        con = sqlite3.connect(path)
+        try:
+            stored = con.execute(
+                f"SELECT {', '.join(COLUMNS)} FROM usage_records ORDER BY created_at"
+            ).fetchall()
+        finally:
+            con.close()
+    expected = [tuple(int(v) if isinstance(v, bool) else v for v in row) for row in rows]
+    assert stored == expected

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from gwcore.ledger.schema import COLUMNS, MIGRATIONS
+from gwcore.ledger.schema import COLUMNS, MIGRATIONS, rows_by_nulls
 from gwcore.ledger.store import (
     KEY_COLUMNS,
     ApiKey,
@@ -30,25 +30,30 @@ from gwcore.ledger.store import (
 
 __all__ = ["SqliteStore"]
 
-# sqlite3 binds int, float, str and bytearray as they are; for anything else (None, bool) it
-# first looks for an adapter, and finding none costs a formatted AttributeError, built and
-# dropped, per value: a usage row has five to nine of them. These two adapters bind what sqlite3
-# binds anyway (NULL; 0 or 1), from C: ``{}.get(None)`` is None, ``int(True)`` is 1.
-sqlite3.register_adapter(type(None), {}.get)
-sqlite3.register_adapter(bool, int)
-
 T = TypeVar("T")
 
-_INSERT = (
-    f"INSERT OR IGNORE INTO usage_records ({', '.join(COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in COLUMNS)})"
-)
 # Many rows per statement: one sqlite3_step (one GIL release) per chunk instead of per row, about
 # 40% less CPU per record than executemany. SQLite before 3.32 allows 999 parameters per statement.
 _CHUNK = 100 if sqlite3.sqlite_version_info >= (3, 32, 0) else 50
-_INSERT_CHUNK = f"INSERT OR IGNORE INTO usage_records ({', '.join(COLUMNS)}) VALUES " + ", ".join(
-    [f"({', '.join('?' for _ in COLUMNS)})"] * _CHUNK
-)
+_INSERTS: dict[tuple[int, int], str] = {}  # (NULL columns mask, rows) -> INSERT statement
+
+
+def _insert(mask: int, rows: int) -> str:
+    """``INSERT OR IGNORE`` of ``rows`` rows that name only the columns not in ``mask`` (the
+    others are NULL): see ``rows_by_nulls``."""
+    sql = _INSERTS.get((mask, rows))
+    if sql is None:
+        if len(_INSERTS) >= 4096:
+            _INSERTS.clear()
+        names = [name for i, name in enumerate(COLUMNS) if not mask >> i & 1]
+        one = f"({', '.join('?' for _ in names)})"
+        sql = _INSERTS[mask, rows] = (
+            f"INSERT OR IGNORE INTO usage_records ({', '.join(names)}) VALUES "
+            + ", ".join([one] * rows)
+        )
+    return sql
+
+
 _QUERIES = Queries(lambda n: "?", "strftime('%Y-%m-%d', created_at, 'unixepoch')")
 
 
@@ -158,11 +163,14 @@ class SqliteStore:
             raise RuntimeError("the SQLite ledger is not open")
         con.execute("BEGIN IMMEDIATE")
         try:
-            full = len(rows) - len(rows) % _CHUNK
-            for i in range(0, full, _CHUNK):
-                con.execute(_INSERT_CHUNK, [v for row in rows[i : i + _CHUNK] for v in row])
-            if full < len(rows):
-                con.executemany(_INSERT, rows[full:])
+            for mask, (count, values) in rows_by_nulls(rows).items():
+                width = len(values) // count
+                step = _CHUNK * width
+                full = count - count % _CHUNK
+                for i in range(0, full * width, step):
+                    con.execute(_insert(mask, _CHUNK), values[i : i + step])
+                if full < count:
+                    con.execute(_insert(mask, count - full), values[full * width :])
             con.execute("COMMIT")
         except BaseException:
             if con.in_transaction:
