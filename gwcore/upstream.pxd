@@ -42,3 +42,4 @@ cpdef bytes build_request(origin, method, path, headers, body, block=*)
 
 @cython.locals(conn=UpstreamConnection)
 cpdef _take_idle(op)
+cpdef str _http_version(head)

@@ -8,7 +8,9 @@ import asyncio
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from gwcore.upstream import Origin, UpstreamConnection, UpstreamPool
+import httptools
+
+from gwcore.upstream import Origin, UpstreamConnection, UpstreamPool, _http_version
 
 
 class FakeTransport:
@@ -251,3 +253,29 @@ def test_header_block_writes_what_the_headers_would(first, rest, body):
         assert exc.status == 400
         got = None
     assert got == expected
+
+
+class _Heads:
+    def on_header(self, name: bytes, value: bytes) -> None:
+        pass
+
+
+@given(
+    blank=st.sampled_from([b"", b"\r\n", b"\r\n\r\n"]),
+    protocol=st.sampled_from([b"HTTP", b"RTSP", b"ICE"]),
+    version=st.tuples(st.integers(0, 9), st.integers(0, 9))
+    | st.sampled_from([(0, 9), (1, 0), (1, 1), (2, 0)]),  # what llhttp accepts, often
+    status=st.integers(200, 599),
+    headers=st.lists(st.sampled_from([b"a: b/c\r\n", b"x-y: 1.1\r\n"]), max_size=3),
+)
+def test_version_is_what_httptools_says(blank, protocol, version, status, headers):
+    """The version the head finder reads from the bytes is ``get_http_version()``'s, for every
+    status line llhttp accepts."""
+    head = blank + b"%s/%d.%d %d OK\r\n" % (protocol, *version, status) + b"".join(headers)
+    head += b"\r\n"
+    parser = httptools.HttpResponseParser(_Heads())
+    try:
+        parser.feed_data(head)
+    except httptools.HttpParserError:
+        assume(False)
+    assert _http_version(head) == parser.get_http_version()

@@ -170,36 +170,32 @@ def record_row(rec: UsageRecord) -> tuple:
     )
 
 
-def rows_by_nulls(rows: list[tuple]) -> dict[int, tuple[int, list]]:
-    """``rows`` (``COLUMNS`` order) grouped by which of their values are ``None``: ``{mask:
-    (count, values)}``, bit ``i`` of ``mask`` set when column ``i`` is NULL, ``values`` the
-    other values of the group's ``count`` rows one after the other, booleans as 0 and 1.
+def rows_by_nulls(rows: list[tuple]) -> dict[int, list[list]]:
+    """``rows`` (tuples in ``COLUMNS`` order) grouped by which of their values are ``None``: ``{mask:
+    [values, ...]}``, bit ``i`` of ``mask`` set when column ``i`` is NULL, each ``values`` the
+    row's other values in order, booleans as 0 and 1.
 
     For SQLite: its driver binds int, float and str at once, but passes every other value (None,
     a bool) through its adapter protocol first, about a thousand instructions each, nine per row
     or so. A statement that names only a group's non-NULL columns binds none of those."""
-    groups: dict[int, tuple[int, list]] = {}
+    groups: dict[int, list[list]] = {}
     for row in rows:
         mask = 0
         bit = 1
+        values = []
         for value in row:
             if value is None:
                 mask |= bit
-            bit <<= 1
-        group = groups.get(mask)
-        if group is None:
-            values: list = []
-            groups[mask] = (1, values)
-        else:
-            values = group[1]
-            groups[mask] = (group[0] + 1, values)
-        for value in row:
-            if value is None:
-                continue
-            if value is True:
+            elif value is True:
                 values.append(1)
             elif value is False:
                 values.append(0)
             else:
                 values.append(value)
+            bit <<= 1
+        group = groups.get(mask)
+        if group is None:
+            groups[mask] = [values]
+        else:
+            group.append(values)
     return groups

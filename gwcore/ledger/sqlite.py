@@ -14,6 +14,7 @@ import os
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from itertools import chain
 from typing import Any, TypeVar
 
 from gwcore.ledger.schema import COLUMNS, MIGRATIONS, rows_by_nulls
@@ -40,7 +41,9 @@ _INSERTS: dict[tuple[int, int], str] = {}  # (NULL columns mask, rows) -> INSERT
 
 def _insert(mask: int, rows: int) -> str:
     """``INSERT OR IGNORE`` of ``rows`` rows that name only the columns not in ``mask`` (the
-    others are NULL): see ``rows_by_nulls``."""
+    others are NULL): see ``rows_by_nulls``. Two per group of rows, each prepared once
+    (sqlite3's statement cache): ``_CHUNK`` rows, and one for ``executemany`` of the rest. (One
+    statement per size of a remainder would prepare anew for each new size.)"""
     sql = _INSERTS.get((mask, rows))
     if sql is None:
         if len(_INSERTS) >= 4096:
@@ -163,14 +166,13 @@ class SqliteStore:
             raise RuntimeError("the SQLite ledger is not open")
         con.execute("BEGIN IMMEDIATE")
         try:
-            for mask, (count, values) in rows_by_nulls(rows).items():
-                width = len(values) // count
-                step = _CHUNK * width
-                full = count - count % _CHUNK
-                for i in range(0, full * width, step):
-                    con.execute(_insert(mask, _CHUNK), values[i : i + step])
-                if full < count:
-                    con.execute(_insert(mask, count - full), values[full * width :])
+            for mask, group in rows_by_nulls(rows).items():
+                full = len(group) - len(group) % _CHUNK
+                for i in range(0, full, _CHUNK):
+                    values = list(chain.from_iterable(group[i : i + _CHUNK]))
+                    con.execute(_insert(mask, _CHUNK), values)
+                if full < len(group):
+                    con.executemany(_insert(mask, 1), group[full:])
             con.execute("COMMIT")
         except BaseException:
             if con.in_transaction:
