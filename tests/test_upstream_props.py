@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
+import httptools
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-
-import httptools
 
 from gwcore.upstream import Origin, UpstreamConnection, UpstreamPool, _http_version
 
