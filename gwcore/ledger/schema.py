@@ -172,8 +172,8 @@ def record_row(rec: UsageRecord) -> tuple:
 
 def rows_by_nulls(rows: list[tuple]) -> dict[int, list[list]]:
     """``rows`` (tuples in ``COLUMNS`` order) grouped by which of their values are ``None``:
-    ``{mask: [values, ...]}``, bit ``i`` of ``mask`` set when column ``i`` is NULL, each ``values`` the
-    row's other values in order, booleans as 0 and 1.
+    ``{mask: [values, ...]}``, bit ``i`` of ``mask`` set when column ``i`` is NULL, each
+    ``values`` the row's other values in order, booleans as 0 and 1.
 
     For SQLite: its driver binds int, float and str at once, but passes every other value (None,
     a bool) through its adapter protocol first, about a thousand instructions each, nine per row
