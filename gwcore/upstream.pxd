@@ -26,6 +26,7 @@ cdef class UpstreamConnection:
     cpdef _data_slow(self, data)
     cpdef _on_head_bytes(self, data)
     cpdef _on_head(self, status, version, headers, buf, end)
+    cpdef _interim(self, status, buf, end)
     cpdef _start_idle_timer(self)
     cpdef _divert(self, protocol)
     cpdef _undivert(self)
@@ -43,3 +44,7 @@ cpdef bytes build_request(origin, method, path, headers, body, block=*)
 @cython.locals(conn=UpstreamConnection)
 cpdef _take_idle(op)
 cpdef str _http_version(head)
+@cython.locals(i=Py_ssize_t, start=Py_ssize_t, last=Py_ssize_t, size=Py_ssize_t,
+               vstart=Py_ssize_t, c=int, minor=int, d0=int, d1=int, d2=int, status=int,
+               framing=int, tchar=bytes, headers=list)
+cpdef tuple _quick_head(bytes buf, Py_ssize_t end)

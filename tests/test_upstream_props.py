@@ -9,7 +9,13 @@ import httptools
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from gwcore.upstream import Origin, UpstreamConnection, UpstreamPool, _http_version
+from gwcore.upstream import (
+    Origin,
+    UpstreamConnection,
+    UpstreamPool,
+    _http_version,
+    _quick_head,
+)
 
 
 class FakeTransport:
@@ -278,3 +284,147 @@ def test_version_is_what_httptools_says(blank, protocol, version, status, header
     except httptools.HttpParserError:
         assume(False)
     assert _http_version(head) == parser.get_http_version()
+
+
+class _Collect:
+    def __init__(self) -> None:
+        self.headers: list[tuple[bytes, bytes]] = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+
+# Plain heads most of the time (so that the quick parser often answers), odd pieces otherwise.
+_PLAIN_NAMES = st.sampled_from(
+    [b"Content-Type", b"x-request-id", b"Connection", b"openai-processing-ms", b"a", b"x~y!z"]
+)
+_PLAIN_VALUES = st.sampled_from(
+    [b"", b"text/event-stream", b"close", b"keep-alive", b"a\tb", b"  padded  ", b"\x80\xff", b"1"]
+)
+_FRAMING = st.sampled_from(
+    [
+        (b"Content-Length", b": ", b"12"),
+        (b"content-length", b":", b"012"),
+        (b"Transfer-Encoding", b": ", b"chunked"),
+        (b"TRANSFER-ENCODING", b":", b"gzip, chunked"),
+    ]
+)
+_ANY_NAMES = st.sampled_from(
+    [
+        b"",
+        b"Content-Length",
+        b"Transfer-Encoding",
+        b"bad name",
+        b"bad@name",
+        b" folded",
+        b"\tx",
+        b"caf\xe9",
+        b"a",
+    ]
+)
+_ANY_SEPARATORS = st.sampled_from([b":", b": ", b":\t", b" :", b"::", b""])
+_ANY_VALUES = st.sampled_from(
+    [
+        b"chunked",
+        b"gzip, chunked",
+        b"1 2",
+        b"5 ",
+        b" 7",
+        b"99999999999999999999",
+        b"-1",
+        b"nul\x00",
+        b"del\x7f",
+        b"bare\rcr",
+        b"bare\nlf",
+        b"\x01",
+        b"12",
+        b"",
+    ]
+)
+_PLAIN = st.tuples(_PLAIN_NAMES, st.sampled_from([b":", b": ", b":\t"]), _PLAIN_VALUES)
+_HEADERS = st.one_of(
+    _PLAIN,
+    _PLAIN,
+    _PLAIN,
+    _PLAIN,
+    _PLAIN,
+    _FRAMING,
+    st.tuples(_ANY_NAMES, _ANY_SEPARATORS, _ANY_VALUES),
+)
+_GOOD_STATUS = st.sampled_from(
+    [
+        b"HTTP/1.1 200 OK",
+        b"HTTP/1.0 200 OK",
+        b"HTTP/1.1 200",
+        b"HTTP/1.1 200 ",
+        b"HTTP/1.1 204 No",
+        b"HTTP/1.1 103 Early Hints",
+        b"HTTP/1.1 099 x",
+        b"HTTP/1.1 999 x",
+        b"HTTP/1.1 200 \xe9t\xe9",
+        b"HTTP/1.1 200\tOK",
+    ]
+)
+_ODD_STATUS = st.sampled_from(
+    [
+        b"HTTP/1.1 20 OK",
+        b"HTTP/1.1 2000 OK",
+        b"HTTP/2.0 200 OK",
+        b"HTTP/0.9 200 OK",
+        b"\r\nHTTP/1.1 200 OK",
+        b"ICE/1.0 200 OK",
+        b"HTTP/1.1 200 O\x01K",
+        b"HTTP/1.1  200 OK",
+        b"http/1.1 200 OK",
+        b"HTTP/1.2 200 OK",
+        b"HTTP/1.9 200 OK",
+    ]
+)
+_STATUS_LINES = st.one_of(_GOOD_STATUS, _GOOD_STATUS, _GOOD_STATUS, _ODD_STATUS)
+
+
+@settings(max_examples=600)
+@given(
+    status_line=_STATUS_LINES,
+    headers=st.lists(_HEADERS, max_size=6),
+    tail=st.sampled_from([b"", b"body bytes", b"\r\n"]),
+)
+def test_quick_head_answers_as_httptools_or_not_at_all(status_line, headers, tail):
+    """The one-pass head parser either declines (httptools then parses) or gives exactly
+    httptools' status, version and header list, for a head httptools accepts."""
+    head = status_line + b"\r\n" + b"".join(n + sep + v + b"\r\n" for n, sep, v in headers)
+    buf = head + b"\r\n" + tail
+    end = buf.find(b"\r\n\r\n")
+    assume(end >= 0)
+    end += 4
+    quick = _quick_head(buf, end)
+    if quick is None:
+        return
+    collect = _Collect()
+    parser = httptools.HttpResponseParser(collect)
+    parser.feed_data(buf[:end])  # an error here: the quick parser took what llhttp refuses
+    assert quick == (parser.get_status_code(), parser.get_http_version(), collect.headers)
+
+
+def test_quick_head_takes_the_plain_heads():
+    """What every provider sends is taken by the quick parser, not left to httptools."""
+    head = (
+        b"HTTP/1.1 200 OK\r\nDate: Fri, 27 Nov 2026 06:00:00 GMT\r\n"
+        b"Content-Type: text/event-stream; charset=utf-8\r\nTransfer-Encoding: chunked\r\n"
+        b"Connection: keep-alive\r\nopenai-processing-ms:  112\r\n"
+        b"x-ratelimit-remaining-tokens: 149999\t\r\n\r\n"
+    )
+    assert _quick_head(head + b"data: x", len(head)) == (
+        200,
+        "1.1",
+        [
+            (b"Date", b"Fri, 27 Nov 2026 06:00:00 GMT"),
+            (b"Content-Type", b"text/event-stream; charset=utf-8"),
+            (b"Transfer-Encoding", b"chunked"),
+            (b"Connection", b"keep-alive"),
+            (b"openai-processing-ms", b"112"),
+            (b"x-ratelimit-remaining-tokens", b"149999\t"),
+        ],
+    )
+    length = b"HTTP/1.0 404 Not Found\r\nContent-Length: 17\r\n\r\n"
+    assert _quick_head(length, len(length)) == (404, "1.0", [(b"Content-Length", b"17")])
