@@ -30,6 +30,7 @@ cdef class HttpProtocol:
     cdef public object _in_head, _req, _body, _body_size, _discard_body, _pending, _active
     cdef public object _dispatching, _stopped, _eof, _lingering, _last_request, _closing
     cdef public object _write_paused, _read_paused, _drain_waiter, _deadline, _deadline_408
+    cdef public object _quick
     cdef object __weakref__
 
     # Once or twice per request, called from inside the class or from its ResponseChannel (whose
@@ -44,7 +45,17 @@ cdef class HttpProtocol:
     # httptools callbacks (they stay Python-callable), with their dictionaries typed
     @cython.locals(names=dict, headers=dict)
     cpdef on_header(self, name, value)
-    @cython.locals(headers=dict, known_methods=dict)
     cpdef on_headers_complete(self)
+    @cython.locals(headers=dict, known_methods=dict)
+    cpdef _head_done(self, raw_method, keep_alive, version)
+    cpdef bint _quick_request(self, bytes data)
+    cpdef on_url(self, url)
+    cpdef on_body(self, body)
+    cpdef on_message_complete(self)
 
 cpdef str header_lines(headers)
+
+@cython.locals(i=Py_ssize_t, start=Py_ssize_t, last=Py_ssize_t, size=Py_ssize_t,
+               vstart=Py_ssize_t, end=Py_ssize_t, length=Py_ssize_t, c=int, seen=int,
+               tchar=bytes, target=bytes, headers=list)
+cpdef tuple _quick_request_head(bytes data)

@@ -73,6 +73,94 @@ class _StopParsing(Exception):
     """Raised inside a parser callback to abandon the rest of the input."""
 
 
+# RFC 9110 tchar, as a table: 1 for each byte a method or a header name may hold.
+_TCHAR = bytes(
+    1 if chr(c).isascii() and (chr(c).isalnum() or chr(c) in "!#$%&'*+-.^_`|~") else 0
+    for c in range(256)
+)
+# The bytes of a plain request target: printable ASCII but space, ``#`` and ``\\``.
+_TARGET = bytes(1 if 33 <= c <= 126 and c not in (35, 92) else 0 for c in range(256))
+_QUICK_METHODS = frozenset({b"GET", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS", b"HEAD"})
+
+
+def _quick_request_head(data: bytes) -> tuple | None:
+    """``(method, target, headers, content_length, end, keep_alive)`` of the plain HTTP/1.1
+    request head that starts ``data`` (``end`` just past its blank line), else None and
+    httptools parses.
+
+    Plain: a common method, an origin-form target of printable ASCII (no ``#``, no ``\\``),
+    ``HTTP/1.1``, token header names with the colon right after them, values of printable or
+    obs-text bytes and tabs; at most one ``Content-Length`` (1 to 15 digits), no
+    ``Transfer-Encoding``, ``Upgrade`` or ``Expect``, at most one ``Connection``, which says
+    ``keep-alive`` or ``close``. For such a head llhttp makes the same callbacks with the same
+    bytes (``tests/test_server_props.py`` holds the two to the same answer) but at the cost of a
+    parser pass and a Python call per callback."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    end += 4
+    tchar = _TCHAR
+    i = 0
+    while tchar[data[i]]:
+        i += 1
+    method = data[:i]
+    if method not in _QUICK_METHODS or data[i] != 32 or data[i + 1] != 47:  # " /"
+        return None
+    i += 1
+    start = i
+    target = _TARGET
+    while target[data[i]]:
+        i += 1
+    if data[i : i + 11] != b" HTTP/1.1\r\n":
+        return None
+    url = data[start:i]
+    i += 11
+    headers = []
+    length = -1
+    keep_alive = True
+    seen = 0  # Connection headers
+    last = end - 2  # the blank line
+    while i < last:
+        start = i
+        while tchar[data[i]]:
+            i += 1
+        if i == start or data[i] != 58:  # an empty name, or not a colon right after the name
+            return None
+        name = data[start:i]
+        size = i - start
+        i += 1
+        c = data[i]
+        while c == 32 or c == 9:
+            i += 1
+            c = data[i]
+        vstart = i
+        while c != 13:
+            if (c < 32 and c != 9) or c == 127:
+                return None
+            i += 1
+            c = data[i]
+        if data[i + 1] != 10:
+            return None
+        value = data[vstart:i]
+        i += 2
+        if 6 <= size <= 17:  # as long as one of the names that need a look
+            low = name.lower()
+            if low == b"content-length":
+                if length >= 0 or not value.isdigit() or len(value) > 15:
+                    return None
+                length = int(value)
+            elif low == b"connection":
+                token = value.lower()
+                if seen or (token != b"keep-alive" and token != b"close"):
+                    return None
+                seen = 1
+                keep_alive = token == b"keep-alive"
+            elif low == b"transfer-encoding" or low == b"upgrade" or low == b"expect":
+                return None
+        headers.append((name, value))
+    return method, url, headers, length if length > 0 else 0, end, keep_alive
+
+
 def _drop(data: bytes) -> None:
     """``write_raw`` for a HEAD request: the body is not sent."""
 
@@ -387,6 +475,7 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
         self._keep_alive_timeout = state.keep_alive_timeout
         self._cors = bool(state.cors_origins)
         self._parser = httptools.HttpRequestParser(self)
+        self._quick = True  # httptools has seen no byte of a request not yet whole (see below)
         self.transport: asyncio.Transport | None = None
         self._client: tuple[str, int] | None = None
         # The request being parsed.
@@ -469,6 +558,15 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
     def data_received(self, data: bytes) -> None:
         if self._stopped:
             return
+        if self._quick:
+            if (
+                self._req is None
+                and not self._in_head
+                and type(data) is bytes
+                and self._quick_request(data)
+            ):
+                return
+            self._quick = False  # httptools now holds state: it parses the rest of the connection
         self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
@@ -496,6 +594,29 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
         self._dispatch_pending()
+
+    def _quick_request(self, data: bytes) -> bool:
+        """Serve ``data`` when it is exactly one plain request (``_quick_request_head``), with
+        the callbacks httptools would make, called directly; False (nothing done) otherwise.
+        Only while httptools has seen nothing of the connection, or whole requests only: once it
+        has a part of one, it parses the rest of the connection."""
+        quick = _quick_request_head(data)
+        if quick is None:
+            return False
+        end = quick[4]
+        if end + quick[3] != len(data):  # a part of the body, or more than one request
+            return False
+        try:
+            self.on_url(quick[1])
+            for name, value in quick[2]:
+                self.on_header(name, value)
+            self._head_done(quick[0], quick[5], "1.1")
+            if quick[3]:
+                self.on_body(data[end:])
+            self.on_message_complete()
+        except _StopParsing:
+            pass
+        return True
 
     # -- httptools callbacks (no on_message_begin: on_url's first fragment starts a request) ---
 
@@ -534,13 +655,21 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
             headers[key] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
-        state = self._state
         parser = self._parser
+        keep_alive = parser.should_keep_alive()
+        # HTTP/1.0 is keep-alive only with a Connection header: skip the costly version query.
+        if keep_alive and "connection" not in self._headers:
+            version = "1.1"
+        else:
+            version = parser.get_http_version()
+        self._head_done(parser.get_method(), keep_alive, version)
+
+    def _head_done(self, raw_method: bytes, keep_alive: bool, version: str) -> None:
+        state = self._state
         headers = self._headers
         self._headers = {}
         self._nheaders = self._header_bytes = 0
         self._in_head = False
-        raw_method = parser.get_method()
         known_methods = _METHODS
         method = known_methods.get(raw_method) or raw_method.decode("latin-1")
         url = self._url
@@ -556,10 +685,6 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
         path = raw_path.decode("latin-1")
         if "%" in path:
             path = unquote(path, encoding="latin-1")
-        keep_alive = parser.should_keep_alive()
-        # HTTP/1.0 is keep-alive only with a Connection header: skip the costly version query.
-        fast = keep_alive and "connection" not in headers
-        version = "1.1" if fast else parser.get_http_version()
         request_id = headers.get("x-request-id")
         if request_id is None or not _REQUEST_ID_OK(request_id):
             request_id = f"{state.id_prefix}{next(state.ids):08x}"

@@ -1,0 +1,167 @@
+"""Property tests of the front door's quick request parser: for any request bytes it either
+declines (httptools then parses them) or answers exactly what httptools' callbacks would have
+said. Over the compiled module and its pure-Python twin."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import httptools
+import pytest
+from conftest import _compiled
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+
+@pytest.fixture(scope="module", params=["cython", "python"])
+def http(request: pytest.FixtureRequest) -> ModuleType:
+    if request.param == "cython":
+        return _compiled("gwcore.server._http")
+    return importlib.import_module("gwcore.server._http_py")
+
+
+class _Callbacks:
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = b""
+        self.complete = 0
+        self.parser: httptools.HttpRequestParser | None = None
+        self.head: tuple | None = None
+
+    def on_headers_complete(self) -> None:
+        # What the front door asks then (llhttp forgets the head's flags once the message ends).
+        p = self.parser
+        self.head = (p.get_method(), p.should_keep_alive(), p.get_http_version())
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+
+    def on_message_complete(self) -> None:
+        self.complete += 1
+
+
+_PLAIN_LINES = [
+    b"POST /v1/chat/completions HTTP/1.1",
+    b"GET /v1/models HTTP/1.1",
+    b"GET /health?x=1&y=%20z HTTP/1.1",
+    b"HEAD / HTTP/1.1",
+    b"DELETE /admin/keys/k1 HTTP/1.1",
+    b"OPTIONS /v1/chat/completions HTTP/1.1",
+    b"GET /a;b,c@d:e!$'()*+=~ HTTP/1.1",
+]
+_ODD_LINES = [
+    b"POST /v1/chat/completions HTTP/1.0",
+    b"GET http://example.com/v1/models HTTP/1.1",
+    b"GET * HTTP/1.1",
+    b"CONNECT example.com:443 HTTP/1.1",
+    b"get / HTTP/1.1",
+    b"GET /a#frag HTTP/1.1",
+    b"GET /a\\b HTTP/1.1",
+    b"GET /caf\xe9 HTTP/1.1",
+    b"GET /a b HTTP/1.1",
+    b"GET  / HTTP/1.1",
+    b"GET / HTTP/1.1 ",
+    b"GET / HTTP/2.0",
+    b"\r\nGET / HTTP/1.1",
+    b"BREW / HTTP/1.1",
+    b"GET /\x7f HTTP/1.1",
+]
+# Plain requests most of the time (so that the quick parser often answers), odd ones otherwise.
+_REQUEST_LINES = st.sampled_from(_PLAIN_LINES * 4 + _ODD_LINES)
+_PLAIN = st.tuples(
+    st.sampled_from([b"Host", b"Content-Type", b"user-agent", b"x-stainless-os", b"Accept", b"a"]),
+    st.sampled_from([b":", b": ", b":\t"]),
+    st.sampled_from([b"", b"127.0.0.1", b"application/json", b"a\tb", b"  padded  ", b"\x80\xff"]),
+)
+_SPECIAL = st.sampled_from(
+    [
+        (b"Connection", b": ", b"keep-alive"),
+        (b"connection", b": ", b"close"),
+        (b"Connection", b": ", b"Keep-Alive"),
+        (b"Connection", b": ", b"upgrade"),
+        (b"Connection", b": ", b"keep-alive, te"),
+        (b"Content-Length", b": ", b"0"),
+        (b"content-length", b":", b"007"),
+        (b"Transfer-Encoding", b": ", b"chunked"),
+        (b"Expect", b": ", b"100-continue"),
+        (b"Upgrade", b": ", b"websocket"),
+        (b"X-Request-Id", b": ", b"abc-123"),
+    ]
+)
+_ODD = st.tuples(
+    st.sampled_from(
+        [b"", b"bad name", b"bad@name", b" folded", b"\tx", b"caf\xe9", b"Content-Length"]
+    ),
+    st.sampled_from([b":", b": ", b" :", b"::", b""]),
+    st.sampled_from(
+        [
+            b"1 2",
+            b"5 ",
+            b"-1",
+            b"99999999999999999999",
+            b"nul\x00",
+            b"del\x7f",
+            b"bare\rcr",
+            b"bare\nlf",
+            b"\x01",
+            b"12",
+        ]
+    ),
+)
+_HEADERS = st.lists(
+    st.integers(0, 9).flatmap(lambda k: _SPECIAL if k == 8 else _ODD if k == 9 else _PLAIN),
+    max_size=5,
+)
+
+
+@settings(max_examples=600)
+@given(
+    line=_REQUEST_LINES,
+    headers=_HEADERS,
+    body=st.sampled_from([b"", b"{}", b'{"model":"m"}', b"x" * 40]),
+    tail=st.sampled_from([b"", b"GET / HTTP/1.1\r\n\r\n"]),
+)
+def test_quick_request_head_answers_as_httptools_or_not_at_all(http, line, headers, body, tail):
+    has_length = any(n.lower() == b"content-length" for n, _, _ in headers)
+    if body and not has_length:
+        headers = [*headers, (b"Content-Length", b": ", b"%d" % len(body))]
+    head = line + b"\r\n" + b"".join(n + sep + v + b"\r\n" for n, sep, v in headers) + b"\r\n"
+    data = head + body + tail
+    quick = http._quick_request_head(data)
+    if quick is None:
+        return
+    method, url, quick_headers, length, end, keep_alive = quick
+    if end + length > len(data):
+        return  # the body is not all there: the front door leaves the bytes to httptools
+    callbacks = _Callbacks()
+    parser = callbacks.parser = httptools.HttpRequestParser(callbacks)
+    # An error here: the quick parser took what llhttp refuses.
+    parser.feed_data(data[: end + length])
+    assert callbacks.complete == 1
+    assert (url, quick_headers) == (callbacks.url, callbacks.headers)
+    assert callbacks.head == (method, keep_alive, "1.1")
+    assert data[end : end + length] == callbacks.body
+
+
+def test_quick_request_head_takes_what_the_sdk_sends(http):
+    """The OpenAI SDK's request (httpx) is taken by the quick parser, not left to httptools."""
+    body = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"stream":true}'
+    data = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
+        b"Accept-Encoding: gzip, deflate\r\nConnection: keep-alive\r\nAccept: application/json\r\n"
+        b"Content-Type: application/json\r\nUser-Agent: OpenAI/Python 1.54.0\r\n"
+        b"X-Stainless-Lang: python\r\nAuthorization: Bearer sk-test\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    ) + body
+    method, url, headers, length, end, keep_alive = http._quick_request_head(data)
+    assert (method, url, length, keep_alive) == (b"POST", b"/v1/chat/completions", len(body), True)
+    assert data[end:] == body
+    assert (b"Authorization", b"Bearer sk-test") in headers and len(headers) == 9
