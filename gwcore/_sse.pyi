@@ -12,6 +12,8 @@ __all__ = [
     "RelayPump",
     "SSEError",
     "StreamObserver",
+    "quick_request_head",
+    "quick_response_head",
 ]
 
 MAX_FRAMING_LINE: Final[int]
@@ -66,3 +68,12 @@ class RelayPump:
         self, observer: StreamObserver, write: Any, owner: Any, first: Any = None
     ) -> None: ...
     def data_received(self, data: bytes) -> None: ...
+
+def quick_request_head(
+    data: bytes,
+) -> tuple[bytes, bytes, list[tuple[bytes, bytes]], int, int, bool] | None:
+    """``(method, target, headers, content_length, end, keep_alive)`` of a plain HTTP/1.1
+    request head at the start of ``data``, or None (httptools parses it then)."""
+
+def quick_response_head(buf: bytes, end: int) -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
+    """``(status, version, headers)`` of a plain response head ``buf[:end]``, or None."""

@@ -30,6 +30,8 @@ __all__ = [
     "RelayPump",
     "SSEError",
     "StreamObserver",
+    "quick_request_head",
+    "quick_response_head",
 ]
 
 cdef extern from *:
@@ -1186,3 +1188,158 @@ cdef class RelayPump:
         if observer._complete:
             self._over = True
             self._owner.pump_complete()
+
+
+# ----------------------------------------------------------- plain HTTP/1.x heads, in one pass
+# The twin's (gwcore._sse_py) documents what each accepts; these walk the same bytes through C
+# pointers. Every loop stops at a byte the head's closing CRLF CRLF provides (checked first).
+
+from gwcore._sse_py import _QUICK_METHODS, _TARGET, _TCHAR
+
+cdef bytes _TCHAR_C = _TCHAR
+cdef bytes _TARGET_C = _TARGET
+cdef object _METHODS_C = _QUICK_METHODS
+
+
+cdef inline bint _bad_byte(unsigned char c) noexcept nogil:
+    return (c < 32 and c != 9) or c == 127
+
+
+def quick_request_head(bytes data not None):
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef const unsigned char* tchar = <const unsigned char*>PyBytes_AS_STRING(_TCHAR_C)
+    cdef const unsigned char* target = <const unsigned char*>PyBytes_AS_STRING(_TARGET_C)
+    cdef Py_ssize_t end = data.find(b"\r\n\r\n")
+    cdef Py_ssize_t i = 0, start, vstart, size, last, length = -1
+    cdef unsigned char c
+    cdef bint keep_alive = True, seen = False
+    if end < 0:
+        return None
+    end += 4
+    while tchar[p[i]]:
+        i += 1
+    method = PyBytes_FromStringAndSize(<const char*>p, i)
+    if p[i] != 32 or p[i + 1] != 47 or method not in _METHODS_C:  # " /"
+        return None
+    i += 1
+    start = i
+    while target[p[i]]:
+        i += 1
+    if end - i < 13 or memcmp(p + i, b" HTTP/1.1\r\n", 11) != 0:
+        return None
+    url = PyBytes_FromStringAndSize(<const char*>p + start, i - start)
+    i += 11
+    headers = []
+    last = end - 2  # the blank line
+    while i < last:
+        start = i
+        while tchar[p[i]]:
+            i += 1
+        if i == start or p[i] != 58:  # an empty name, or not a colon right after the name
+            return None
+        size = i - start
+        name = PyBytes_FromStringAndSize(<const char*>p + start, size)
+        i += 1
+        c = p[i]
+        while c == 32 or c == 9:
+            i += 1
+            c = p[i]
+        vstart = i
+        while c != 13:
+            if _bad_byte(c):
+                return None
+            i += 1
+            c = p[i]
+        if p[i + 1] != 10:
+            return None
+        value = PyBytes_FromStringAndSize(<const char*>p + vstart, i - vstart)
+        i += 2
+        if 6 <= size <= 17:  # as long as one of the names that need a look
+            low = name.lower()
+            if low == b"content-length":
+                if length >= 0 or not value.isdigit() or len(value) > 15:
+                    return None
+                length = int(value)
+            elif low == b"connection":
+                token = value.lower()
+                if seen or (token != b"keep-alive" and token != b"close"):
+                    return None
+                seen = True
+                keep_alive = token == b"keep-alive"
+            elif low == b"transfer-encoding" or low == b"upgrade" or low == b"expect":
+                return None
+        headers.append((name, value))
+    return method, url, headers, length if length > 0 else 0, end, keep_alive
+
+
+def quick_response_head(bytes buf not None, Py_ssize_t end):
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(buf)
+    cdef const unsigned char* tchar = <const unsigned char*>PyBytes_AS_STRING(_TCHAR_C)
+    cdef Py_ssize_t i, start, vstart, size, last
+    cdef int status
+    cdef unsigned char c, minor
+    cdef bint framing = False
+    if end < 16 or end > PyBytes_GET_SIZE(buf) or memcmp(p + end - 4, b"\r\n\r\n", 4) != 0:
+        return None
+    if memcmp(p, b"HTTP/1.", 7) != 0:
+        return None
+    minor = p[7]
+    if (minor != 48 and minor != 49) or p[8] != 32:
+        return None
+    for i in range(9, 12):
+        if not 48 <= p[i] <= 57:
+            return None
+    status = (p[9] - 48) * 100 + (p[10] - 48) * 10 + (p[11] - 48)
+    i = 12
+    c = p[i]
+    if c == 32:  # the reason phrase
+        i += 1
+        c = p[i]
+        while c != 13:
+            if _bad_byte(c):
+                return None
+            i += 1
+            c = p[i]
+    elif c != 13:
+        return None
+    if p[i + 1] != 10:
+        return None
+    i += 2
+    headers = []
+    last = end - 2  # the blank line
+    while i < last:
+        start = i
+        while tchar[p[i]]:
+            i += 1
+        if i == start or p[i] != 58:  # an empty name, or not a colon right after the name
+            return None
+        size = i - start
+        name = PyBytes_FromStringAndSize(<const char*>p + start, size)
+        i += 1
+        c = p[i]
+        while c == 32 or c == 9:
+            i += 1
+            c = p[i]
+        vstart = i
+        while c != 13:
+            if _bad_byte(c):
+                return None
+            i += 1
+            c = p[i]
+        if p[i + 1] != 10:
+            return None
+        value = PyBytes_FromStringAndSize(<const char*>p + vstart, i - vstart)
+        i += 2
+        if size == 14 or size == 17:  # as long as content-length or transfer-encoding
+            low = name.lower()
+            if low == b"content-length":
+                if framing or not value.isdigit() or len(value) > 15:
+                    return None
+                framing = True
+            elif low == b"transfer-encoding":
+                if framing or value.lower() != b"chunked":
+                    return None
+                framing = True
+        headers.append((name, value))
+    return status, "1.1" if minor == 49 else "1.0", headers

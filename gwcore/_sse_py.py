@@ -28,6 +28,8 @@ __all__ = [
     "RelayPump",
     "SSEError",
     "StreamObserver",
+    "quick_request_head",
+    "quick_response_head",
 ]
 
 MAX_FRAMING_LINE = 8192  # bound of a chunk-size line and of all trailer lines together
@@ -914,3 +916,172 @@ class RelayPump:
         if self._observer.complete:
             self._over = True
             self._owner.pump_complete()
+
+
+# ----------------------------------------------------------- plain HTTP/1.x heads, in one pass
+
+
+# RFC 9110 tchar, as a table: 1 for each byte a method or a header name may hold.
+_TCHAR = bytes(
+    1 if chr(c).isascii() and (chr(c).isalnum() or chr(c) in "!#$%&'*+-.^_`|~") else 0
+    for c in range(256)
+)
+# The bytes of a plain request target: printable ASCII but space, ``#`` and ``\\``.
+_TARGET = bytes(1 if 33 <= c <= 126 and c not in (35, 92) else 0 for c in range(256))
+_QUICK_METHODS = frozenset({b"GET", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS", b"HEAD"})
+
+
+def quick_request_head(data: bytes) -> tuple | None:
+    """``(method, target, headers, content_length, end, keep_alive)`` of the plain HTTP/1.1
+    request head that starts ``data`` (``end`` just past its blank line), else None and
+    httptools parses.
+
+    Plain: a common method, an origin-form target of printable ASCII (no ``#``, no ``\\``),
+    ``HTTP/1.1``, token header names with the colon right after them, values of printable or
+    obs-text bytes and tabs; at most one ``Content-Length`` (1 to 15 digits), no
+    ``Transfer-Encoding``, ``Upgrade`` or ``Expect``, at most one ``Connection``, which says
+    ``keep-alive`` or ``close``. For such a head llhttp makes the same callbacks with the same
+    bytes (``tests/test_server_props.py`` holds the two to the same answer) but at the cost of a
+    parser pass and a Python call per callback."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    end += 4
+    tchar = _TCHAR
+    i = 0
+    while tchar[data[i]]:
+        i += 1
+    method = data[:i]
+    if method not in _QUICK_METHODS or data[i] != 32 or data[i + 1] != 47:  # " /"
+        return None
+    i += 1
+    start = i
+    target = _TARGET
+    while target[data[i]]:
+        i += 1
+    if data[i : i + 11] != b" HTTP/1.1\r\n":
+        return None
+    url = data[start:i]
+    i += 11
+    headers = []
+    length = -1
+    keep_alive = True
+    seen = 0  # Connection headers
+    last = end - 2  # the blank line
+    while i < last:
+        start = i
+        while tchar[data[i]]:
+            i += 1
+        if i == start or data[i] != 58:  # an empty name, or not a colon right after the name
+            return None
+        name = data[start:i]
+        size = i - start
+        i += 1
+        c = data[i]
+        while c == 32 or c == 9:
+            i += 1
+            c = data[i]
+        vstart = i
+        while c != 13:
+            if (c < 32 and c != 9) or c == 127:
+                return None
+            i += 1
+            c = data[i]
+        if data[i + 1] != 10:
+            return None
+        value = data[vstart:i]
+        i += 2
+        if 6 <= size <= 17:  # as long as one of the names that need a look
+            low = name.lower()
+            if low == b"content-length":
+                if length >= 0 or not value.isdigit() or len(value) > 15:
+                    return None
+                length = int(value)
+            elif low == b"connection":
+                token = value.lower()
+                if seen or (token != b"keep-alive" and token != b"close"):
+                    return None
+                seen = 1
+                keep_alive = token == b"keep-alive"
+            elif low == b"transfer-encoding" or low == b"upgrade" or low == b"expect":
+                return None
+        headers.append((name, value))
+    return method, url, headers, length if length > 0 else 0, end, keep_alive
+
+
+def quick_response_head(buf: bytes, end: int) -> tuple | None:
+    """``(status, version, headers)`` of the response head ``buf[:end]`` (``end`` just past its
+    blank line) when it is a plain one, else None and httptools decides.
+
+    Plain: ``HTTP/1.1`` or ``HTTP/1.0``, a three-digit status, a reason phrase and header values
+    of printable or obs-text bytes and tabs, token names, a colon right after the name; at most
+    one ``Content-Length`` (1 to 15 digits) or one ``Transfer-Encoding: chunked``, not both.
+    What llhttp gives for such a head is exactly this: each value without its leading blanks,
+    with its trailing ones (``tests/test_upstream_props.py`` holds the two to the same answer).
+    It costs one pass over the bytes, where httptools costs a parser and a Python call per
+    header."""
+    if end < 16 or buf[:7] != b"HTTP/1.":
+        return None
+    minor = buf[7]
+    if (minor != 48 and minor != 49) or buf[8] != 32:
+        return None
+    d0 = buf[9] - 48
+    d1 = buf[10] - 48
+    d2 = buf[11] - 48
+    if not (0 <= d0 <= 9 and 0 <= d1 <= 9 and 0 <= d2 <= 9):
+        return None
+    status = d0 * 100 + d1 * 10 + d2
+    i = 12
+    c = buf[i]
+    if c == 32:  # the reason phrase
+        i += 1
+        c = buf[i]
+        while c != 13:
+            if (c < 32 and c != 9) or c == 127:
+                return None
+            i += 1
+            c = buf[i]
+    elif c != 13:
+        return None
+    if buf[i + 1] != 10:
+        return None
+    i += 2
+    tchar = _TCHAR
+    headers = []
+    framing = 0  # Content-Length or Transfer-Encoding seen
+    last = end - 2  # the blank line
+    while i < last:
+        start = i
+        while tchar[buf[i]]:
+            i += 1
+        if i == start or buf[i] != 58:  # an empty name, or not a colon right after the name
+            return None
+        name = buf[start:i]
+        size = i - start
+        i += 1
+        c = buf[i]
+        while c == 32 or c == 9:
+            i += 1
+            c = buf[i]
+        vstart = i
+        while c != 13:
+            if (c < 32 and c != 9) or c == 127:
+                return None
+            i += 1
+            c = buf[i]
+        if buf[i + 1] != 10:
+            return None
+        value = buf[vstart:i]
+        i += 2
+        if size == 14 or size == 17:  # as long as content-length or transfer-encoding
+            low = name.lower()
+            if low == b"content-length":
+                if framing or not value.isdigit() or len(value) > 15:
+                    return None
+                framing = 1
+            elif low == b"transfer-encoding":
+                if framing or value.lower() != b"chunked":
+                    return None
+                framing = 1
+        headers.append((name, value))
+    return status, "1.1" if minor == 49 else "1.0", headers

@@ -1,6 +1,7 @@
 """The one import switch for the SSE scanner: the compiled ``gwcore._sse`` or its pure-Python twin.
 
-Everything else imports ``EventParser``, ``StreamObserver`` and ``SSEError`` from here, never from
+Everything else imports ``EventParser``, ``StreamObserver``, ``SSEError`` and the quick head
+parsers from here, never from
 ``gwcore._sse`` or ``gwcore._sse_py`` directly (tests excepted: they compare the two).
 ``GWCORE_NO_EXTENSIONS=1`` forces the twin at import time; a missing compiled module falls back to
 the twin silently, and ``IMPLEMENTATION`` says which one is in use ("cython" or "python"). This
@@ -12,17 +13,46 @@ from __future__ import annotations
 import os
 
 if os.environ.get("GWCORE_NO_EXTENSIONS"):
-    from gwcore._sse_py import EventParser, RelayPump, SSEError, StreamObserver
+    from gwcore._sse_py import (
+        EventParser,
+        RelayPump,
+        SSEError,
+        StreamObserver,
+        quick_request_head,
+        quick_response_head,
+    )
 
     IMPLEMENTATION = "python"
 else:
     try:
-        from gwcore._sse import EventParser, RelayPump, SSEError, StreamObserver
+        from gwcore._sse import (
+            EventParser,
+            RelayPump,
+            SSEError,
+            StreamObserver,
+            quick_request_head,
+            quick_response_head,
+        )
 
         IMPLEMENTATION = "cython"
     except ImportError:  # no compiler at install time: the twin keeps the package working
-        from gwcore._sse_py import EventParser, RelayPump, SSEError, StreamObserver
+        from gwcore._sse_py import (
+            EventParser,
+            RelayPump,
+            SSEError,
+            StreamObserver,
+            quick_request_head,
+            quick_response_head,
+        )
 
         IMPLEMENTATION = "python"
 
-__all__ = ["IMPLEMENTATION", "EventParser", "RelayPump", "SSEError", "StreamObserver"]
+__all__ = [
+    "IMPLEMENTATION",
+    "EventParser",
+    "RelayPump",
+    "SSEError",
+    "StreamObserver",
+    "quick_request_head",
+    "quick_response_head",
+]

@@ -44,7 +44,3 @@ cpdef bytes build_request(origin, method, path, headers, body, block=*)
 @cython.locals(conn=UpstreamConnection)
 cpdef _take_idle(op)
 cpdef str _http_version(head)
-@cython.locals(i=Py_ssize_t, start=Py_ssize_t, last=Py_ssize_t, size=Py_ssize_t,
-               vstart=Py_ssize_t, c=int, minor=int, d0=int, d1=int, d2=int, status=int,
-               framing=int, tchar=bytes, headers=list)
-cpdef tuple _quick_head(bytes buf, Py_ssize_t end)

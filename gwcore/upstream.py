@@ -44,6 +44,7 @@ import httptools
 
 from gwcore.errors import GatewayError
 from gwcore.sse import RelayPump as _Pump
+from gwcore.sse import quick_response_head as _quick_head
 
 __all__ = [
     "HOP_BY_HOP",
@@ -304,91 +305,6 @@ class _HeadParser:
 
     def on_headers_complete(self) -> None:
         self.complete = True
-
-
-# RFC 9110 tchar, as a table: 1 for each byte a header name may hold.
-_TCHAR = bytes(
-    1 if chr(c).isascii() and (chr(c).isalnum() or chr(c) in "!#$%&'*+-.^_`|~") else 0
-    for c in range(256)
-)
-
-
-def _quick_head(buf: bytes, end: int) -> tuple | None:
-    """``(status, version, headers)`` of the response head ``buf[:end]`` (``end`` just past its
-    blank line) when it is a plain one, else None and httptools decides.
-
-    Plain: ``HTTP/1.1`` or ``HTTP/1.0``, a three-digit status, a reason phrase and header values
-    of printable or obs-text bytes and tabs, token names, a colon right after the name; at most
-    one ``Content-Length`` (1 to 15 digits) or one ``Transfer-Encoding: chunked``, not both.
-    What llhttp gives for such a head is exactly this: each value without its leading blanks,
-    with its trailing ones (``tests/test_upstream_props.py`` holds the two to the same answer).
-    It costs one pass over the bytes, where httptools costs a parser and a Python call per
-    header."""
-    if end < 16 or buf[:7] != b"HTTP/1.":
-        return None
-    minor = buf[7]
-    if (minor != 48 and minor != 49) or buf[8] != 32:
-        return None
-    d0 = buf[9] - 48
-    d1 = buf[10] - 48
-    d2 = buf[11] - 48
-    if not (0 <= d0 <= 9 and 0 <= d1 <= 9 and 0 <= d2 <= 9):
-        return None
-    status = d0 * 100 + d1 * 10 + d2
-    i = 12
-    c = buf[i]
-    if c == 32:  # the reason phrase
-        i += 1
-        c = buf[i]
-        while c != 13:
-            if (c < 32 and c != 9) or c == 127:
-                return None
-            i += 1
-            c = buf[i]
-    elif c != 13:
-        return None
-    if buf[i + 1] != 10:
-        return None
-    i += 2
-    tchar = _TCHAR
-    headers = []
-    framing = 0  # Content-Length or Transfer-Encoding seen
-    last = end - 2  # the blank line
-    while i < last:
-        start = i
-        while tchar[buf[i]]:
-            i += 1
-        if i == start or buf[i] != 58:  # an empty name, or not a colon right after the name
-            return None
-        name = buf[start:i]
-        size = i - start
-        i += 1
-        c = buf[i]
-        while c == 32 or c == 9:
-            i += 1
-            c = buf[i]
-        vstart = i
-        while c != 13:
-            if (c < 32 and c != 9) or c == 127:
-                return None
-            i += 1
-            c = buf[i]
-        if buf[i + 1] != 10:
-            return None
-        value = buf[vstart:i]
-        i += 2
-        if size == 14 or size == 17:  # as long as content-length or transfer-encoding
-            low = name.lower()
-            if low == b"content-length":
-                if framing or not value.isdigit() or len(value) > 15:
-                    return None
-                framing = 1
-            elif low == b"transfer-encoding":
-                if framing or value.lower() != b"chunked":
-                    return None
-                framing = 1
-        headers.append((name, value))
-    return status, "1.1" if minor == 49 else "1.0", headers
 
 
 def _http_version(head: bytes) -> str:

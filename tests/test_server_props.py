@@ -1,24 +1,12 @@
-"""Property tests of the front door's quick request parser: for any request bytes it either
-declines (httptools then parses them) or answers exactly what httptools' callbacks would have
-said. Over the compiled module and its pure-Python twin."""
+"""Property tests of the front door's quick request parser (``quick_request_head`` of the
+compiled scanner module and of its pure-Python twin): for any request bytes it either declines
+(httptools then parses them) or answers exactly what httptools' callbacks would have said."""
 
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
-
 import httptools
-import pytest
-from conftest import _compiled
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-
-@pytest.fixture(scope="module", params=["cython", "python"])
-def http(request: pytest.FixtureRequest) -> ModuleType:
-    if request.param == "cython":
-        return _compiled("gwcore.server._http")
-    return importlib.import_module("gwcore.server._http_py")
 
 
 class _Callbacks:
@@ -129,13 +117,13 @@ _HEADERS = st.lists(
     body=st.sampled_from([b"", b"{}", b'{"model":"m"}', b"x" * 40]),
     tail=st.sampled_from([b"", b"GET / HTTP/1.1\r\n\r\n"]),
 )
-def test_quick_request_head_answers_as_httptools_or_not_at_all(http, line, headers, body, tail):
+def test_quick_request_head_answers_as_httptools_or_not_at_all(sse, line, headers, body, tail):
     has_length = any(n.lower() == b"content-length" for n, _, _ in headers)
     if body and not has_length:
         headers = [*headers, (b"Content-Length", b": ", b"%d" % len(body))]
     head = line + b"\r\n" + b"".join(n + sep + v + b"\r\n" for n, sep, v in headers) + b"\r\n"
     data = head + body + tail
-    quick = http._quick_request_head(data)
+    quick = sse.quick_request_head(data)
     if quick is None:
         return
     method, url, quick_headers, length, end, keep_alive = quick
@@ -151,7 +139,7 @@ def test_quick_request_head_answers_as_httptools_or_not_at_all(http, line, heade
     assert data[end : end + length] == callbacks.body
 
 
-def test_quick_request_head_takes_what_the_sdk_sends(http):
+def test_quick_request_head_takes_what_the_sdk_sends(sse):
     """The OpenAI SDK's request (httpx) is taken by the quick parser, not left to httptools."""
     body = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"stream":true}'
     data = (
@@ -161,7 +149,7 @@ def test_quick_request_head_takes_what_the_sdk_sends(http):
         b"X-Stainless-Lang: python\r\nAuthorization: Bearer sk-test\r\n"
         b"Content-Length: %d\r\n\r\n" % len(body)
     ) + body
-    method, url, headers, length, end, keep_alive = http._quick_request_head(data)
+    method, url, headers, length, end, keep_alive = sse.quick_request_head(data)
     assert (method, url, length, keep_alive) == (b"POST", b"/v1/chat/completions", len(body), True)
     assert data[end:] == body
     assert (b"Authorization", b"Bearer sk-test") in headers and len(headers) == 9

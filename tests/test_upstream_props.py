@@ -14,7 +14,6 @@ from gwcore.upstream import (
     UpstreamConnection,
     UpstreamPool,
     _http_version,
-    _quick_head,
 )
 
 
@@ -384,15 +383,16 @@ _STATUS_LINES = st.integers(0, 3).flatmap(lambda k: _ODD_STATUS if k == 3 else _
     headers=st.lists(_HEADERS, max_size=6),
     tail=st.sampled_from([b"", b"body bytes", b"\r\n"]),
 )
-def test_quick_head_answers_as_httptools_or_not_at_all(status_line, headers, tail):
-    """The one-pass head parser either declines (httptools then parses) or gives exactly
-    httptools' status, version and header list, for a head httptools accepts."""
+def test_quick_head_answers_as_httptools_or_not_at_all(sse, status_line, headers, tail):
+    """The one-pass head parser (``quick_response_head`` of the compiled scanner module and of
+    its twin) either declines (httptools then parses) or gives exactly httptools' status,
+    version and header list, for a head httptools accepts."""
     head = status_line + b"\r\n" + b"".join(n + sep + v + b"\r\n" for n, sep, v in headers)
     buf = head + b"\r\n" + tail
     end = buf.find(b"\r\n\r\n")
     assume(end >= 0)
     end += 4
-    quick = _quick_head(buf, end)
+    quick = sse.quick_response_head(buf, end)
     if quick is None:
         return
     collect = _Collect()
@@ -401,7 +401,7 @@ def test_quick_head_answers_as_httptools_or_not_at_all(status_line, headers, tai
     assert quick == (parser.get_status_code(), parser.get_http_version(), collect.headers)
 
 
-def test_quick_head_takes_the_plain_heads():
+def test_quick_head_takes_the_plain_heads(sse):
     """What every provider sends is taken by the quick parser, not left to httptools."""
     head = (
         b"HTTP/1.1 200 OK\r\nDate: Fri, 27 Nov 2026 06:00:00 GMT\r\n"
@@ -409,7 +409,7 @@ def test_quick_head_takes_the_plain_heads():
         b"Connection: keep-alive\r\nopenai-processing-ms:  112\r\n"
         b"x-ratelimit-remaining-tokens: 149999\t\r\n\r\n"
     )
-    assert _quick_head(head + b"data: x", len(head)) == (
+    assert sse.quick_response_head(head + b"data: x", len(head)) == (
         200,
         "1.1",
         [
@@ -422,4 +422,8 @@ def test_quick_head_takes_the_plain_heads():
         ],
     )
     length = b"HTTP/1.0 404 Not Found\r\nContent-Length: 17\r\n\r\n"
-    assert _quick_head(length, len(length)) == (404, "1.0", [(b"Content-Length", b"17")])
+    assert sse.quick_response_head(length, len(length)) == (
+        404,
+        "1.0",
+        [(b"Content-Length", b"17")],
+    )

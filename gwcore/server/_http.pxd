@@ -54,8 +54,3 @@ cdef class HttpProtocol:
     cpdef on_message_complete(self)
 
 cpdef str header_lines(headers)
-
-@cython.locals(i=Py_ssize_t, start=Py_ssize_t, last=Py_ssize_t, size=Py_ssize_t,
-               vstart=Py_ssize_t, end=Py_ssize_t, length=Py_ssize_t, c=int, seen=int,
-               tchar=bytes, target=bytes, headers=list)
-cpdef tuple _quick_request_head(bytes data)

@@ -44,6 +44,7 @@ from gwcore.server.app import (
     status_line,
 )
 from gwcore.server.config import ServerConfig
+from gwcore.sse import quick_request_head as _quick_request_head
 
 if TYPE_CHECKING:
     from gwcore.server.app import Handler
@@ -71,94 +72,6 @@ _MAX_NAMES = 512
 
 class _StopParsing(Exception):
     """Raised inside a parser callback to abandon the rest of the input."""
-
-
-# RFC 9110 tchar, as a table: 1 for each byte a method or a header name may hold.
-_TCHAR = bytes(
-    1 if chr(c).isascii() and (chr(c).isalnum() or chr(c) in "!#$%&'*+-.^_`|~") else 0
-    for c in range(256)
-)
-# The bytes of a plain request target: printable ASCII but space, ``#`` and ``\\``.
-_TARGET = bytes(1 if 33 <= c <= 126 and c not in (35, 92) else 0 for c in range(256))
-_QUICK_METHODS = frozenset({b"GET", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS", b"HEAD"})
-
-
-def _quick_request_head(data: bytes) -> tuple | None:
-    """``(method, target, headers, content_length, end, keep_alive)`` of the plain HTTP/1.1
-    request head that starts ``data`` (``end`` just past its blank line), else None and
-    httptools parses.
-
-    Plain: a common method, an origin-form target of printable ASCII (no ``#``, no ``\\``),
-    ``HTTP/1.1``, token header names with the colon right after them, values of printable or
-    obs-text bytes and tabs; at most one ``Content-Length`` (1 to 15 digits), no
-    ``Transfer-Encoding``, ``Upgrade`` or ``Expect``, at most one ``Connection``, which says
-    ``keep-alive`` or ``close``. For such a head llhttp makes the same callbacks with the same
-    bytes (``tests/test_server_props.py`` holds the two to the same answer) but at the cost of a
-    parser pass and a Python call per callback."""
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        return None
-    end += 4
-    tchar = _TCHAR
-    i = 0
-    while tchar[data[i]]:
-        i += 1
-    method = data[:i]
-    if method not in _QUICK_METHODS or data[i] != 32 or data[i + 1] != 47:  # " /"
-        return None
-    i += 1
-    start = i
-    target = _TARGET
-    while target[data[i]]:
-        i += 1
-    if data[i : i + 11] != b" HTTP/1.1\r\n":
-        return None
-    url = data[start:i]
-    i += 11
-    headers = []
-    length = -1
-    keep_alive = True
-    seen = 0  # Connection headers
-    last = end - 2  # the blank line
-    while i < last:
-        start = i
-        while tchar[data[i]]:
-            i += 1
-        if i == start or data[i] != 58:  # an empty name, or not a colon right after the name
-            return None
-        name = data[start:i]
-        size = i - start
-        i += 1
-        c = data[i]
-        while c == 32 or c == 9:
-            i += 1
-            c = data[i]
-        vstart = i
-        while c != 13:
-            if (c < 32 and c != 9) or c == 127:
-                return None
-            i += 1
-            c = data[i]
-        if data[i + 1] != 10:
-            return None
-        value = data[vstart:i]
-        i += 2
-        if 6 <= size <= 17:  # as long as one of the names that need a look
-            low = name.lower()
-            if low == b"content-length":
-                if length >= 0 or not value.isdigit() or len(value) > 15:
-                    return None
-                length = int(value)
-            elif low == b"connection":
-                token = value.lower()
-                if seen or (token != b"keep-alive" and token != b"close"):
-                    return None
-                seen = 1
-                keep_alive = token == b"keep-alive"
-            elif low == b"transfer-encoding" or low == b"upgrade" or low == b"expect":
-                return None
-        headers.append((name, value))
-    return method, url, headers, length if length > 0 else 0, end, keep_alive
 
 
 def _drop(data: bytes) -> None:
