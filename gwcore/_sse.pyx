@@ -1201,19 +1201,46 @@ cdef bytes _TARGET_C = _TARGET
 cdef object _METHODS_C = _QUICK_METHODS
 
 
-cdef inline bint _bad_byte(unsigned char c) noexcept nogil:
-    return (c < 32 and c != 9) or c == 127
+cdef Py_ssize_t _line_end(const unsigned char* p, Py_ssize_t i) noexcept nogil:
+    cdef unsigned char c = p[i]
+    while c != 13:
+        if (c < 32 and c != 9) or c == 127:
+            return -1
+        i += 1
+        c = p[i]
+    return i if p[i + 1] == 10 else -1
+
+
+cdef list _header_fields(const unsigned char* p, Py_ssize_t i, Py_ssize_t last):
+    cdef const unsigned char* tchar = <const unsigned char*>PyBytes_AS_STRING(_TCHAR_C)
+    cdef Py_ssize_t start, end
+    cdef list headers = []
+    while i < last:
+        start = i
+        while tchar[p[i]]:
+            i += 1
+        if i == start or p[i] != 58:  # an empty name, or not a colon right after the name
+            return None
+        name = PyBytes_FromStringAndSize(<const char*>p + start, i - start)
+        i += 1
+        while p[i] == 32 or p[i] == 9:
+            i += 1
+        end = _line_end(p, i)
+        if end < 0:
+            return None
+        headers.append((name, PyBytes_FromStringAndSize(<const char*>p + i, end - i)))
+        i = end + 2
+    return headers
 
 
 def quick_request_head(bytes data not None):
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
     cdef const unsigned char* tchar = <const unsigned char*>PyBytes_AS_STRING(_TCHAR_C)
     cdef const unsigned char* target = <const unsigned char*>PyBytes_AS_STRING(_TARGET_C)
     cdef Py_ssize_t end = data.find(b"\r\n\r\n")
-    cdef Py_ssize_t i = 0, start, vstart, size, last, length = -1
-    cdef unsigned char c
+    cdef Py_ssize_t i = 0, start, size, length = -1
     cdef bint keep_alive = True, seen = False
+    cdef bytes name, value
     if end < 0:
         return None
     end += 4
@@ -1229,36 +1256,15 @@ def quick_request_head(bytes data not None):
     if end - i < 13 or memcmp(p + i, b" HTTP/1.1\r\n", 11) != 0:
         return None
     url = PyBytes_FromStringAndSize(<const char*>p + start, i - start)
-    i += 11
-    headers = []
-    last = end - 2  # the blank line
-    while i < last:
-        start = i
-        while tchar[p[i]]:
-            i += 1
-        if i == start or p[i] != 58:  # an empty name, or not a colon right after the name
-            return None
-        size = i - start
-        name = PyBytes_FromStringAndSize(<const char*>p + start, size)
-        i += 1
-        c = p[i]
-        while c == 32 or c == 9:
-            i += 1
-            c = p[i]
-        vstart = i
-        while c != 13:
-            if _bad_byte(c):
-                return None
-            i += 1
-            c = p[i]
-        if p[i + 1] != 10:
-            return None
-        value = PyBytes_FromStringAndSize(<const char*>p + vstart, i - vstart)
-        i += 2
+    headers = _header_fields(p, i + 11, end - 2)
+    if headers is None:
+        return None
+    for name, value in headers:
+        size = PyBytes_GET_SIZE(name)
         if 6 <= size <= 17:  # as long as one of the names that need a look
             low = name.lower()
             if low == b"content-length":
-                if length >= 0 or not value.isdigit() or len(value) > 15:
+                if length >= 0 or not value.isdigit() or PyBytes_GET_SIZE(value) > 15:
                     return None
                 length = int(value)
             elif low == b"connection":
@@ -1269,17 +1275,15 @@ def quick_request_head(bytes data not None):
                 keep_alive = token == b"keep-alive"
             elif low == b"transfer-encoding" or low == b"upgrade" or low == b"expect":
                 return None
-        headers.append((name, value))
     return method, url, headers, length if length > 0 else 0, end, keep_alive
 
 
 def quick_response_head(bytes buf not None, Py_ssize_t end):
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(buf)
-    cdef const unsigned char* tchar = <const unsigned char*>PyBytes_AS_STRING(_TCHAR_C)
-    cdef Py_ssize_t i, start, vstart, size, last
-    cdef int status
-    cdef unsigned char c, minor
+    cdef Py_ssize_t i, size
+    cdef unsigned char minor
     cdef bint framing = False
+    cdef bytes name, value
     if end < 16 or end > PyBytes_GET_SIZE(buf) or memcmp(p + end - 4, b"\r\n\r\n", 4) != 0:
         return None
     if memcmp(p, b"HTTP/1.", 7) != 0:
@@ -1290,56 +1294,28 @@ def quick_response_head(bytes buf not None, Py_ssize_t end):
     for i in range(9, 12):
         if not 48 <= p[i] <= 57:
             return None
-    status = (p[9] - 48) * 100 + (p[10] - 48) * 10 + (p[11] - 48)
-    i = 12
-    c = p[i]
-    if c == 32:  # the reason phrase
-        i += 1
-        c = p[i]
-        while c != 13:
-            if _bad_byte(c):
-                return None
-            i += 1
-            c = p[i]
-    elif c != 13:
+    if p[12] == 32:  # a reason phrase
+        i = _line_end(p, 13)
+    elif p[12] == 13 and p[13] == 10:
+        i = 12
+    else:
         return None
-    if p[i + 1] != 10:
+    if i < 0:
         return None
-    i += 2
-    headers = []
-    last = end - 2  # the blank line
-    while i < last:
-        start = i
-        while tchar[p[i]]:
-            i += 1
-        if i == start or p[i] != 58:  # an empty name, or not a colon right after the name
-            return None
-        size = i - start
-        name = PyBytes_FromStringAndSize(<const char*>p + start, size)
-        i += 1
-        c = p[i]
-        while c == 32 or c == 9:
-            i += 1
-            c = p[i]
-        vstart = i
-        while c != 13:
-            if _bad_byte(c):
-                return None
-            i += 1
-            c = p[i]
-        if p[i + 1] != 10:
-            return None
-        value = PyBytes_FromStringAndSize(<const char*>p + vstart, i - vstart)
-        i += 2
+    headers = _header_fields(p, i + 2, end - 2)
+    if headers is None:
+        return None
+    for name, value in headers:
+        size = PyBytes_GET_SIZE(name)
         if size == 14 or size == 17:  # as long as content-length or transfer-encoding
             low = name.lower()
             if low == b"content-length":
-                if framing or not value.isdigit() or len(value) > 15:
+                if framing or not value.isdigit() or PyBytes_GET_SIZE(value) > 15:
                     return None
                 framing = True
             elif low == b"transfer-encoding":
                 if framing or value.lower() != b"chunked":
                     return None
                 framing = True
-        headers.append((name, value))
+    status = (p[9] - 48) * 100 + (p[10] - 48) * 10 + (p[11] - 48)
     return status, "1.1" if minor == 49 else "1.0", headers

@@ -931,6 +931,44 @@ _TARGET = bytes(1 if 33 <= c <= 126 and c not in (35, 92) else 0 for c in range(
 _QUICK_METHODS = frozenset({b"GET", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS", b"HEAD"})
 
 
+def _line_end(buf: bytes, i: int) -> int:
+    """Where the CR LF that ends the field value (or reason phrase) at ``i`` starts; -1 when a
+    control byte (but a tab) or DEL comes first, or the CR has no LF."""
+    c = buf[i]
+    while c != 13:
+        if (c < 32 and c != 9) or c == 127:
+            return -1
+        i += 1
+        c = buf[i]
+    return i if buf[i + 1] == 10 else -1
+
+
+def _header_fields(buf: bytes, i: int, last: int) -> list | None:
+    """The ``(name, value)`` of the header lines from ``i`` to the blank line at ``last``: token
+    names with the colon right after them, values without their leading blanks; None for any
+    other line."""
+    tchar = _TCHAR
+    headers = []
+    while i < last:
+        start = i
+        while tchar[buf[i]]:
+            i += 1
+        if i == start or buf[i] != 58:  # an empty name, or not a colon right after the name
+            return None
+        name = buf[start:i]
+        i += 1
+        c = buf[i]
+        while c == 32 or c == 9:
+            i += 1
+            c = buf[i]
+        end = _line_end(buf, i)
+        if end < 0:
+            return None
+        headers.append((name, buf[i:end]))
+        i = end + 2
+    return headers
+
+
 def quick_request_head(data: bytes) -> tuple | None:
     """``(method, target, headers, content_length, end, keep_alive)`` of the plain HTTP/1.1
     request head that starts ``data`` (``end`` just past its blank line), else None and
@@ -962,36 +1000,14 @@ def quick_request_head(data: bytes) -> tuple | None:
     if data[i : i + 11] != b" HTTP/1.1\r\n":
         return None
     url = data[start:i]
-    i += 11
-    headers = []
+    headers = _header_fields(data, i + 11, end - 2)
+    if headers is None:
+        return None
     length = -1
     keep_alive = True
-    seen = 0  # Connection headers
-    last = end - 2  # the blank line
-    while i < last:
-        start = i
-        while tchar[data[i]]:
-            i += 1
-        if i == start or data[i] != 58:  # an empty name, or not a colon right after the name
-            return None
-        name = data[start:i]
-        size = i - start
-        i += 1
-        c = data[i]
-        while c == 32 or c == 9:
-            i += 1
-            c = data[i]
-        vstart = i
-        while c != 13:
-            if (c < 32 and c != 9) or c == 127:
-                return None
-            i += 1
-            c = data[i]
-        if data[i + 1] != 10:
-            return None
-        value = data[vstart:i]
-        i += 2
-        if 6 <= size <= 17:  # as long as one of the names that need a look
+    seen = False  # a Connection header
+    for name, value in headers:
+        if 6 <= len(name) <= 17:  # as long as one of the names that need a look
             low = name.lower()
             if low == b"content-length":
                 if length >= 0 or not value.isdigit() or len(value) > 15:
@@ -1001,11 +1017,10 @@ def quick_request_head(data: bytes) -> tuple | None:
                 token = value.lower()
                 if seen or (token != b"keep-alive" and token != b"close"):
                     return None
-                seen = 1
+                seen = True
                 keep_alive = token == b"keep-alive"
             elif low == b"transfer-encoding" or low == b"upgrade" or low == b"expect":
                 return None
-        headers.append((name, value))
     return method, url, headers, length if length > 0 else 0, end, keep_alive
 
 
@@ -1030,58 +1045,28 @@ def quick_response_head(buf: bytes, end: int) -> tuple | None:
     d2 = buf[11] - 48
     if not (0 <= d0 <= 9 and 0 <= d1 <= 9 and 0 <= d2 <= 9):
         return None
-    status = d0 * 100 + d1 * 10 + d2
-    i = 12
-    c = buf[i]
-    if c == 32:  # the reason phrase
-        i += 1
-        c = buf[i]
-        while c != 13:
-            if (c < 32 and c != 9) or c == 127:
-                return None
-            i += 1
-            c = buf[i]
-    elif c != 13:
+    c = buf[12]
+    if c == 32:  # a reason phrase
+        i = _line_end(buf, 13)
+    elif c == 13 and buf[13] == 10:
+        i = 12
+    else:
         return None
-    if buf[i + 1] != 10:
+    if i < 0:
         return None
-    i += 2
-    tchar = _TCHAR
-    headers = []
-    framing = 0  # Content-Length or Transfer-Encoding seen
-    last = end - 2  # the blank line
-    while i < last:
-        start = i
-        while tchar[buf[i]]:
-            i += 1
-        if i == start or buf[i] != 58:  # an empty name, or not a colon right after the name
-            return None
-        name = buf[start:i]
-        size = i - start
-        i += 1
-        c = buf[i]
-        while c == 32 or c == 9:
-            i += 1
-            c = buf[i]
-        vstart = i
-        while c != 13:
-            if (c < 32 and c != 9) or c == 127:
-                return None
-            i += 1
-            c = buf[i]
-        if buf[i + 1] != 10:
-            return None
-        value = buf[vstart:i]
-        i += 2
-        if size == 14 or size == 17:  # as long as content-length or transfer-encoding
+    headers = _header_fields(buf, i + 2, end - 2)
+    if headers is None:
+        return None
+    framing = False  # a Content-Length or Transfer-Encoding header
+    for name, value in headers:
+        if len(name) == 14 or len(name) == 17:  # as long as content-length or transfer-encoding
             low = name.lower()
             if low == b"content-length":
                 if framing or not value.isdigit() or len(value) > 15:
                     return None
-                framing = 1
+                framing = True
             elif low == b"transfer-encoding":
                 if framing or value.lower() != b"chunked":
                     return None
-                framing = 1
-        headers.append((name, value))
-    return status, "1.1" if minor == 49 else "1.0", headers
+                framing = True
+    return d0 * 100 + d1 * 10 + d2, "1.1" if minor == 49 else "1.0", headers

@@ -84,28 +84,33 @@ _SPECIAL = st.sampled_from(
         (b"X-Request-Id", b": ", b"abc-123"),
     ]
 )
+_ODD_VALUES = st.sampled_from(
+    [
+        b"1 2",
+        b"5 ",
+        b"-1",
+        b"99999999999999999999",
+        b"nul\x00",
+        b"del\x7f",
+        b"bare\rcr",
+        b"bare\rXYZ: cr",
+        b"bare\nlf",
+        b"\x01",
+        b"12",
+    ]
+)
 _ODD = st.tuples(
     st.sampled_from(
         [b"", b"bad name", b"bad@name", b" folded", b"\tx", b"caf\xe9", b"Content-Length"]
     ),
     st.sampled_from([b":", b": ", b" :", b"::", b""]),
-    st.sampled_from(
-        [
-            b"1 2",
-            b"5 ",
-            b"-1",
-            b"99999999999999999999",
-            b"nul\x00",
-            b"del\x7f",
-            b"bare\rcr",
-            b"bare\nlf",
-            b"\x01",
-            b"12",
-        ]
-    ),
+    _ODD_VALUES,
 )
+_ODD_VALUE = st.tuples(_PLAIN.map(lambda h: h[0]), st.just(b": "), _ODD_VALUES)  # a plain name
 _HEADERS = st.lists(
-    st.integers(0, 9).flatmap(lambda k: _SPECIAL if k == 8 else _ODD if k == 9 else _PLAIN),
+    st.integers(0, 10).flatmap(
+        lambda k: _SPECIAL if k == 8 else _ODD if k == 9 else _ODD_VALUE if k == 10 else _PLAIN
+    ),
     max_size=5,
 )
 

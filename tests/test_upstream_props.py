@@ -334,6 +334,7 @@ _ANY_VALUES = st.sampled_from(
         b"nul\x00",
         b"del\x7f",
         b"bare\rcr",
+        b"bare\rXYZ: cr",
         b"bare\nlf",
         b"\x01",
         b"12",
@@ -342,8 +343,9 @@ _ANY_VALUES = st.sampled_from(
 )
 _ODD_HEADER = st.tuples(_ANY_NAMES, _ANY_SEPARATORS, _ANY_VALUES)
 _PLAIN = st.tuples(_PLAIN_NAMES, st.sampled_from([b":", b": ", b":\t"]), _PLAIN_VALUES)
-_HEADERS = st.integers(0, 6).flatmap(
-    lambda k: _FRAMING if k == 5 else _ODD_HEADER if k == 6 else _PLAIN
+_ODD_VALUE = st.tuples(_PLAIN_NAMES, st.just(b": "), _ANY_VALUES)
+_HEADERS = st.integers(0, 7).flatmap(
+    lambda k: _FRAMING if k == 5 else _ODD_HEADER if k == 6 else _ODD_VALUE if k == 7 else _PLAIN
 )
 _GOOD_STATUS = st.sampled_from(
     [
