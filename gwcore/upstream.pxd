@@ -26,7 +26,6 @@ cdef class UpstreamConnection:
     cpdef _data_slow(self, data)
     cpdef _on_head_bytes(self, data)
     cpdef _on_head(self, status, version, headers, buf, end)
-    cpdef _interim(self, status, buf, end)
     cpdef _start_idle_timer(self)
     cpdef _divert(self, protocol)
     cpdef _undivert(self)

@@ -647,34 +647,29 @@ class UpstreamConnection:
         end += 4
         quick = _quick_head(buf, end)
         if quick is not None:
-            status = quick[0]
-            if 100 <= status < 200:
-                self._interim(status, buf, end)
+            status, version, headers = quick
+        else:  # not a plain head: httptools decides
+            parser_cb = _HeadParser()
+            parser = httptools.HttpResponseParser(parser_cb)
+            try:
+                parser.feed_data(buf[:end])
+                status = parser.get_status_code()
+            except httptools.HttpParserError as exc:
+                self._fail_head(_bad_head(str(exc) or exc.__class__.__name__))
                 return
-            self._on_head(status, quick[1], quick[2], buf, end)
-            return
-        parser_cb = _HeadParser()
-        parser = httptools.HttpResponseParser(parser_cb)
-        try:
-            parser.feed_data(buf[:end])
-            status = parser.get_status_code()
-        except httptools.HttpParserError as exc:
-            self._fail_head(_bad_head(str(exc) or exc.__class__.__name__))
-            return
-        if not parser_cb.complete:
-            self._fail_head(_bad_head("incomplete response head"))
-            return
+            if not parser_cb.complete:
+                self._fail_head(_bad_head("incomplete response head"))
+                return
+            version = _http_version(buf)
+            headers = parser_cb.headers
         if 100 <= status < 200:
-            self._interim(status, buf, end)
+            if status == 101:
+                self._fail_head(_bad_head("unexpected protocol switch"))
+                return
+            if len(buf) > end:  # an interim response (103 Early Hints): the real one follows
+                self._on_head_bytes(buf[end:])
             return
-        self._on_head(status, _http_version(buf), parser_cb.headers, buf, end)
-
-    def _interim(self, status: int, buf: bytes, end: int) -> None:
-        if status == 101:
-            self._fail_head(_bad_head("unexpected protocol switch"))
-            return
-        if len(buf) > end:  # an interim response (103 Early Hints): the real one follows
-            self._on_head_bytes(buf[end:])
+        self._on_head(status, version, headers, buf, end)
 
     def _on_head(
         self, status: int, version: str, headers: list[tuple[bytes, bytes]], buf: bytes, end: int
