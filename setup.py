@@ -18,12 +18,13 @@ from setuptools.command.build_ext import build_ext
 # module -> its Cython source (the generated C file sits beside it, same stem)
 EXTENSIONS = {
     "gwcore._sse": "gwcore/_sse.pyx",
-    "gwcore.server._http": "gwcore/server/_http_py.py",
-    # compiled in place: the extension takes the source's own name (see gwcore/_twins.py)
-    "gwcore.relay": "gwcore/relay.py",
-    "gwcore.upstream": "gwcore/upstream.py",
-    "gwcore.gateway": "gwcore/gateway.py",
+    # compiled in place: the extension takes the source's own name (see gwcore/_twins.py); a
+    # module comes after those whose types it cimports (NEEDS)
     "gwcore.usage": "gwcore/usage.py",
+    "gwcore.server._http": "gwcore/server/_http_py.py",
+    "gwcore.upstream": "gwcore/upstream.py",
+    "gwcore.relay": "gwcore/relay.py",
+    "gwcore.gateway": "gwcore/gateway.py",
     "gwcore.metrics": "gwcore/metrics.py",
     "gwcore.auth": "gwcore/auth.py",
     "gwcore.providers": "gwcore/providers.py",
@@ -35,7 +36,13 @@ EXTENSIONS = {
 
 # A compiled module that cimports another's types imports that compiled module too: it is built
 # only when that one was (else both fall back to their twins together).
-NEEDS = {"gwcore.upstream": "gwcore._sse"}
+NEEDS = {
+    "gwcore.upstream": ("gwcore._sse",),
+    "gwcore.relay": ("gwcore.usage",),
+    "gwcore.gateway": ("gwcore.usage",),
+    "gwcore.metrics": ("gwcore.usage",),
+    "gwcore.ledger.schema": ("gwcore.usage",),
+}
 
 
 def _extensions() -> list[Extension]:
@@ -68,10 +75,10 @@ class OptionalBuildExt(build_ext):
     failed: set[str] = set()
 
     def build_extension(self, ext: Extension) -> None:
-        need = NEEDS.get(ext.name)
-        if need in self.failed:
+        missing = [need for need in NEEDS.get(ext.name, ()) if need in self.failed]
+        if missing:
             self.failed.add(ext.name)
-            self._warn(RuntimeError(f"it needs the compiled {need}"), ext.name)
+            self._warn(RuntimeError(f"it needs the compiled {', '.join(missing)}"), ext.name)
             return
         try:
             super().build_extension(ext)

@@ -5,3 +5,5 @@
 cpdef dict _json_object(raw)
 cpdef bytes _with_member(raw, member)
 cpdef list _forwarded(headers)
+
+from gwcore.usage cimport new_record  # a C call from here

@@ -32,7 +32,7 @@ from gwcore.providers import CREDENTIAL_HEADERS, ProviderRegistry
 from gwcore.relay import RelayedResponse, stream_headers
 from gwcore.translated import translated_completion
 from gwcore.upstream import UpstreamPool, header_block, strip_hop_by_hop
-from gwcore.usage import MemorySink, UsageRecord, UsageSink, usage_from_openai
+from gwcore.usage import MemorySink, UsageRecord, UsageSink, new_record, usage_from_openai
 
 __all__ = ["Gateway"]
 
@@ -170,14 +170,14 @@ class Gateway:
         else:
             payload = request.body
 
-        record = UsageRecord(
-            request_id=request.request_id,
-            provider=provider.name,
-            requested_model=model,
-            upstream_model=upstream_model,
-            route="relay",
-            stream=stream,
-            key_id=getattr(request, "key_id", None),
+        record = new_record(
+            request.request_id,
+            provider.name,
+            model,
+            upstream_model,
+            "relay",
+            stream,
+            getattr(request, "key_id", None),
         )
         blocks = self._blocks
         block = blocks.get((provider.name, stream))

@@ -12,10 +12,9 @@ the sink interface the ledger stores implement. It never does I/O itself beyond 
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from time import time as _now
 from typing import Any, Protocol, runtime_checkable
 
 import orjson
@@ -27,6 +26,7 @@ __all__ = [
     "PricedFanout",
     "UsageRecord",
     "UsageSink",
+    "new_record",
     "usage_from_anthropic",
     "usage_from_gemini",
     "usage_from_openai",
@@ -44,32 +44,40 @@ TOKEN_FIELDS = (
 log = logging.getLogger("gwcore.usage")
 
 
-@dataclass(slots=True)
+# The fields of a usage record, in order.
+FIELDS: tuple[str, ...] = (
+    "request_id",
+    "provider",
+    "requested_model",
+    "upstream_model",
+    "route",  # "relay" | "translated" | "demo"
+    "stream",
+    "status",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "ttfb_ms",
+    "duration_ms",
+    "created_at",
+    "error",
+    "aborted",
+    "key_id",  # the API key that authenticated the request ("master", a key id)
+    "cost",  # USD from the pricing table; None when a price or usage is unknown
+)
+
+
 class UsageRecord:
-    """What the gateway remembers about one request."""
+    """What the gateway remembers about one request.
 
-    request_id: str
-    provider: str
-    requested_model: str
-    upstream_model: str
-    route: str  # "relay" | "translated" | "demo"
-    stream: bool
-    status: int = 0
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    total_tokens: int | None = None
-    cached_tokens: int | None = None
-    reasoning_tokens: int | None = None
-    ttfb_ms: float | None = None
-    duration_ms: float | None = None
-    created_at: float = field(default_factory=time.time)
-    error: str | None = None
-    aborted: bool = False
-    key_id: str | None = None  # the API key that authenticated the request ("master", a key id)
-    cost: float | None = None  # USD from the pricing table; None when a price or usage is unknown
+    An extension type in the compiled module (``usage.pxd``: its fields are C slots, read and
+    written as struct members by the compiled modules that cimport it); a plain class with
+    ``__slots__`` in the twin. Equality, ``repr`` and ``to_dict`` go by ``FIELDS``."""
 
-    # Written out: a dataclass's generated __init__ is interpreted Python (exec'd), this one is
-    # compiled with the module. Same fields, order and defaults; created_at=None means now.
+    __slots__ = FIELDS
+
+    # Fields in ``__slots__`` order; created_at=None means now.
     def __init__(
         self,
         request_id: str,
@@ -106,7 +114,7 @@ class UsageRecord:
         self.reasoning_tokens = reasoning_tokens
         self.ttfb_ms = ttfb_ms
         self.duration_ms = duration_ms
-        self.created_at = time.time() if created_at is None else created_at
+        self.created_at = _now() if created_at is None else created_at
         self.error = error
         self.aborted = aborted
         self.key_id = key_id
@@ -127,7 +135,50 @@ class UsageRecord:
             self.reasoning_tokens = tokens["reasoning_tokens"]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {name: getattr(self, name) for name in FIELDS}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, UsageRecord):
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in FIELDS)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{name}={getattr(self, name)!r}" for name in FIELDS)
+        return f"UsageRecord({inner})"
+
+
+def new_record(
+    request_id: str,
+    provider: str,
+    requested_model: str,
+    upstream_model: str,
+    route: str,
+    stream: bool,
+    key_id: str | None,
+) -> UsageRecord:
+    """``UsageRecord(request_id, ..., stream, key_id=key_id)``, the other fields at their
+    defaults, made without a keyword call (compiled: a C call that fills the struct)."""
+    rec = UsageRecord.__new__(UsageRecord)
+    rec.request_id = request_id
+    rec.provider = provider
+    rec.requested_model = requested_model
+    rec.upstream_model = upstream_model
+    rec.route = route
+    rec.stream = stream
+    rec.status = 0
+    rec.prompt_tokens = None
+    rec.completion_tokens = None
+    rec.total_tokens = None
+    rec.cached_tokens = None
+    rec.reasoning_tokens = None
+    rec.ttfb_ms = None
+    rec.duration_ms = None
+    rec.created_at = _now()
+    rec.error = None
+    rec.aborted = False
+    rec.key_id = key_id
+    rec.cost = None
+    return rec
 
 
 def _int(value: Any) -> int | None:
@@ -287,7 +338,7 @@ class LogSink:
 
     def record(self, rec: UsageRecord) -> None:
         if self.logger.isEnabledFor(self.level):
-            fields = {name: getattr(rec, name) for name in rec.__slots__}  # asdict() deep-copies
+            fields = rec.to_dict()
             self.logger.log(self.level, orjson.dumps(fields).decode())
 
 

@@ -12,11 +12,13 @@ import pytest
 from gwcore.testing import recorded_fixture
 from gwcore.testing.mock_upstream import chat_stream_events
 from gwcore.usage import (
+    FIELDS,
     FanoutSink,
     LogSink,
     MemorySink,
     UsageRecord,
     UsageSink,
+    new_record,
     usage_from_anthropic,
     usage_from_gemini,
     usage_from_openai,
@@ -157,17 +159,27 @@ def test_usage_record_and_sinks(caplog):
 
 
 def test_usage_record_init_matches_its_fields():
-    """The written-out __init__ keeps the dataclass's fields, order and defaults."""
-    import dataclasses
-    import inspect
-
-    names = [f.name for f in dataclasses.fields(UsageRecord)]
-    params = list(inspect.signature(UsageRecord.__init__).parameters)[1:]
-    assert params == names
+    """__init__ takes FIELDS in order, by position or by name; the defaults are the documented
+    ones; ``new_record`` makes the same record as the keyword call it stands for."""
+    values = [f"v{i}" for i in range(len(FIELDS))]
+    by_position = UsageRecord(*values)
+    by_name = UsageRecord(**dict(zip(FIELDS, values, strict=True)))
+    for name, value in zip(FIELDS, values, strict=True):
+        assert getattr(by_position, name) == value, name
+        assert getattr(by_name, name) == value, name
+    assert by_position == by_name
+    assert by_position.to_dict() == dict(zip(FIELDS, values, strict=True))
+    assert repr(by_position).startswith("UsageRecord(request_id='v0', provider='v1'")
     before = time.time()
     rec = UsageRecord("r", "p", "m", "u", "relay", True)
     assert before <= rec.created_at <= time.time()
-    for f in dataclasses.fields(UsageRecord):
-        if f.name != "created_at" and f.default is not dataclasses.MISSING:
-            assert getattr(rec, f.name) == f.default, f.name
+    defaults = {"status": 0, "aborted": False}
+    for name in FIELDS[6:]:
+        if name != "created_at":
+            assert getattr(rec, name) == defaults.get(name), name
     assert UsageRecord("r", "p", "m", "u", "relay", True, created_at=5.0).created_at == 5.0
+    made = new_record("r", "p", "m", "u", "relay", True, "key-1")
+    assert before <= made.created_at <= time.time()
+    made.created_at = 5.0
+    assert made == UsageRecord("r", "p", "m", "u", "relay", True, created_at=5.0, key_id="key-1")
+    assert made != UsageRecord("r", "p", "m", "u", "relay", True, created_at=5.0, key_id="other")

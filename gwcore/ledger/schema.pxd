@@ -4,6 +4,10 @@
 
 cimport cython
 
+from gwcore.usage cimport UsageRecord
+
+cpdef tuple record_row(UsageRecord rec)
+
 @cython.locals(groups=dict, row=tuple, values=list, group=list, mask=cython.ulonglong,
                bit=cython.ulonglong)
 cpdef dict rows_by_nulls(rows)
