@@ -38,7 +38,7 @@ EXTENSIONS = {
 # only when that one was (else both fall back to their twins together).
 NEEDS = {
     "gwcore.upstream": ("gwcore._sse",),
-    "gwcore.relay": ("gwcore.usage",),
+    "gwcore.relay": ("gwcore.usage", "gwcore.server._http"),
     "gwcore.gateway": ("gwcore.usage",),
     "gwcore.metrics": ("gwcore.usage",),
     "gwcore.ledger.schema": ("gwcore.usage",),

@@ -2,13 +2,15 @@
 # the pure-Python twin). Keep the attribute lists in step with the stores in relay.py; subclasses
 # written in Python (gwcore.translated) keep their own attributes in a __dict__ as usual.
 
+from gwcore.server._http cimport ResponseChannel
 from gwcore.usage cimport UsageRecord
 
 cdef class Dechunker:
     cdef public object complete, out, parser
 
 cdef class ExchangeResponse:
-    cdef public object channel, sink, started_at, exchange, ready, _recorded, _deferred
+    cdef public object sink, started_at, exchange, ready, _recorded, _deferred
+    cdef public ResponseChannel channel  # its methods are C calls here
     cdef public UsageRecord record  # its fields are struct members here
     cdef public object _resend, _retry
     cdef object __weakref__

@@ -373,7 +373,13 @@ class RelayedResponse(ExchangeResponse):
         # The head is held back: it leaves in one write with the first body bytes of this read,
         # or alone at its end (``on_head_end``).
         if self.stream:
-            channel.start(status, stream_headers("relay") + passed, chunked=True, hold=True)
+            channel.start(
+                status,
+                stream_headers("relay") + passed,
+                chunked=True,
+                content_length=None,
+                hold=True,
+            )
             self.observer = StreamObserver(
                 chunked=chunked and channel.chunked, elide_injected_usage=self.elide_usage
             )
@@ -381,15 +387,16 @@ class RelayedResponse(ExchangeResponse):
             if chunked and channel.chunked:
                 self._mode = _RAW
                 self._raw = True
-                self._write = channel.write_held  # (the end's tail; the pump writes the rest)
+                # (the end's tail; the pump writes the rest). Bound methods by getattr: the
+                # compiled module sees channel's methods as C functions, not as objects.
+                write_held = getattr(channel, "write_held")  # noqa: B009
+                self._write = write_held
                 # From the next piece on, the connection hands each piece to the pump (C): its
                 # first write carries the held head, the others go to the transport itself.
-                exchange.divert(
-                    RelayPump(self.observer, channel.write_raw, self, channel.write_held)
-                )
+                exchange.divert(RelayPump(self.observer, channel.write_raw, self, write_held))
             else:
                 self._mode = _FRAMED
-                self._write = channel.write
+                self._write = getattr(channel, "write")  # noqa: B009 (as above)
         else:
             ctype = "application/json"
             for k, v in headers:
@@ -397,14 +404,14 @@ class RelayedResponse(ExchangeResponse):
                     ctype = v.decode("latin-1")
             passed += [("content-type", ctype), ("x-gwcore-route", "relay")]
             if chunked:
-                channel.start(status, passed, chunked=True, hold=True)
+                channel.start(status, passed, chunked=True, content_length=None, hold=True)
             else:
                 channel.start(
                     status, passed, chunked=False, content_length=content_length, hold=True
                 )
             self._mode = _BODY
             self._raw = chunked == channel.chunked
-            self._write = channel.write_held if self._raw else channel.write
+            self._write = getattr(channel, "write_held" if self._raw else "write")
         if chunked and self._mode != _RAW:  # raw pass-through: the scanner walks the chunks
             self._dechunker = Dechunker()
         channel.set_flow_target(self)

@@ -22,6 +22,8 @@ from gateway_harness import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import gwcore.relay
+from gwcore._twins import implementation
 from gwcore.testing import Scenario, recorded_fixture, run
 
 OPENAI_STREAM = recorded_fixture(__file__, "openai", "chat_completion_stream.txt")
@@ -34,12 +36,15 @@ needs_recorded = pytest.mark.skipif(
 
 @pytest.fixture(autouse=True)
 def http(sse, monkeypatch):
-    """Every relay test runs over the compiled build (scanner and front door) and over the
-    pure-Python twins of both."""
+    """Every relay test runs over the compiled scanner and over its pure-Python twin. The front
+    door follows the relay: the compiled relay cimports the compiled front door's channel type
+    (the two are built and used together), so the twin front door runs with the twin relay, in
+    the suite's run on the twins (``test_twins.py``)."""
     monkeypatch.setattr("gwcore.relay.StreamObserver", sse.StreamObserver)
     monkeypatch.setattr("gwcore.relay.SSEError", sse.SSEError)
     monkeypatch.setattr("gwcore.relay.RelayPump", sse.RelayPump)
-    return use_http("python" if sse.__name__.endswith("_py") else "cython", monkeypatch)
+    twin = sse.__name__.endswith("_py") and implementation(gwcore.relay) == "python"
+    return use_http("python" if twin else "cython", monkeypatch)
 
 
 def _events(payload: bytes) -> list[bytes]:

@@ -23,6 +23,15 @@ cdef class ResponseChannel:
     cdef public object _ended, _done, _keep_alive, _status, _flow_target, _callbacks, _task, _held
     cdef object __weakref__
 
+    # What a relayed response calls once each: C calls from the modules that cimport this type.
+    cpdef start(self, status, headers, bint chunked=*, content_length=*, bint hold=*)
+    cpdef write_held(self, data)
+    cpdef flush_head(self)
+    cpdef write(self, data)
+    cpdef end(self, bint terminator_sent=*)
+    cpdef set_flow_target(self, target)
+    cpdef on_disconnect(self, callback)
+
 cdef class HttpProtocol:
     cdef public object _state, _loop, _routes, _max_body, _max_url, _max_headers
     cdef public object _max_header_bytes, _header_timeout, _keep_alive_timeout, _cors, _parser
