@@ -1,6 +1,8 @@
 # Class layouts for the compiled gwcore.metrics (Cython compiles metrics.py in place; the .py is also
 # the pure-Python twin). Keep each attribute list in step with the class's __slots__.
 
+cimport cython
+
 from gwcore.usage cimport UsageRecord
 
 cdef class _Histogram:
@@ -12,3 +14,16 @@ cdef class _LabelSet:
     cdef public object incs, n_cached, n_completion, n_cost, n_prompt, n_reasoning
     cdef public object n_requests, n_unpriced
     cpdef add(self, UsageRecord rec)
+
+cdef class GatewayMetrics:
+    cdef public object multiprocess, registry, requests, duration, ttfb, tokens, cost, unpriced
+    cdef public object upstream_errors, in_flight, ledger_queue_depth, ledger_dropped
+    cdef public object ledger_written, ledger_write_errors, auth_failures, _in_flight_inc
+    cdef public dict _sets
+    cdef public set _in_flight
+    cdef object __weakref__
+    # The usage sink and the in-flight count, once per request each
+    @cython.locals(s=_LabelSet)
+    cpdef record(self, UsageRecord rec)
+    cpdef request_started(self, request_id)
+    cpdef request_ended(self, request_id)
