@@ -21,6 +21,7 @@ EXTENSIONS = {
     # compiled in place: the extension takes the source's own name (see gwcore/_twins.py); a
     # module comes after those whose types it cimports (NEEDS)
     "gwcore.usage": "gwcore/usage.py",
+    "gwcore.server.app": "gwcore/server/app.py",
     "gwcore.server._http": "gwcore/server/_http_py.py",
     "gwcore.upstream": "gwcore/upstream.py",
     "gwcore.relay": "gwcore/relay.py",
@@ -31,15 +32,15 @@ EXTENSIONS = {
     "gwcore.pricing": "gwcore/pricing.py",
     "gwcore.ledger.writer": "gwcore/ledger/writer.py",
     "gwcore.ledger.schema": "gwcore/ledger/schema.py",
-    "gwcore.server.app": "gwcore/server/app.py",
 }
 
 # A compiled module that cimports another's types imports that compiled module too: it is built
 # only when that one was (else both fall back to their twins together).
 NEEDS = {
+    "gwcore.server._http": ("gwcore.server.app",),
     "gwcore.upstream": ("gwcore._sse",),
-    "gwcore.relay": ("gwcore.usage", "gwcore.server._http"),
-    "gwcore.gateway": ("gwcore.usage",),
+    "gwcore.relay": ("gwcore.usage", "gwcore.server.app", "gwcore.server._http"),
+    "gwcore.gateway": ("gwcore.usage", "gwcore.server.app", "gwcore.relay"),
     "gwcore.metrics": ("gwcore.usage",),
     "gwcore.ledger.schema": ("gwcore.usage",),
 }

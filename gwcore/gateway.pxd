@@ -1,9 +1,21 @@
 # Declarations for the compiled gwcore.gateway (Cython compiles gateway.py in place; the .py is also
 # the pure-Python twin). The helpers a chat completion calls once each are cpdef: C calls inside
-# the module, still callable from Python.
+# the module, still callable from Python. Gateway is an extension type: its handler reads the
+# request, the usage record and the relayed response as structs (cimported types).
+
+cimport cython
+
+from gwcore.relay cimport RelayedResponse
+from gwcore.server.app cimport Request
+from gwcore.usage cimport UsageRecord, new_record
+
+cdef class Gateway:
+    cdef public object config, registry, pool, memory, usage, sink, refresh_models
+    cdef public dict _blocks
+    cdef object __weakref__
+    @cython.locals(body=dict, record=UsageRecord, relay=RelayedResponse, blocks=dict)
+    cpdef chat_completions(self, Request request, channel)
 
 cpdef dict _json_object(raw)
 cpdef bytes _with_member(raw, member)
 cpdef list _forwarded(headers)
-
-from gwcore.usage cimport new_record  # a C call from here

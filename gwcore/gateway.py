@@ -105,7 +105,7 @@ class Gateway:
         """``GET /v1/models``: every provider's models as ``provider/model``; for a key with a
         model allow-list, only the models it may use."""
         data = self.registry.list_models()
-        patterns = getattr(request, "key_models", None)
+        patterns = request.key_models
         if patterns is not None:
             data = [m for m in data if self.registry.allowed(patterns, m["id"])]
         _send_json(channel, orjson.dumps({"object": "list", "data": data}))
@@ -177,7 +177,7 @@ class Gateway:
             upstream_model,
             "relay",
             stream,
-            getattr(request, "key_id", None),
+            request.key_id,
         )
         blocks = self._blocks
         block = blocks.get((provider.name, stream))
@@ -185,9 +185,7 @@ class Gateway:
             block = blocks[provider.name, stream] = _relay_block(provider, stream)
         headers = provider.forwardable(_forwarded(request.headers))
         headers.append(("x-request-id", request.request_id))
-        relay = RelayedResponse(
-            channel, record, self.sink, stream=stream, elide_usage=elide, started_at=started
-        )
+        relay = RelayedResponse(channel, record, self.sink, stream, elide, started)
         return relay.start_exchange(
             self.pool, provider.origin, provider.path("/chat/completions"), headers, payload, block
         )
@@ -203,7 +201,7 @@ class Gateway:
             route="demo",
             stream=stream,
             status=200,
-            key_id=getattr(request, "key_id", None),
+            key_id=request.key_id,
         )
         record.set_tokens(usage_from_openai(demo_usage(body)))
         try:

@@ -14,6 +14,7 @@ cdef class ExchangeResponse:
     cdef public UsageRecord record  # its fields are struct members here
     cdef public object _resend, _retry
     cdef object __weakref__
+    cpdef start_exchange(self, pool, origin, path, headers, body, block=*)
     # Once per request, called from inside the class: C calls.
     cpdef _head_arrived(self, exchange, status)
     cpdef _release(self)

@@ -332,7 +332,6 @@ class RelayedResponse(ExchangeResponse):
         channel: Any,
         record: UsageRecord,
         sink: UsageSink,
-        *,
         stream: bool,
         elide_usage: bool,
         started_at: float,

@@ -6,6 +6,8 @@
 
 cimport cython
 
+from gwcore.server.app cimport Request
+
 cdef class ServerState:
     cdef public object app, config, loop, routes, connections
     cdef public object max_url, max_header_bytes, max_headers, max_body, head_guard
@@ -19,7 +21,8 @@ cdef class HttpProtocol
 
 cdef class ResponseChannel:
     cdef public HttpProtocol _proto
-    cdef public object request, write_raw, started, disconnected, chunked
+    cdef public Request request
+    cdef public object write_raw, started, disconnected, chunked
     cdef public object _ended, _done, _keep_alive, _status, _flow_target, _callbacks, _task, _held
     cdef object __weakref__
 
@@ -36,7 +39,8 @@ cdef class HttpProtocol:
     cdef public object _state, _loop, _routes, _max_body, _max_url, _max_headers
     cdef public object _max_header_bytes, _header_timeout, _keep_alive_timeout, _cors, _parser
     cdef public object transport, _client, _url, _headers, _nheaders, _header_bytes, _head_bytes
-    cdef public object _in_head, _req, _body, _body_size, _discard_body, _pending, _active
+    cdef public Request _req
+    cdef public object _in_head, _body, _body_size, _discard_body, _pending, _active
     cdef public object _dispatching, _stopped, _eof, _lingering, _last_request, _closing
     cdef public object _write_paused, _read_paused, _drain_waiter, _deadline, _deadline_408
     cdef public object _quick

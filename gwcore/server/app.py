@@ -47,7 +47,11 @@ class FlowTarget(Protocol):
 
 
 class Request:
-    """One parsed request; its body was read in full (and size-checked) before the handler runs."""
+    """One parsed request; its body was read in full (and size-checked) before the handler runs.
+
+    An extension type in the compiled module (``app.pxd``: the fields below are C slots, read as
+    struct members by the compiled front door and gateway); other attributes a handler sets go
+    to the instance's ``__dict__``, as in the twin."""
 
     method: str
     path: str
@@ -57,16 +61,8 @@ class Request:
     request_id: str
     client: tuple[str, int] | None
     http_version: str
-
-    # Front-door bookkeeping, not for handlers (class defaults keep construction cheap).
-    _handler: Handler | None = None
-    _error: Response | None = None  # answer with this instead of running a handler
-    _close = False  # close the connection after answering (framing lost or rejected)
-    _complete = False  # the whole body has arrived
-    _expect = False  # the client waits for "100 Continue"
-    _head = False  # HEAD: headers only
-    _keep_alive = True
-    _started_at = 0.0
+    key_id: str | None  # set by authentication: the key's id, or "master"
+    key_models: Any  # set by authentication: the key's model allow-list (None: any model)
 
     def __init__(
         self,
@@ -87,6 +83,17 @@ class Request:
         self.request_id = request_id
         self.client = client
         self.http_version = http_version
+        self.key_id = None
+        self.key_models = None
+        # Front-door bookkeeping, not for handlers.
+        self._handler: Handler | None = None
+        self._error: Response | None = None  # answer with this instead of running a handler
+        self._close = False  # close the connection after answering (framing lost or rejected)
+        self._complete = False  # the whole body has arrived
+        self._expect = False  # the client waits for "100 Continue"
+        self._head = False  # HEAD: headers only
+        self._keep_alive = True
+        self._started_at = 0.0
 
     def json(self) -> Any:
         """The body parsed as JSON; malformed JSON is a 400 in the OpenAI shape."""
