@@ -29,6 +29,7 @@ import orjson
 
 from gwcore.errors import GatewayError
 from gwcore.server.app import DEFERRED, error_response
+from gwcore.server.protocol import header_lines
 from gwcore.sse import RelayPump, SSEError, StreamObserver
 from gwcore.upstream import Origin, StaleConnection, UpstreamExchange, UpstreamPool
 from gwcore.usage import UsageRecord, UsageSink, usage_from_openai
@@ -78,6 +79,10 @@ def stream_headers(route: str) -> list[tuple[str, str]]:
         ("x-accel-buffering", "no"),
         ("x-gwcore-route", route),
     ]
+
+
+# The head lines every relayed stream starts with, rendered and checked once.
+_RELAY_STREAM_LINES = header_lines(stream_headers("relay"))
 
 
 def upstream_error(status: int, body: bytes) -> GatewayError:
@@ -372,13 +377,8 @@ class RelayedResponse(ExchangeResponse):
         # The head is held back: it leaves in one write with the first body bytes of this read,
         # or alone at its end (``on_head_end``).
         if self.stream:
-            channel.start(
-                status,
-                stream_headers("relay") + passed,
-                chunked=True,
-                content_length=None,
-                hold=True,
-            )
+            lines = _RELAY_STREAM_LINES + header_lines(passed) if passed else _RELAY_STREAM_LINES
+            channel.start(status, lines, chunked=True, content_length=None, hold=True)
             self.observer = StreamObserver(
                 chunked=chunked and channel.chunked, elide_injected_usage=self.elide_usage
             )

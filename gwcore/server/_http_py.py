@@ -217,6 +217,8 @@ class ResponseChannel:
         hold: bool = False,
     ) -> None:
         """Write the status line and headers in one write; the server adds its own headers.
+        ``headers``: ``(name, value)`` pairs, or the lines ``header_lines()`` made of them once
+        (a response head that repeats need not be rendered and checked each time).
 
         ``hold=True`` keeps the head back, to go out in one write with the first body bytes:
         ``write_held()`` (or ``write``, ``end``, ``abort``) sends it in front of them, and
@@ -237,11 +239,12 @@ class ResponseChannel:
         else:  # the end of the body is the end of the connection
             framing = ""
             keep_alive = False
+        lines = headers if type(headers) is str else header_lines(headers)
         statuses = _STATUS_STR
         head = (
             f"{statuses.get(status) or status_line(status).decode('latin-1')}"
             f"{proto._state.common}x-request-id: {req.request_id}\r\n{framing}"
-            f"{_CONNECTION_STR[keep_alive]}{proto._cors_lines(req)}{header_lines(headers)}\r\n"
+            f"{_CONNECTION_STR[keep_alive]}{proto._cors_lines(req)}{lines}\r\n"
         ).encode("latin-1")
         self.started = True
         self._status = status
