@@ -21,3 +21,19 @@ cpdef _int(value)
 @cython.locals(d=dict)
 cpdef _get(obj, key)
 cpdef dict _tokens(prompt, completion, total, cached, reasoning)
+
+# The sinks a request's record goes through (a Python subclass, the ledger's UsagePipeline,
+# keeps its own attributes in a __dict__).
+cdef class MemorySink:
+    cdef public object _records
+    cpdef record(self, rec)
+
+cdef class FanoutSink:
+    cdef public list sinks
+    cdef object __weakref__
+    cpdef record(self, rec)
+
+cdef class PricedFanout(FanoutSink):
+    cdef public object pricing
+    cdef public dict kinds
+    cpdef record(self, rec)
