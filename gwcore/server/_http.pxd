@@ -36,11 +36,14 @@ cdef class ResponseChannel:
     cpdef on_disconnect(self, callback)
 
 cdef class HttpProtocol:
-    cdef public object _state, _loop, _routes, _max_body, _max_url, _max_headers
-    cdef public object _max_header_bytes, _header_timeout, _keep_alive_timeout, _cors, _parser
-    cdef public object transport, _client, _url, _headers, _nheaders, _header_bytes, _head_bytes
+    cdef public object _state, _loop, _routes
+    cdef public object _header_timeout, _keep_alive_timeout, _cors, _parser
+    cdef public object transport, _client, _url, _headers
+    # sizes and counts: C integers
+    cdef public Py_ssize_t _max_body, _max_url, _max_headers, _max_header_bytes
+    cdef public Py_ssize_t _nheaders, _header_bytes, _head_bytes, _body_size
     cdef public Request _req
-    cdef public object _in_head, _body, _body_size, _discard_body, _pending, _active
+    cdef public object _in_head, _body, _discard_body, _pending, _active
     cdef public object _dispatching, _stopped, _eof, _lingering, _last_request, _closing
     cdef public object _write_paused, _read_paused, _drain_waiter, _deadline, _deadline_408
     cdef public object _quick
@@ -57,10 +60,10 @@ cdef class HttpProtocol:
     cpdef _cors_lines(self, req)
     # httptools callbacks (they stay Python-callable), with their dictionaries typed
     @cython.locals(names=dict, headers=dict)
-    cpdef on_header(self, name, value)
+    cpdef on_header(self, bytes name, bytes value)
     cpdef on_headers_complete(self)
     @cython.locals(headers=dict, known_methods=dict)
-    cpdef _head_done(self, raw_method, keep_alive, version)
+    cpdef _head_done(self, bytes raw_method, keep_alive, version)
     cpdef bint _quick_request(self, bytes data)
     cpdef on_url(self, url)
     cpdef on_body(self, body)
