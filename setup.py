@@ -39,7 +39,12 @@ EXTENSIONS = {
 NEEDS = {
     "gwcore.server._http": ("gwcore.server.app",),
     "gwcore.upstream": ("gwcore._sse",),
-    "gwcore.relay": ("gwcore.usage", "gwcore.server.app", "gwcore.server._http"),
+    "gwcore.relay": (
+        "gwcore.usage",
+        "gwcore.server.app",
+        "gwcore.server._http",
+        "gwcore.upstream",
+    ),
     "gwcore.gateway": ("gwcore.usage", "gwcore.server.app", "gwcore.relay"),
     "gwcore.metrics": ("gwcore.usage",),
     "gwcore.ledger.schema": ("gwcore.usage",),

@@ -3,18 +3,20 @@
 # written in Python (gwcore.translated) keep their own attributes in a __dict__ as usual.
 
 from gwcore.server._http cimport ResponseChannel
+from gwcore.upstream cimport UpstreamExchange, UpstreamPool
 from gwcore.usage cimport UsageRecord
 
 cdef class Dechunker:
     cdef public object complete, out, parser
 
 cdef class ExchangeResponse:
-    cdef public object sink, started_at, exchange, ready, _recorded, _deferred
+    cdef public object sink, started_at, ready, _recorded, _deferred
+    cdef public UpstreamExchange exchange
     cdef public ResponseChannel channel  # its methods are C calls here
     cdef public UsageRecord record  # its fields are struct members here
     cdef public object _resend, _retry
     cdef object __weakref__
-    cpdef start_exchange(self, pool, origin, path, headers, body, block=*)
+    cpdef start_exchange(self, UpstreamPool pool, origin, path, headers, body, block=*)
     # Once per request, called from inside the class: C calls.
     cpdef _head_arrived(self, exchange, status)
     cpdef _release(self)

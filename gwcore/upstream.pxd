@@ -8,12 +8,22 @@ from gwcore._sse cimport RelayPump as _CPump
 cdef class _HeadParser:
     cdef public object complete, headers
 
+cdef class UpstreamConnection
+
 cdef class UpstreamExchange:
-    cdef public object _conn, _end, reused
+    cdef public UpstreamConnection _conn
+    cdef public object _end, reused
+    # What the relay calls once per request: C calls from modules that cimport this type.
+    cpdef release(self)
+    cpdef close(self)
+    cpdef divert(self, protocol)
+
+cdef class UpstreamPool
 
 cdef class UpstreamConnection:
     cdef public object _counted, _deadline, _diverted, _exchange, _head_buf, _head_fut, _keep_alive
-    cdef public object _listener, _loop, _method, _paused, _pool, _remaining, _rx, _rx_seen, _silent
+    cdef public object _listener, _loop, _method, _paused, _remaining, _rx, _rx_seen, _silent
+    cdef public UpstreamPool _pool
     cdef public object _state, _transport, _until_close, got_bytes, origin, requests, reused
     cdef object __weakref__
 
@@ -22,6 +32,8 @@ cdef class UpstreamConnection:
     cpdef data_received(self, data)
     # Once per request, called from inside the class: C calls.
     cpdef _take(self)
+    cpdef release(self)
+    cpdef close(self)
     cpdef _send(self, data, listener, method, await_head=*)
     cpdef _data_slow(self, data)
     cpdef _on_head_bytes(self, data)
@@ -40,6 +52,30 @@ cpdef str _header_line(name, value)
 @cython.locals(hosts=dict, cache=dict, lines=list)
 cpdef bytes build_request(origin, method, path, headers, body, block=*)
 
+cdef class _OriginPool:
+    cdef public list idle
+    cdef public object open, connecting, waiters
+
+cdef class UpstreamPool:
+    cdef public object max_per_origin, connect_timeout, header_timeout, idle_timeout
+    cdef public object keepalive_idle, max_buffered_body, _ssl_context, _closed, _tick_handle
+    cdef public object _tick_every
+    cdef public dict _origins
+    cdef public set _watched
+    cdef dict __dict__  # tests replace a method on an instance
+    cdef object __weakref__
+    # Once per relayed request each: C calls from inside the module and from the relay.
+    @cython.locals(op=_OriginPool, conn=UpstreamConnection)
+    cpdef send_now(self, origin, method, path, headers, body, listener, block=*)
+    @cython.locals(op=_OriginPool)
+    cpdef _idle(self, origin)
+    @cython.locals(op=_OriginPool)
+    cpdef _put_idle(self, UpstreamConnection conn)
+    cpdef _watch(self, UpstreamConnection conn)
+    @cython.locals(op=_OriginPool)
+    cpdef _forget(self, UpstreamConnection conn)
+
+cpdef _wake(_OriginPool op)
 @cython.locals(conn=UpstreamConnection)
-cpdef _take_idle(op)
+cpdef _take_idle(_OriginPool op)
 cpdef str _http_version(head)

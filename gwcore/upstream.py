@@ -943,6 +943,15 @@ class _OriginPool:
         self.waiters: deque[asyncio.Future] = deque()
 
 
+def _wake(op: _OriginPool) -> None:
+    """A connection of ``op`` is free: the first task still waiting for one takes its turn."""
+    while op.waiters:
+        fut = op.waiters.popleft()
+        if not fut.done():
+            fut.set_result(None)
+            return
+
+
 def _take_idle(op: _OriginPool) -> UpstreamConnection | None:
     """The newest idle connection of ``op`` still alive (the dead ones are dropped), or None."""
     idle = op.idle
@@ -1161,7 +1170,7 @@ class UpstreamPool:
                 ) from None
             except BaseException:
                 if fut.done() and not fut.cancelled():
-                    self._wake(op)  # we were woken but leave: pass the turn on
+                    _wake(op)  # we were woken but leave: pass the turn on
                 raise
             finally:
                 if not fut.done():
@@ -1176,7 +1185,7 @@ class UpstreamPool:
             conn = await self._connect(origin, loop, deadline)
         except BaseException:
             op.open -= 1
-            self._wake(op)
+            _wake(op)
             raise
         finally:
             op.connecting -= 1
@@ -1236,7 +1245,7 @@ class UpstreamPool:
         conn.reused = True
         conn._deadline = conn._loop.time() + self.keepalive_idle
         op.idle.append(conn)
-        self._wake(op)
+        _wake(op)
 
     def _watch(self, conn: UpstreamConnection) -> None:
         """From its first request on, the ticker looks after ``conn`` until it closes."""
@@ -1267,12 +1276,4 @@ class UpstreamPool:
         if conn._counted:
             conn._counted = False
             op.open -= 1
-            self._wake(op)
-
-    @staticmethod
-    def _wake(op: _OriginPool) -> None:
-        while op.waiters:
-            fut = op.waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                return
+            _wake(op)
