@@ -4,8 +4,12 @@ Seconds of CPU on a shared two-core machine swing by tens of percent between run
 counts do not. This runs each relay (gwcore, gwcore without its ledger, the pure-Python twin of
 its scanner, the uvloop floor, nginx) under ``valgrind --tool=callgrind`` twice, once for N1 and
 once for N2 streamed requests after the same warm-up, and reports (Ir(N2) - Ir(N1)) / (N2 - N1):
-start-up and warm-up cancel out. Kernel work (the read and write system calls, the same count for
-every relay here) is not in these figures; ``bench_relay.py`` measures whole CPU time.
+start-up and warm-up cancel out. One-time work that can still fall into one run only is taken
+out of both: SQLite's statement preparation (``sqlite3_prepare_v2``; the ledger prepares each
+statement once per process, and whether its 100-row INSERT is first prepared in the N1 run, the
+N2 run or neither depends on how the writer's batches fall), reported beside. Kernel work (the
+read and write system calls, the same count for every relay here) is not in these figures;
+``bench_relay.py`` measures whole CPU time.
 
     python bench/bench_relay_instructions.py [--n1 100] [--n2 400] [--targets gwcore,floor,nginx]
 
@@ -55,7 +59,8 @@ def _stream(sock: socket.socket) -> None:
         raise RuntimeError(f"not a complete stream: {buf[-200:]!r}")
 
 
-def _run(tmp: Path, target: str, mock_port: int, n: int) -> int:
+def _run(tmp: Path, target: str, mock_port: int, n: int) -> tuple[int, int]:
+    """(instructions, of which statement preparation) of one run of ``target``."""
     tmp = tmp / f"{target}-{n}"
     tmp.mkdir()
     out = tmp / f"{target}.{n}.callgrind"
@@ -114,7 +119,25 @@ def _run(tmp: Path, target: str, mock_port: int, n: int) -> int:
     match = re.search(r"^(?:summary|totals):\s+(\d+)", text, re.M)
     if match is None:
         raise RuntimeError(f"no instruction total in {out}")
-    return int(match.group(1))
+    return int(match.group(1)), _prepare_cost(out)
+
+
+def _prepare_cost(path: Path) -> int:
+    """Instructions spent in ``sqlite3_prepare_v2`` (with what it calls) in one callgrind file."""
+    if shutil.which("callgrind_annotate") is None:
+        return 0
+    out = subprocess.run(
+        ["callgrind_annotate", "--inclusive=yes", "--threshold=100", "--auto=no", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    total = 0
+    for line in out.splitlines():
+        m = re.match(r"\s*([\d,]+)\s+(?:\([^)]*\)\s+)?\S*:sqlite3_prepare_v2\s", line)
+        if m:
+            total += int(m.group(1).replace(",", ""))
+    return total
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,8 +174,10 @@ def main(argv: list[str] | None = None) -> int:
             for target in args.targets.split(","):
                 t0 = time.monotonic()
                 try:
-                    a = _run(tmp, target, mock.port, args.n1)
-                    b = _run(tmp, target, mock.port, args.n2)
+                    (a, a_prep), (b, b_prep) = (
+                        _run(tmp, target, mock.port, args.n1),
+                        _run(tmp, target, mock.port, args.n2),
+                    )
                 except RuntimeError as exc:
                     print(f"{target}: skipped ({exc})")
                     continue
@@ -160,9 +185,14 @@ def main(argv: list[str] | None = None) -> int:
                     Path(args.keep).mkdir(parents=True, exist_ok=True)
                     for f in tmp.glob(f"{target}-*/*.callgrind"):
                         shutil.copy(f, Path(args.keep) / f.name)
-                per = (b - a) / (args.n2 - args.n1)
+                per = ((b - b_prep) - (a - a_prep)) / (args.n2 - args.n1)
+                prep = (b_prep - a_prep) / (args.n2 - args.n1)
                 rows.append((target, per))
-                print(f"{target}: {per:,.0f} instructions/request ({time.monotonic() - t0:.0f} s)")
+                note = f", statement preparation taken out: {prep:+,.0f}" if a_prep + b_prep else ""
+                print(
+                    f"{target}: {per:,.0f} instructions/request "
+                    f"({time.monotonic() - t0:.0f} s{note})"
+                )
         finally:
             mock.stop()
     base = dict(rows).get("nginx")

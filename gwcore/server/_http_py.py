@@ -603,7 +603,8 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
             path = unquote(path, encoding="latin-1")
         request_id = headers.get("x-request-id")
         if request_id is None or not _REQUEST_ID_OK(request_id):
-            request_id = f"{state.id_prefix}{next(state.ids):08x}"
+            # %-format: half the cost of the f-string with a format spec
+            request_id = "%s%08x" % (state.id_prefix, next(state.ids))  # noqa: UP031
         req = Request(method, path, query, headers, b"", request_id, self._client, version)
         if not keep_alive:
             req._keep_alive = False
