@@ -357,6 +357,20 @@ def test_health_and_common_headers(port):
     assert re.fullmatch(r"[0-9a-f]{20}", r.headers["x-request-id"])
 
 
+@pytest.mark.parametrize("n", [1, 15, 16, 0xFFFFFFF, 0x10000000, 0xFFFFFFFF, 2**32, 2**40 + 7])
+def test_new_request_id_is_prefix_and_at_least_8_hex_digits(http_impl, n):
+    """Built from hex() without a format spec: the same ids as ``f"{prefix}{n:08x}"``."""
+    import itertools
+
+    state = http_impl.ServerState(App(), ServerConfig(), asyncio.new_event_loop())
+    try:
+        state.ids = itertools.count(n)
+        assert state.new_request_id() == f"{state.id_prefix}{n:08x}"
+        assert state.new_request_id() == f"{state.id_prefix}{n + 1:08x}"
+    finally:
+        state.loop.close()
+
+
 def test_keep_alive_reuse(port):
     c = Conn(port)
     ids = set()

@@ -16,6 +16,7 @@ cdef class ServerState:
     cdef public object _server_line, _second, common, common_bytes, now, ids, id_prefix
     cdef public object _tick_interval, _tick_handle
     cdef object __weakref__
+    cpdef str new_request_id(self)
 
 cdef class HttpProtocol
 
@@ -36,7 +37,8 @@ cdef class ResponseChannel:
     cpdef on_disconnect(self, callback)
 
 cdef class HttpProtocol:
-    cdef public object _state, _loop, _routes
+    cdef public ServerState _state
+    cdef public object _loop, _routes
     cdef public object _header_timeout, _keep_alive_timeout, _cors, _parser
     cdef public object transport, _client, _url, _headers
     # sizes and counts: C integers

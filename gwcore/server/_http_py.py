@@ -61,6 +61,7 @@ _CONNECTION = {True: b"connection: keep-alive\r\n", False: b"connection: close\r
 _CONNECTION_STR = {True: "connection: keep-alive\r\n", False: "connection: close\r\n"}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _TERMINATOR = b"0\r\n\r\n"
+_ZEROS = tuple("0" * (8 - n) for n in range(8))  # the zeros in front of n < 8 hex digits
 _REQUEST_ID_OK = re.compile(r"[A-Za-z0-9._:\-]{1,128}").fullmatch
 _METHODS = {m.encode(): m for m in ("GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH")}
 _NO_BODY_STATUS = frozenset((204, 304))
@@ -141,7 +142,12 @@ class ServerState:
         self._tick_handle: asyncio.TimerHandle | None = None
 
     def new_request_id(self) -> str:
-        return f"{self.id_prefix}{next(self.ids):08x}"
+        """The prefix and the next number as at least 8 hex digits (``f"{n:08x}"``, built from
+        ``hex()``: a format spec costs about 2k instructions, a request's one percent)."""
+        digits = hex(next(self.ids))[2:]
+        if len(digits) < 8:
+            return self.id_prefix + _ZEROS[len(digits)] + digits
+        return self.id_prefix + digits
 
     def cors_allows(self, origin: str | None) -> bool:
         return origin is not None and (self.cors_any or origin in self.cors_origins)
@@ -603,8 +609,7 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
             path = unquote(path, encoding="latin-1")
         request_id = headers.get("x-request-id")
         if request_id is None or not _REQUEST_ID_OK(request_id):
-            # %-format: half the cost of the f-string with a format spec
-            request_id = "%s%08x" % (state.id_prefix, next(state.ids))  # noqa: UP031
+            request_id = state.new_request_id()
         req = Request(method, path, query, headers, b"", request_id, self._client, version)
         if not keep_alive:
             req._keep_alive = False
