@@ -18,4 +18,5 @@ cdef class Gateway:
 
 cpdef dict _json_object(raw)
 cpdef bytes _with_member(raw, member)
-cpdef list _forwarded(headers)
+@cython.locals(out=list)
+cpdef list _forwarded(headers, dropped)

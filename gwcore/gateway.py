@@ -31,7 +31,7 @@ from gwcore.ledger import UsagePipeline
 from gwcore.providers import CREDENTIAL_HEADERS, ProviderRegistry
 from gwcore.relay import RelayedResponse, stream_headers
 from gwcore.translated import translated_completion
-from gwcore.upstream import UpstreamPool, header_block, strip_hop_by_hop
+from gwcore.upstream import HOP_BY_HOP, UpstreamPool, header_block
 from gwcore.usage import MemorySink, UsageRecord, UsageSink, new_record, usage_from_openai
 
 __all__ = ["Gateway"]
@@ -39,7 +39,7 @@ __all__ = ["Gateway"]
 log = logging.getLogger("gwcore.gateway")
 
 # Client headers never forwarded upstream: framing, credentials, and what the gateway sets itself.
-# (Hop-by-hop headers go too: ``_forwarded`` strips them first.)
+# (Hop-by-hop headers and the provider's own go too: see ``_forwarded``.)
 _NOT_FORWARDED = CREDENTIAL_HEADERS | {
     "host",
     "content-length",
@@ -73,9 +73,10 @@ class Gateway:
         )
         self.sink: UsageSink = sink if sink is not None else self.usage
         self.refresh_models = refresh_models
-        # (provider, stream) -> the header lines every relayed request to it carries, rendered
-        # and checked once (``upstream.header_block``)
-        self._blocks: dict[tuple[str, bool], str] = {}
+        # (provider, stream) -> (the header lines every relayed request to it carries, rendered
+        # and checked once by ``upstream.header_block``; the client header names not forwarded
+        # to it; its chat completions path)
+        self._blocks: dict[tuple[str, bool], tuple[str, frozenset[str], str]] = {}
 
     @classmethod
     def from_file(cls, path: str | None, environ: Mapping[str, str] | None = None) -> Gateway:
@@ -180,15 +181,18 @@ class Gateway:
             request.key_id,
         )
         blocks = self._blocks
-        block = blocks.get((provider.name, stream))
-        if block is None:
-            block = blocks[provider.name, stream] = _relay_block(provider, stream)
-        headers = provider.forwardable(_forwarded(request.headers))
+        known = blocks.get((provider.name, stream))
+        if known is None:
+            known = blocks[provider.name, stream] = (
+                _relay_block(provider, stream),
+                _NOT_FORWARDED | HOP_BY_HOP | provider.own_names,
+                provider.path("/chat/completions"),
+            )
+        block, dropped, path = known
+        headers = _forwarded(request.headers, dropped)
         headers.append(("x-request-id", request.request_id))
         relay = RelayedResponse(channel, record, self.sink, stream, elide, started)
-        return relay.start_exchange(
-            self.pool, provider.origin, provider.path("/chat/completions"), headers, payload, block
-        )
+        return relay.start_exchange(self.pool, provider.origin, path, headers, payload, block)
 
     async def _demo(
         self, request: Any, channel: Any, body: dict, model: str, stream: bool, started: float
@@ -271,12 +275,20 @@ def _json_object(raw: bytes) -> dict:
     return body
 
 
-def _forwarded(headers: Mapping[str, str]) -> list[tuple[str, str]]:
-    """The client's end-to-end headers: not what the gateway sets itself, no credentials, and
-    nothing hop-by-hop (``strip_hop_by_hop`` also drops what the client's ``Connection`` names:
-    the upstream request never carries that ``Connection`` header, so it is resolved here)."""
-    return [
-        (name, value)
-        for name, value in strip_hop_by_hop(list(headers.items()))
-        if name not in _NOT_FORWARDED
-    ]
+def _forwarded(headers: Mapping[str, str], dropped: frozenset[str]) -> list[tuple[str, str]]:
+    """The client's end-to-end headers, in one pass: none named in ``dropped`` (what the gateway
+    sets itself, credentials, the fixed hop-by-hop set, the provider's own headers), no
+    ``Proxy-*``, and none the client's ``Connection`` names (the upstream request never carries
+    that ``Connection`` header, so it is resolved here)."""
+    out = []
+    nominated = None
+    for name, value in headers.items():
+        low = name.lower()  # the front door's names are lowercase already; a handler's may not be
+        if low in dropped or low.startswith("proxy-"):
+            if low == "connection":
+                nominated = {token.strip().lower() for token in value.split(",")}
+            continue
+        out.append((low, value))
+    if nominated:
+        out = [pair for pair in out if pair[0] not in nominated]
+    return out

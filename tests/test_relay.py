@@ -37,14 +37,13 @@ needs_recorded = pytest.mark.skipif(
 @pytest.fixture(autouse=True)
 def http(sse, monkeypatch):
     """Every relay test runs over the compiled scanner and over its pure-Python twin. The front
-    door follows the relay: the compiled relay cimports the compiled front door's channel type
-    (the two are built and used together), so the twin front door runs with the twin relay, in
-    the suite's run on the twins (``test_twins.py``)."""
+    door is the relay's own build: the compiled relay cimports the compiled front door's channel
+    type (the two are built and used together), so the twin front door runs with the twin relay,
+    in the suite's run on the twins (``test_twins.py``)."""
     monkeypatch.setattr("gwcore.relay.StreamObserver", sse.StreamObserver)
     monkeypatch.setattr("gwcore.relay.SSEError", sse.SSEError)
     monkeypatch.setattr("gwcore.relay.RelayPump", sse.RelayPump)
-    twin = sse.__name__.endswith("_py") and implementation(gwcore.relay) == "python"
-    return use_http("python" if twin else "cython", monkeypatch)
+    return use_http(implementation(gwcore.relay), monkeypatch)
 
 
 def _events(payload: bytes) -> list[bytes]:
@@ -235,6 +234,33 @@ def test_headers_the_client_names_in_connection_are_not_forwarded():
             assert req.header("x-keep") == "end"  # end-to-end headers still pass
 
     run(main(), use_uvloop=True)
+
+
+def test_forwarded_headers_are_the_end_to_end_ones_only():
+    """One pass over the client's headers: what the gateway sets, credentials, the fixed
+    hop-by-hop set, Proxy-*, what Connection names and the provider's own headers stay behind,
+    whatever the case of the names."""
+    from gwcore.gateway import _NOT_FORWARDED, _forwarded
+    from gwcore.upstream import HOP_BY_HOP
+
+    dropped = _NOT_FORWARDED | HOP_BY_HOP | frozenset({"openai-beta"})
+    headers = {
+        "Connection": "keep-alive, X-Hop",
+        "X-Hop": "1",
+        "Proxy-Foo": "p",
+        "TE": "trailers",
+        "Upgrade": "h2c",
+        "Authorization": "Bearer client",
+        "X-Api-Key": "client",
+        "Cookie": "c=1",
+        "Host": "gw",
+        "Content-Length": "10",
+        "OpenAI-Beta": "own",
+        "X-Keep": "k",
+        "user-agent": "ua",
+    }
+    assert _forwarded(headers, dropped) == [("x-keep", "k"), ("user-agent", "ua")]
+    assert _forwarded({"x-keep": "k"}, dropped) == [("x-keep", "k")]
 
 
 def test_request_on_an_idle_pooled_connection_needs_no_task():
