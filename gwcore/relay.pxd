@@ -3,7 +3,7 @@
 # written in Python (gwcore.translated) keep their own attributes in a __dict__ as usual.
 
 from gwcore.server._http cimport ResponseChannel
-from gwcore.upstream cimport UpstreamExchange, UpstreamPool
+from gwcore.upstream cimport UpstreamExchange, UpstreamPool, _name  # C calls
 from gwcore.usage cimport UsageRecord
 
 cdef class Dechunker:

@@ -31,7 +31,7 @@ from gwcore.errors import GatewayError
 from gwcore.server.app import DEFERRED, error_response
 from gwcore.server.protocol import header_lines
 from gwcore.sse import RelayPump, SSEError, StreamObserver
-from gwcore.upstream import Origin, StaleConnection, UpstreamExchange, UpstreamPool
+from gwcore.upstream import Origin, StaleConnection, UpstreamExchange, UpstreamPool, _name
 from gwcore.usage import UsageRecord, UsageSink, usage_from_openai
 
 __all__ = [
@@ -372,7 +372,7 @@ class RelayedResponse(ExchangeResponse):
         passed = [
             (k.decode("latin-1"), v.decode("latin-1"))
             for k, v in headers
-            if k.lower() in _PASS_HEADERS
+            if _name(k)[0] in _PASS_HEADERS  # lowercase, from the upstream's bounded cache
         ]
         # The head is held back: it leaves in one write with the first body bytes of this read,
         # or alone at its end (``on_head_end``).
@@ -399,7 +399,7 @@ class RelayedResponse(ExchangeResponse):
         else:
             ctype = "application/json"
             for k, v in headers:
-                if k.lower() == b"content-type":
+                if _name(k)[0] == b"content-type":
                     ctype = v.decode("latin-1")
             passed += [("content-type", ctype), ("x-gwcore-route", "relay")]
             if chunked:

@@ -168,6 +168,31 @@ def test_comments_and_pings_pass_through():
     run(main(), use_uvloop=True)
 
 
+@pytest.mark.parametrize("stream", [True, False])
+def test_upstream_rate_limit_headers_reach_the_client_and_others_do_not(stream):
+    """The provider's rate-limit and processing headers pass (any case of their names); its
+    other headers (a cookie, its own ids, its framing) stay with the gateway."""
+    passed = [
+        ("X-RateLimit-Remaining-Tokens", "149999"),
+        ("openai-processing-ms", "112"),
+        ("Retry-After", "3"),
+    ]
+    kept = [("Set-Cookie", "id=1"), ("X-Upstream-Secret", "s"), ("Server", "mock-upstream")]
+
+    async def main():
+        async with gateway_with_mock() as h:
+            h.mock.scenarios.append(Scenario(headers=passed + kept))
+            resp = await raw_post(h.host, h.port, chat_body(stream))
+            assert resp.status == 200
+            for name, value in passed:
+                assert resp.headers[name.lower()] == value
+            assert "set-cookie" not in resp.headers
+            assert "x-upstream-secret" not in resp.headers
+            assert resp.headers.get("server") != "mock-upstream"
+
+    run(main(), use_uvloop=True)
+
+
 # ---- the request side ----------------------------------------------------------------------------
 
 
