@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Mapping
+from time import perf_counter
 from typing import Any
 
 import httptools
@@ -275,7 +275,7 @@ class ExchangeResponse:
         """Every ``on_head`` starts here: the exchange, the status, the time to the head."""
         self.exchange = exchange
         self.record.status = status
-        self.record.ttfb_ms = (time.perf_counter() - self.started_at) * 1000.0
+        self.record.ttfb_ms = (perf_counter() - self.started_at) * 1000.0
 
     # ---- the client channel's flow target
 
@@ -313,7 +313,7 @@ class ExchangeResponse:
             return
         self._recorded = True
         rec = self.record
-        rec.duration_ms = (time.perf_counter() - self.started_at) * 1000.0
+        rec.duration_ms = (perf_counter() - self.started_at) * 1000.0
         if tokens is not None:
             rec.set_tokens(tokens)
         self.sink.record(rec)
