@@ -98,7 +98,9 @@ ODD_NUMBERS = [
     b"+1",
     b"0x10",
     b"1" + b"0" * 18,
-    b"99999999999999999999",
+    b"9" * 19,  # past a long long, but an int to orjson
+    b"18446744073709551615",
+    b"99999999999999999999",  # past 64 bits: a float to orjson, 1e20 to usage_from_openai
     b"18446744073709551616",
     b"1." + b"5" * 19,
     b"1" * 19 + b".5",
