@@ -1327,6 +1327,13 @@ def quick_response_head(bytes buf not None, Py_ssize_t end):
 # through C pointers and builds no Python object but the result. Every loop stops at a byte no
 # plain token holds, at the latest at the NUL that ends every bytes object: none reads past it.
 
+from gwcore._sse_py import _PLAIN_STRING
+
+cdef unsigned char _U_PLAIN[256]  # the twin's table of string bytes, in C memory
+for _c in range(256):
+    _U_PLAIN[_c] = _PLAIN_STRING[_c]
+del _c
+
 cdef enum:
     U_INT = 0
     U_FLOAT = 1  # plain only where its value is not read
@@ -1344,11 +1351,9 @@ cdef inline Py_ssize_t _u_ws(const unsigned char* p, Py_ssize_t i) noexcept nogi
 
 cdef inline Py_ssize_t _u_string_end(const unsigned char* p, Py_ssize_t i) noexcept nogil:
     """Where the closing quote of the plain string whose first byte is at ``i`` is, or -1."""
-    cdef unsigned char c = p[i]
-    while 32 <= c <= 126 and c != 34 and c != 92:  # not a quote, not a backslash
+    while _U_PLAIN[p[i]]:
         i += 1
-        c = p[i]
-    return i if c == 34 else -1
+    return i if p[i] == 34 else -1
 
 
 cdef inline int _u_slot(const unsigned char* k, Py_ssize_t n) noexcept nogil:

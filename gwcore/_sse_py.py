@@ -1086,6 +1086,10 @@ _DETAILS_SLOTS = {
 # prompt, completion, total, cached, reasoning tokens
 _UsageCounts = tuple[int | None, int | None, int | None, int | None, int | None]
 _MAX_DIGITS = 18  # any 18-digit count fits a C long long, and so does the sum of two
+# 1 for each byte a plain string (key or value) holds: printable ASCII but ``"`` and ``\\``.
+_PLAIN_STRING = bytes(
+    1 if 32 <= c <= 126 and c != _QUOTE and c != _BSLASH else 0 for c in range(256)
+)
 # The kinds of a plain scalar value.
 _K_INT = 0
 _K_FLOAT = 1  # plain only where its value is not read
@@ -1095,11 +1099,10 @@ _K_OTHER = 2  # null, true, false, a string
 def _string_end(buf: bytes, i: int) -> int:
     """Where the closing quote of the plain string whose first byte is at ``i`` is: printable
     ASCII, no backslash; -1 for any other byte first."""
-    c = buf[i]
-    while 32 <= c <= 126 and c != _QUOTE and c != _BSLASH:
+    plain = _PLAIN_STRING
+    while plain[buf[i]]:
         i += 1
-        c = buf[i]
-    return i if c == _QUOTE else -1
+    return i if buf[i] == _QUOTE else -1
 
 
 def _usage_scalar(buf: bytes, i: int) -> tuple[int, int | None, int] | None:
