@@ -14,6 +14,7 @@ __all__ = [
     "StreamObserver",
     "quick_request_head",
     "quick_response_head",
+    "usage_counts",
 ]
 
 MAX_FRAMING_LINE: Final[int]
@@ -21,6 +22,8 @@ HOLD_LIMIT: Final[int]
 FIELD_SLACK: Final[int]
 
 Event = tuple[bytes | None, bytes, bytes | None]
+# prompt, completion, total, cached, reasoning tokens
+UsageCounts = tuple[int | None, int | None, int | None, int | None, int | None]
 
 class EventParser:
     """Parse mode: ``feed`` returns the ``(event, data, id)`` tuples completed by each piece."""
@@ -77,3 +80,8 @@ def quick_request_head(
 
 def quick_response_head(buf: bytes, end: int) -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
     """``(status, version, headers)`` of a plain response head ``buf[:end]``, or None."""
+
+def usage_counts(raw: bytes) -> UsageCounts | None:
+    """``(prompt_tokens, completion_tokens, total_tokens, cached_tokens, reasoning_tokens)`` of a
+    plain OpenAI chat usage object, exactly what orjson and ``usage_from_openai`` give, or
+    None."""

@@ -32,6 +32,7 @@ __all__ = [
     "StreamObserver",
     "quick_request_head",
     "quick_response_head",
+    "usage_counts",
 ]
 
 cdef extern from *:
@@ -1319,3 +1320,200 @@ def quick_response_head(bytes buf not None, Py_ssize_t end):
                 framing = True
     status = (p[9] - 48) * 100 + (p[10] - 48) * 10 + (p[11] - 48)
     return status, "1.1" if minor == 49 else "1.0", headers
+
+
+# ------------------------------------------------------------ the counts of a plain usage object
+# The twin's (gwcore._sse_py) usage_counts documents what is plain; this walks the same bytes
+# through C pointers and builds no Python object but the result. Every loop stops at a byte no
+# plain token holds, at the latest at the NUL that ends every bytes object: none reads past it.
+
+from gwcore._sse_py import _PLAIN_STRING
+
+cdef unsigned char _U_PLAIN[256]  # the twin's table of string bytes, in C memory
+for _c in range(256):
+    _U_PLAIN[_c] = _PLAIN_STRING[_c]
+del _c
+
+cdef enum:
+    U_INT = 0
+    U_FLOAT = 1  # plain only where its value is not read
+    U_OTHER = 2  # null, true, false, a string
+    U_MAX_DIGITS = 18  # any 18-digit count fits a long long, and so does the sum of two
+
+
+cdef inline Py_ssize_t _u_ws(const unsigned char* p, Py_ssize_t i) noexcept nogil:
+    cdef unsigned char c = p[i]
+    while c == 32 or c == 10 or c == 13 or c == 9:
+        i += 1
+        c = p[i]
+    return i
+
+
+cdef inline Py_ssize_t _u_string_end(const unsigned char* p, Py_ssize_t i) noexcept nogil:
+    """Where the closing quote of the plain string whose first byte is at ``i`` is, or -1."""
+    while _U_PLAIN[p[i]]:
+        i += 1
+    return i if p[i] == 34 else -1
+
+
+cdef inline int _u_slot(const unsigned char* k, Py_ssize_t n) noexcept nogil:
+    """The result slot of a top-level key: 0-2 the counts, 3-4 the details objects; -1 others."""
+    if n == 13:
+        return 0 if memcmp(k, b"prompt_tokens", 13) == 0 else -1
+    if n == 17:
+        return 1 if memcmp(k, b"completion_tokens", 17) == 0 else -1
+    if n == 12:
+        return 2 if memcmp(k, b"total_tokens", 12) == 0 else -1
+    if n == 21:
+        return 3 if memcmp(k, b"prompt_tokens_details", 21) == 0 else -1
+    if n == 25:
+        return 4 if memcmp(k, b"completion_tokens_details", 25) == 0 else -1
+    return -1
+
+
+cdef Py_ssize_t _u_scalar(const unsigned char* p, Py_ssize_t i, int* kind,
+                          long long* value) noexcept nogil:
+    """The end of the plain scalar at ``i`` (its kind, and its value for an integer), or -1."""
+    cdef unsigned char c = p[i]
+    cdef Py_ssize_t start = i
+    cdef long long v
+    if 48 <= c <= 57:
+        v = c - 48
+        i += 1
+        if c != 48:
+            c = p[i]
+            while 48 <= c <= 57:
+                if i - start == U_MAX_DIGITS:
+                    return -1
+                v = v * 10 + (c - 48)
+                i += 1
+                c = p[i]
+        if p[i] != 46:  # "."
+            kind[0] = U_INT
+            value[0] = v
+            return i
+        i += 1
+        start = i
+        while 48 <= p[i] <= 57:
+            i += 1
+        if i == start or i - start > U_MAX_DIGITS:
+            return -1
+        kind[0] = U_FLOAT
+        return i
+    kind[0] = U_OTHER
+    if c == 34:
+        i = _u_string_end(p, i + 1)
+        return -1 if i < 0 else i + 1
+    if c == 116:  # true
+        return i + 4 if p[i + 1] == 114 and p[i + 2] == 117 and p[i + 3] == 101 else -1
+    if c == 110:  # null
+        return i + 4 if p[i + 1] == 117 and p[i + 2] == 108 and p[i + 3] == 108 else -1
+    if c == 102:  # false
+        if p[i + 1] == 97 and p[i + 2] == 108 and p[i + 3] == 115 and p[i + 4] == 101:
+            return i + 5
+    return -1
+
+
+cdef Py_ssize_t _u_members(const unsigned char* p, Py_ssize_t i, const char* target,
+                           Py_ssize_t tlen, long long* count, bint* has) noexcept nogil:
+    """The end (past the ``}``) of the plain object of scalars whose ``{`` is at ``i``, or -1;
+    ``count``/``has`` get the last ``target`` member's value when that is an integer."""
+    cdef Py_ssize_t start
+    cdef int kind
+    cdef long long value
+    cdef bint hit
+    has[0] = False
+    i = _u_ws(p, i + 1)
+    if p[i] == 125:
+        return i + 1
+    while True:
+        if p[i] != 34:
+            return -1
+        start = i + 1
+        i = _u_string_end(p, start)
+        if i < 0:
+            return -1
+        hit = tlen > 0 and i - start == tlen and memcmp(p + start, target, <size_t>tlen) == 0
+        i = _u_ws(p, i + 1)
+        if p[i] != 58:  # ":"
+            return -1
+        i = _u_scalar(p, _u_ws(p, i + 1), &kind, &value)
+        if i < 0:
+            return -1
+        if hit:
+            if kind == U_FLOAT:
+                return -1
+            has[0] = kind == U_INT
+            count[0] = value
+        i = _u_ws(p, i)
+        if p[i] == 125:
+            return i + 1
+        if p[i] != 44:  # ","
+            return -1
+        i = _u_ws(p, i + 1)
+
+
+def usage_counts(bytes raw not None):
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(raw)
+    cdef Py_ssize_t i, start
+    cdef long long v[5]
+    cdef bint has[5]
+    cdef long long value
+    cdef bint ignored
+    cdef int kind, slot
+    has[0] = has[1] = has[2] = has[3] = has[4] = False
+    i = _u_ws(p, 0)
+    if p[i] != 123:  # "{"
+        return None
+    i = _u_ws(p, i + 1)
+    if p[i] != 125:  # "}"
+        while True:
+            if p[i] != 34:
+                return None
+            start = i + 1
+            i = _u_string_end(p, start)
+            if i < 0:
+                return None
+            slot = _u_slot(p + start, i - start)
+            i = _u_ws(p, i + 1)
+            if p[i] != 58:
+                return None
+            i = _u_ws(p, i + 1)
+            if p[i] == 123:
+                if slot == 3:
+                    i = _u_members(p, i, b"cached_tokens", 13, &v[3], &has[3])
+                elif slot == 4:
+                    i = _u_members(p, i, b"reasoning_tokens", 16, &v[4], &has[4])
+                else:
+                    i = _u_members(p, i, NULL, 0, &value, &ignored)
+                    if slot >= 0:
+                        has[slot] = False
+                if i < 0:
+                    return None
+            else:
+                i = _u_scalar(p, i, &kind, &value)
+                if i < 0:
+                    return None
+                if slot >= 0:
+                    if kind == U_FLOAT:
+                        return None
+                    has[slot] = slot < 3 and kind == U_INT  # a details key's: not an object
+                    v[slot] = value
+            i = _u_ws(p, i)
+            if p[i] == 125:
+                break
+            if p[i] != 44:
+                return None
+            i = _u_ws(p, i + 1)
+    if _u_ws(p, i + 1) != PyBytes_GET_SIZE(raw):
+        return None
+    if not has[2] and has[0] and has[1]:
+        v[2] = v[0] + v[1]
+        has[2] = True
+    return (
+        v[0] if has[0] else None,
+        v[1] if has[1] else None,
+        v[2] if has[2] else None,
+        v[3] if has[3] else None,
+        v[4] if has[4] else None,
+    )

@@ -30,6 +30,7 @@ __all__ = [
     "StreamObserver",
     "quick_request_head",
     "quick_response_head",
+    "usage_counts",
 ]
 
 MAX_FRAMING_LINE = 8192  # bound of a chunk-size line and of all trailer lines together
@@ -1070,3 +1071,185 @@ def quick_response_head(buf: bytes, end: int) -> tuple | None:
                     return None
                 framing = True
     return d0 * 100 + d1 * 10 + d2, "1.1" if minor == 49 else "1.0", headers
+
+
+# ------------------------------------------------------------ the counts of a plain usage object
+
+# The keys usage_counts reads, as bytes (a plain key has no escapes: its bytes are its name), and
+# the slot of each in the result: the three counts, then the two details objects, with the count
+# read inside each.
+_COUNT_SLOTS = {b"prompt_tokens": 0, b"completion_tokens": 1, b"total_tokens": 2}
+_DETAILS_SLOTS = {
+    b"prompt_tokens_details": (3, b"cached_tokens"),
+    b"completion_tokens_details": (4, b"reasoning_tokens"),
+}
+# prompt, completion, total, cached, reasoning tokens
+_UsageCounts = tuple[int | None, int | None, int | None, int | None, int | None]
+_MAX_DIGITS = 18  # any 18-digit count fits a C long long, and so does the sum of two
+# 1 for each byte a plain string (key or value) holds: printable ASCII but ``"`` and ``\\``.
+_PLAIN_STRING = bytes(
+    1 if 32 <= c <= 126 and c != _QUOTE and c != _BSLASH else 0 for c in range(256)
+)
+# The kinds of a plain scalar value.
+_K_INT = 0
+_K_FLOAT = 1  # plain only where its value is not read
+_K_OTHER = 2  # null, true, false, a string
+
+
+def _string_end(buf: bytes, i: int) -> int:
+    """Where the closing quote of the plain string whose first byte is at ``i`` is: printable
+    ASCII, no backslash; -1 for any other byte first."""
+    plain = _PLAIN_STRING
+    while plain[buf[i]]:
+        i += 1
+    return i if buf[i] == _QUOTE else -1
+
+
+def _usage_scalar(buf: bytes, i: int) -> tuple[int, int | None, int] | None:
+    """``(kind, value, end)`` of the plain scalar at ``i`` (``value`` for an integer only), or
+    None. Plain: a non-negative integer (``0`` or no leading zero, at most 18 digits), one with a
+    fraction (at most 18 digits each side, no exponent), ``null``, ``true``, ``false``, a plain
+    string. What follows is left to the caller: a leading zero, an exponent or a sign fail there,
+    where only a blank, a comma or a brace may come."""
+    c = buf[i]
+    if 48 <= c <= 57:
+        start = i
+        i += 1
+        if c != 48:
+            while 48 <= buf[i] <= 57:
+                i += 1
+        if i - start > _MAX_DIGITS:
+            return None
+        if buf[i] != 46:  # "."
+            return _K_INT, int(buf[start:i]), i
+        i += 1
+        start = i
+        while 48 <= buf[i] <= 57:
+            i += 1
+        if i == start or i - start > _MAX_DIGITS:
+            return None
+        return _K_FLOAT, None, i
+    if c == _QUOTE:
+        i = _string_end(buf, i + 1)
+        return None if i < 0 else (_K_OTHER, None, i + 1)
+    word = buf[i : i + 4]
+    if word == b"true" or word == b"null":
+        return _K_OTHER, None, i + 4
+    if buf[i : i + 5] == b"false":
+        return _K_OTHER, None, i + 5
+    return None
+
+
+def _ws(buf: bytes, i: int) -> int:
+    while buf[i] in _JSON_WS:
+        i += 1
+    return i
+
+
+def _usage_members(buf: bytes, i: int, target: bytes | None) -> tuple[int | None, int] | None:
+    """``(count, end)`` of the plain object whose ``{`` is at ``i``: its members' values are
+    plain scalars; ``count`` is the last ``target`` member's value when that is an integer, else
+    None; ``end`` is just past the ``}``. None when not plain, or when ``target`` has a fraction."""
+    count = None
+    i = _ws(buf, i + 1)
+    if buf[i] == _RBRACE:
+        return count, i + 1
+    while True:
+        if buf[i] != _QUOTE:
+            return None
+        start = i + 1
+        i = _string_end(buf, start)
+        if i < 0:
+            return None
+        key = buf[start:i]
+        i = _ws(buf, i + 1)
+        if buf[i] != _COLON:
+            return None
+        got = _usage_scalar(buf, _ws(buf, i + 1))
+        if got is None:
+            return None
+        kind, value, i = got
+        if key == target:
+            if kind == _K_FLOAT:
+                return None
+            count = value
+        i = _ws(buf, i)
+        c = buf[i]
+        if c == _RBRACE:
+            return count, i + 1
+        if c != 0x2C:  # ","
+            return None
+        i = _ws(buf, i + 1)
+
+
+def usage_counts(raw: bytes) -> _UsageCounts | None:
+    """``(prompt_tokens, completion_tokens, total_tokens, cached_tokens, reasoning_tokens)`` of an
+    OpenAI chat usage object (the bytes of the JSON object, as ``StreamObserver.usage`` holds
+    them) when it is a plain one, else None and the caller reads it with orjson and
+    ``gwcore.usage.usage_from_openai``, whose answer this is exactly (``tests/test_usage_counts.py``
+    holds the two to the same answer).
+
+    Plain: one JSON object with JSON blanks around its tokens and nothing after it; keys of
+    printable ASCII without a backslash; values that are non-negative integers (``0`` or no
+    leading zero, at most 18 digits), ``null``, ``true``, ``false``, strings like the keys, or
+    objects of these (no deeper one, no array). A number with a fraction (no exponent, at most 18
+    digits each side; Groq reports its timings so) is plain only where its value is not read: not
+    as a count nor as the value of a details key or of the count inside one. A later duplicate key
+    replaces an earlier one, as in orjson. A count that is not an integer is None; the total, when
+    it is None, is the sum of the prompt and completion counts when both are there."""
+    buf = raw + b"\0"  # the compiled function stops at the NUL that ends every bytes object
+    counts: list[int | None] = [None] * 5
+    i = _ws(buf, 0)
+    if buf[i] != _LBRACE:
+        return None
+    i = _ws(buf, i + 1)
+    if buf[i] != _RBRACE:
+        while True:
+            if buf[i] != _QUOTE:
+                return None
+            start = i + 1
+            i = _string_end(buf, start)
+            if i < 0:
+                return None
+            key = buf[start:i]
+            i = _ws(buf, i + 1)
+            if buf[i] != _COLON:
+                return None
+            i = _ws(buf, i + 1)
+            slot = _COUNT_SLOTS.get(key)
+            details = _DETAILS_SLOTS.get(key)
+            if buf[i] == _LBRACE:
+                got = _usage_members(buf, i, None if details is None else details[1])
+                if got is None:
+                    return None
+                value, i = got
+                if details is not None:
+                    counts[details[0]] = value
+                elif slot is not None:
+                    counts[slot] = None
+            else:
+                got = _usage_scalar(buf, i)
+                if got is None:
+                    return None
+                kind, value, i = got
+                if details is not None:
+                    if kind == _K_FLOAT:
+                        return None
+                    counts[details[0]] = None  # not an object: no count inside
+                elif slot is not None:
+                    if kind == _K_FLOAT:
+                        return None
+                    counts[slot] = value  # None unless an integer
+            i = _ws(buf, i)
+            c = buf[i]
+            if c == _RBRACE:
+                break
+            if c != 0x2C:  # ","
+                return None
+            i = _ws(buf, i + 1)
+    if _ws(buf, i + 1) != len(raw):
+        return None
+    prompt, completion, total, cached, reasoning = counts
+    if total is None and prompt is not None and completion is not None:
+        total = prompt + completion
+    return prompt, completion, total, cached, reasoning
