@@ -30,7 +30,7 @@ import orjson
 from gwcore.errors import GatewayError
 from gwcore.server.app import DEFERRED, error_response
 from gwcore.server.protocol import header_lines
-from gwcore.sse import RelayPump, SSEError, StreamObserver
+from gwcore.sse import RelayPump, SSEError, StreamObserver, usage_counts
 from gwcore.upstream import Origin, StaleConnection, UpstreamExchange, UpstreamPool, _name
 from gwcore.usage import UsageRecord, UsageSink, usage_from_openai
 
@@ -528,6 +528,17 @@ class RelayedResponse(ExchangeResponse):
         if observer is not None:
             raw = observer.usage
             if raw is not None:
+                counts = usage_counts(raw)  # a plain usage object, read in C (None: not plain)
+                if counts is not None:
+                    (
+                        rec.prompt_tokens,
+                        rec.completion_tokens,
+                        rec.total_tokens,
+                        rec.cached_tokens,
+                        rec.reasoning_tokens,
+                    ) = counts
+                    self._record_once(None)
+                    return
                 try:
                     usage = orjson.loads(raw)
                 except orjson.JSONDecodeError:

@@ -43,6 +43,7 @@ def http(sse, monkeypatch):
     monkeypatch.setattr("gwcore.relay.StreamObserver", sse.StreamObserver)
     monkeypatch.setattr("gwcore.relay.SSEError", sse.SSEError)
     monkeypatch.setattr("gwcore.relay.RelayPump", sse.RelayPump)
+    monkeypatch.setattr("gwcore.relay.usage_counts", sse.usage_counts)
     return use_http(implementation(gwcore.relay), monkeypatch)
 
 
@@ -152,6 +153,47 @@ def test_injected_usage_chunk_elided_everything_else_unchanged(cuts, ask):
                 usage["completion_tokens"],
                 usage["total_tokens"],
             )
+
+    run(main(), use_uvloop=True)
+
+
+@pytest.mark.parametrize(
+    ("usage", "expected"),
+    [
+        # plain: read in C
+        (b'{"prompt_tokens":9,"completion_tokens":3,"total_tokens":12}', (9, 3, 12, None, None)),
+        # not plain (a float count, an escaped key): read by orjson, the same meaning
+        (b'{"prompt_tokens":9.0,"completion_tokens":3}', (9, 3, 12, None, None)),
+        (
+            b'{"prompt\\u005ftokens":9,"completion_tokens":3,'
+            b'"prompt_tokens_details":{"cached_tokens":4}}',
+            (9, 3, 12, 4, None),
+        ),
+        # not an object at all: no counts
+        (b"[1,2]", (None, None, None, None, None)),
+    ],
+)
+def test_usage_recorded_from_plain_and_other_usage_objects(usage, expected):
+    body = (
+        b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
+        b'data: {"id":"c","choices":[],"usage":' + usage + b"}\n\n"
+        b"data: [DONE]\n\n"
+    )
+
+    async def main():
+        async with gateway_with_mock() as h:
+            h.mock.scenarios.append(Scenario.replay(body))
+            resp = await raw_post(h.host, h.port, chat_body(True, include_usage=True))
+            assert resp.payload() == body
+            (rec,) = h.sink.records
+            got = (
+                rec.prompt_tokens,
+                rec.completion_tokens,
+                rec.total_tokens,
+                rec.cached_tokens,
+                rec.reasoning_tokens,
+            )
+            assert got == expected
 
     run(main(), use_uvloop=True)
 
