@@ -6,8 +6,10 @@ cimport cython
 from gwcore.usage cimport UsageRecord
 
 cdef class _Histogram:
-    cdef public object bounds, buckets, counts, sum, total
-    cpdef tally(self, amount)
+    cdef public list bounds, counts
+    cdef public object buckets, sum, total
+    @cython.locals(i=Py_ssize_t, bound=cython.double)
+    cpdef tally(self, double amount)
 
 cdef class _LabelSet:
     cdef public _Histogram duration, ttfb  # typed: each record's tally is a C call
