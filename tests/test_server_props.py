@@ -207,3 +207,25 @@ def test_quick_request_head_takes_what_the_sdk_sends(sse):
     assert headers["user-agent"] == "OpenAI/Python 1.54.0"
     assert count == 9
     assert size == sum(len(line) - 2 for line in data[:end].split(b"\r\n")[1:-2])
+
+
+def test_quick_request_head_names_many_long_and_evicted(sse):
+    """Hundreds of distinct names (more than any cache of names holds), in several cases, some
+    longer than 32 bytes, again and again: each request still gets its own names, lowercased."""
+    for r in range(3):
+        for k in range(0, 600, 30):
+            pairs = []
+            for j in range(k, k + 30):
+                name = b"X-Header-%d" % j if j % 3 else b"x-HEADER-%d" % j
+                if j % 7 == 0:
+                    name = b"X-A-Rather-Long-Header-Name-Number-%d" % j  # over 32 bytes
+                pairs.append((name, b"v%d-%d" % (r, j)))
+            pairs.append((pairs[0][0].upper(), b"again"))  # the first name again, another case
+            data = (
+                b"GET / HTTP/1.1\r\n"
+                + b"".join(name + b": " + value + b"\r\n" for name, value in pairs)
+                + b"\r\n"
+            )
+            quick = sse.quick_request_head(data)
+            assert quick is not None
+            assert_headers_as_on_header(quick, pairs)
