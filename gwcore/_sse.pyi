@@ -74,9 +74,11 @@ class RelayPump:
 
 def quick_request_head(
     data: bytes,
-) -> tuple[bytes, bytes, list[tuple[bytes, bytes]], int, int, bool] | None:
-    """``(method, target, headers, content_length, end, keep_alive)`` of a plain HTTP/1.1
-    request head at the start of ``data``, or None (httptools parses it then)."""
+) -> tuple[bytes, bytes, dict[str, str], int, int, bool, int, int] | None:
+    """``(method, target, headers, content_length, end, keep_alive, count, header_bytes)`` of a
+    plain HTTP/1.1 request head at the start of ``data``, or None (httptools parses it then).
+    ``headers``: lowercase name -> value (latin-1; a repeated name's values joined with ", ");
+    ``count`` header lines, ``header_bytes`` the total of their name and value lengths."""
 
 def quick_response_head(buf: bytes, end: int) -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
     """``(status, version, headers)`` of a plain response head ``buf[:end]``, or None."""

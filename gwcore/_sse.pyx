@@ -17,7 +17,11 @@ byte or per event, and never buffer more than what straddles two pieces (bounded
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_SetDefault, PyDict_SetItem
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_XDECREF
+from cpython.unicode cimport Py_UCS1, PyUnicode_1BYTE_DATA, PyUnicode_DecodeLatin1, PyUnicode_New
 from libc.string cimport memchr, memcmp, memcpy
 
 from gwcore._sse_py import FIELD_SLACK, HOLD_LIMIT, MAX_FRAMING_LINE, SSEError
@@ -1234,14 +1238,101 @@ cdef list _header_fields(const unsigned char* p, Py_ssize_t i, Py_ssize_t last):
     return headers
 
 
+cdef inline bint _lower_is(
+    const Py_UCS1* low, Py_ssize_t n, const char* lit, Py_ssize_t m
+) noexcept nogil:
+    return n == m and memcmp(low, lit, m) == 0
+
+
+cdef inline bint _token_is(
+    const unsigned char* p, Py_ssize_t n, const char* lit, Py_ssize_t m
+) noexcept nogil:
+    """``p[:n].lower() == lit`` (``lit`` lowercase ASCII): ASCII lowercasing, as bytes.lower."""
+    cdef Py_ssize_t k
+    cdef unsigned char c
+    if n != m:
+        return False
+    for k in range(n):
+        c = p[k]
+        if 65 <= c <= 90:
+            c += 32
+        if c != <unsigned char>lit[k]:
+            return False
+    return True
+
+
+cdef inline str _lower_name(const unsigned char* p, Py_ssize_t n):
+    """The lowercase text of the token ``p[:n]`` (n > 0): its bytes are ASCII, so the string is
+    made compact ASCII and written in place."""
+    cdef str out = PyUnicode_New(n, 127)
+    cdef Py_UCS1* d = PyUnicode_1BYTE_DATA(out)
+    cdef Py_ssize_t k
+    cdef unsigned char c
+    for k in range(n):
+        c = p[k]
+        d[k] = c + 32 if 65 <= c <= 90 else c
+    return out
+
+
+# The lowercase text of the header names seen last, keyed by their bytes as received: clients
+# send the same few names on every request, and a name from here is a string already made, its
+# hash already computed (the dict insert needs it). Two ways in each of 64 sets, picked by a
+# Fibonacci hash of the name's bytes (the 15 to 20 names of an SDK's requests fit without
+# evicting each other); a name longer than a slot is made each time.
+cdef enum:
+    _NAME_SET_BITS = 6
+    _NAME_MAX = 32
+
+cdef extern from *:
+    dict _dict_presized "__Pyx_PyDict_NewPresized" (Py_ssize_t n)  # PyDict_New() for n <= 8
+    Py_ssize_t PyDict_GET_SIZE(object d)
+
+cdef struct _NameSlot:
+    Py_ssize_t n
+    PyObject* text  # a reference owned by the slot
+    unsigned char raw[_NAME_MAX]
+
+cdef _NameSlot _name_slots[2 << _NAME_SET_BITS]
+
+
+cdef inline str _name_text(const unsigned char* p, Py_ssize_t n, unsigned long long h):
+    """``_lower_name(p, n)``, from the cache when it holds these bytes (``h`` their hash)."""
+    cdef _NameSlot* first
+    cdef _NameSlot* second
+    cdef str text
+    if n > _NAME_MAX:
+        return _lower_name(p, n)
+    first = &_name_slots[2 * <Py_ssize_t>((h * 0x9E3779B97F4A7C15ULL) >> (64 - _NAME_SET_BITS))]
+    if first.n == n and memcmp(first.raw, p, n) == 0:
+        return <str>first.text
+    second = first + 1
+    if second.n == n and memcmp(second.raw, p, n) == 0:
+        return <str>second.text
+    text = _lower_name(p, n)
+    hash(text)
+    Py_XDECREF(second.text)  # the older of the two goes; the newest takes the first way
+    second[0] = first[0]
+    Py_INCREF(text)
+    first.text = <PyObject*>text
+    first.n = n
+    memcpy(first.raw, p, n)
+    return text
+
+
 def quick_request_head(bytes data not None):
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
     cdef const unsigned char* tchar = <const unsigned char*>PyBytes_AS_STRING(_TCHAR_C)
     cdef const unsigned char* target = <const unsigned char*>PyBytes_AS_STRING(_TARGET_C)
     cdef Py_ssize_t end = data.find(b"\r\n\r\n")
-    cdef Py_ssize_t i = 0, start, size, length = -1
+    cdef Py_ssize_t i = 0, start, size, vend, vsize, last, k
+    cdef Py_ssize_t count = 0, nbytes = 0, distinct
+    cdef unsigned long long h
+    cdef long long length = -1
     cdef bint keep_alive = True, seen = False
-    cdef bytes name, value
+    cdef const Py_UCS1* low
+    cdef PyObject* old
+    cdef str name, value
+    cdef dict headers
     if end < 0:
         return None
     end += 4
@@ -1257,26 +1348,68 @@ def quick_request_head(bytes data not None):
     if end - i < 13 or memcmp(p + i, b" HTTP/1.1\r\n", 11) != 0:
         return None
     url = PyBytes_FromStringAndSize(<const char*>p + start, i - start)
-    headers = _header_fields(p, i + 11, end - 2)
-    if headers is None:
-        return None
-    for name, value in headers:
-        size = PyBytes_GET_SIZE(name)
+    # The header lines, as _header_fields reads them, each checked and put in the dict as it
+    # is read (a line _header_fields refuses refuses the head: the order makes no difference).
+    i += 11
+    last = end - 2
+    # Sized for a header every 32 bytes (up to 64 headers): no resize on the way for the dozen
+    # or so an SDK sends; a plain PyDict_New() for the few of a small head.
+    headers = _dict_presized(min((last - i) >> 5, 64))
+    while i < last:
+        start = i
+        h = 0
+        while tchar[p[i]]:
+            h = h * 31 + p[i]
+            i += 1
+        size = i - start
+        if size == 0 or p[i] != 58:  # an empty name, or not a colon right after the name
+            return None
+        i += 1
+        while p[i] == 32 or p[i] == 9:
+            i += 1
+        vend = _line_end(p, i)
+        if vend < 0:
+            return None
+        vsize = vend - i
+        name = _name_text(p + start, size, h)
         if 6 <= size <= 17:  # as long as one of the names that need a look
-            low = name.lower()
-            if low == b"content-length":
-                if length >= 0 or not value.isdigit() or PyBytes_GET_SIZE(value) > 15:
+            low = PyUnicode_1BYTE_DATA(name)
+            if _lower_is(low, size, b"content-length", 14):
+                if length >= 0 or vsize == 0 or vsize > 15:
                     return None
-                length = int(value)
-            elif low == b"connection":
-                token = value.lower()
-                if seen or (token != b"keep-alive" and token != b"close"):
+                length = 0
+                for k in range(i, vend):
+                    if not 48 <= p[k] <= 57:
+                        return None
+                    length = length * 10 + (p[k] - 48)
+            elif _lower_is(low, size, b"connection", 10):
+                if seen:
                     return None
                 seen = True
-                keep_alive = token == b"keep-alive"
-            elif low == b"transfer-encoding" or low == b"upgrade" or low == b"expect":
+                if _token_is(p + i, vsize, b"keep-alive", 10):
+                    keep_alive = True
+                elif _token_is(p + i, vsize, b"close", 5):
+                    keep_alive = False
+                else:
+                    return None
+            elif (
+                _lower_is(low, size, b"transfer-encoding", 17)
+                or _lower_is(low, size, b"upgrade", 7)
+                or _lower_is(low, size, b"expect", 6)
+            ):
                 return None
-    return method, url, headers, length if length > 0 else 0, end, keep_alive
+        value = PyUnicode_DecodeLatin1(<const char*>p + i, vsize, NULL)
+        # A repeated name gets its values joined, as on_header does. The dict's size tells a
+        # new name from one seen (the object returned cannot: "" and one-character values are
+        # strings CPython shares, which the repeated name may hold already).
+        distinct = PyDict_GET_SIZE(headers)
+        old = PyDict_SetDefault(headers, name, value)
+        if PyDict_GET_SIZE(headers) == distinct:
+            PyDict_SetItem(headers, name, (<str>old) + ", " + value)
+        count += 1
+        nbytes += size + vsize
+        i = vend + 2
+    return method, url, headers, length if length > 0 else 0, end, keep_alive, count, nbytes
 
 
 def quick_response_head(bytes buf not None, Py_ssize_t end):

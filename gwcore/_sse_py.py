@@ -971,9 +971,16 @@ def _header_fields(buf: bytes, i: int, last: int) -> list | None:
 
 
 def quick_request_head(data: bytes) -> tuple | None:
-    """``(method, target, headers, content_length, end, keep_alive)`` of the plain HTTP/1.1
-    request head that starts ``data`` (``end`` just past its blank line), else None and
-    httptools parses.
+    """``(method, target, headers, content_length, end, keep_alive, count, header_bytes)`` of
+    the plain HTTP/1.1 request head that starts ``data`` (``end`` just past its blank line), else
+    None and httptools parses.
+
+    ``headers`` is the dict the front door's ``on_header`` builds from llhttp's callbacks: each
+    name decoded as latin-1 and lowercased (names are tokens: ASCII), each value decoded as
+    latin-1, the values of a repeated name joined with ``", "`` in the order they came.
+    ``count`` is the number of header lines and ``header_bytes`` the total of
+    ``len(name) + len(value)`` over them (the bytes received), what the front door's header
+    limits count.
 
     Plain: a common method, an origin-form target of printable ASCII (no ``#``, no ``\\``),
     ``HTTP/1.1``, token header names with the colon right after them, values of printable or
@@ -1001,15 +1008,17 @@ def quick_request_head(data: bytes) -> tuple | None:
     if data[i : i + 11] != b" HTTP/1.1\r\n":
         return None
     url = data[start:i]
-    headers = _header_fields(data, i + 11, end - 2)
-    if headers is None:
+    fields = _header_fields(data, i + 11, end - 2)
+    if fields is None:
         return None
     length = -1
     keep_alive = True
     seen = False  # a Connection header
-    for name, value in headers:
+    headers: dict[str, str] = {}
+    size = 0
+    for name, value in fields:
+        low = name.lower()  # ASCII lowercasing: what str.lower() does to a token
         if 6 <= len(name) <= 17:  # as long as one of the names that need a look
-            low = name.lower()
             if low == b"content-length":
                 if length >= 0 or not value.isdigit() or len(value) > 15:
                     return None
@@ -1022,7 +1031,12 @@ def quick_request_head(data: bytes) -> tuple | None:
                 keep_alive = token == b"keep-alive"
             elif low == b"transfer-encoding" or low == b"upgrade" or low == b"expect":
                 return None
-    return method, url, headers, length if length > 0 else 0, end, keep_alive
+        key = low.decode("latin-1")
+        text = value.decode("latin-1")
+        old = headers.get(key)
+        headers[key] = text if old is None else f"{old}, {text}"
+        size += len(name) + len(value)
+    return method, url, headers, length if length > 0 else 0, end, keep_alive, len(fields), size
 
 
 def quick_response_head(buf: bytes, end: int) -> tuple | None:

@@ -1,6 +1,7 @@
 """Property tests of the front door's quick request parser (``quick_request_head`` of the
 compiled scanner module and of its pure-Python twin): for any request bytes it either declines
-(httptools then parses them) or answers exactly what httptools' callbacks would have said."""
+(httptools then parses them) or answers exactly what httptools' callbacks would have said, its
+header dict being what the front door's ``on_header`` makes of them."""
 
 from __future__ import annotations
 
@@ -36,6 +37,28 @@ class _Callbacks:
         self.complete += 1
 
 
+def on_header_dict(pairs: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The header dict the front door's ``on_header`` builds from httptools' ``(name, value)``
+    callbacks: latin-1 text, lowercase names, a repeated name's values joined with ", " in the
+    order they came (its place in the dict that of its first line)."""
+    headers: dict[str, str] = {}
+    for name, value in pairs:
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    return headers
+
+
+def assert_headers_as_on_header(quick: tuple, pairs: list[tuple[bytes, bytes]]) -> None:
+    """``quick``'s dict (in order), count and bytes are those of the callbacks' ``pairs``."""
+    headers, count, size = quick[2], quick[6], quick[7]
+    assert type(headers) is dict
+    assert list(headers.items()) == list(on_header_dict(pairs).items())
+    assert all(type(k) is str and type(v) is str for k, v in headers.items())
+    assert count == len(pairs)
+    assert size == sum(len(name) + len(value) for name, value in pairs)
+
+
 _PLAIN_LINES = [
     b"POST /v1/chat/completions HTTP/1.1",
     b"GET /v1/models HTTP/1.1",
@@ -68,6 +91,13 @@ _PLAIN = st.tuples(
     st.sampled_from([b"Host", b"Content-Type", b"user-agent", b"x-stainless-os", b"Accept", b"a"]),
     st.sampled_from([b":", b": ", b":\t"]),
     st.sampled_from([b"", b"127.0.0.1", b"application/json", b"a\tb", b"  padded  ", b"\x80\xff"]),
+)
+# A name that comes back, in one case or another: its values are joined. Among the values, the
+# empty one and one-character ones (strings CPython shares) and the same value twice.
+_REPEATED = st.tuples(
+    st.sampled_from([b"X-Twice", b"x-twice", b"X-TWICE", b"HOST", b"host", b"A"]),
+    st.sampled_from([b":", b": "]),
+    st.sampled_from([b"", b"1", b"\xe9", b"v", b"v, w", b"\x80 x\t"]),
 )
 _SPECIAL = st.sampled_from(
     [
@@ -107,12 +137,9 @@ _ODD = st.tuples(
     _ODD_VALUES,
 )
 _ODD_VALUE = st.tuples(_PLAIN.map(lambda h: h[0]), st.just(b": "), _ODD_VALUES)  # a plain name
-_HEADERS = st.lists(
-    st.integers(0, 10).flatmap(
-        lambda k: _SPECIAL if k == 8 else _ODD if k == 9 else _ODD_VALUE if k == 10 else _PLAIN
-    ),
-    max_size=5,
-)
+# Plain lines mostly; a special, an odd line, an odd value, or a repeated name otherwise.
+_KINDS = [_PLAIN] * 8 + [_SPECIAL, _ODD, _ODD_VALUE, _REPEATED, _REPEATED]
+_HEADERS = st.lists(st.integers(0, len(_KINDS) - 1).flatmap(_KINDS.__getitem__), max_size=6)
 
 
 @settings(max_examples=600)
@@ -131,7 +158,8 @@ def test_quick_request_head_answers_as_httptools_or_not_at_all(sse, line, header
     quick = sse.quick_request_head(data)
     if quick is None:
         return
-    method, url, quick_headers, length, end, keep_alive = quick
+    assert len(quick) == 8
+    method, url, _, length, end, keep_alive, _, _ = quick
     if end + length > len(data):
         return  # the body is not all there: the front door leaves the bytes to httptools
     callbacks = _Callbacks()
@@ -139,9 +167,27 @@ def test_quick_request_head_answers_as_httptools_or_not_at_all(sse, line, header
     # An error here: the quick parser took what llhttp refuses.
     parser.feed_data(data[: end + length])
     assert callbacks.complete == 1
-    assert (url, quick_headers) == (callbacks.url, callbacks.headers)
+    assert url == callbacks.url
+    assert_headers_as_on_header(quick, callbacks.headers)
     assert callbacks.head == (method, keep_alive, "1.1")
     assert data[end : end + length] == callbacks.body
+
+
+@settings(max_examples=400)
+@given(
+    line=_REQUEST_LINES,
+    headers=_HEADERS,
+    body=st.sampled_from([b"", b"{}", b"x" * 40]),
+)
+def test_quick_request_head_compiled_answers_as_the_twin(sse_pair, line, headers, body):
+    """The same answer (None included: a head one declines the other declines), dict order
+    included."""
+    compiled, twin = sse_pair
+    head = line + b"\r\n" + b"".join(n + sep + v + b"\r\n" for n, sep, v in headers) + b"\r\n"
+    ours, spec = compiled.quick_request_head(head + body), twin.quick_request_head(head + body)
+    assert ours == spec
+    if spec is not None:
+        assert list(ours[2].items()) == list(spec[2].items())
 
 
 def test_quick_request_head_takes_what_the_sdk_sends(sse):
@@ -154,7 +200,32 @@ def test_quick_request_head_takes_what_the_sdk_sends(sse):
         b"X-Stainless-Lang: python\r\nAuthorization: Bearer sk-test\r\n"
         b"Content-Length: %d\r\n\r\n" % len(body)
     ) + body
-    method, url, headers, length, end, keep_alive = sse.quick_request_head(data)
+    method, url, headers, length, end, keep_alive, count, size = sse.quick_request_head(data)
     assert (method, url, length, keep_alive) == (b"POST", b"/v1/chat/completions", len(body), True)
     assert data[end:] == body
-    assert (b"Authorization", b"Bearer sk-test") in headers and len(headers) == 9
+    assert headers["authorization"] == "Bearer sk-test" and len(headers) == 9
+    assert headers["user-agent"] == "OpenAI/Python 1.54.0"
+    assert count == 9
+    assert size == sum(len(line) - 2 for line in data[:end].split(b"\r\n")[1:-2])
+
+
+def test_quick_request_head_names_many_long_and_evicted(sse):
+    """Hundreds of distinct names (more than any cache of names holds), in several cases, some
+    longer than 32 bytes, again and again: each request still gets its own names, lowercased."""
+    for r in range(3):
+        for k in range(0, 600, 30):
+            pairs = []
+            for j in range(k, k + 30):
+                name = b"X-Header-%d" % j if j % 3 else b"x-HEADER-%d" % j
+                if j % 7 == 0:
+                    name = b"X-A-Rather-Long-Header-Name-Number-%d" % j  # over 32 bytes
+                pairs.append((name, b"v%d-%d" % (r, j)))
+            pairs.append((pairs[0][0].upper(), b"again"))  # the first name again, another case
+            data = (
+                b"GET / HTTP/1.1\r\n"
+                + b"".join(name + b": " + value + b"\r\n" for name, value in pairs)
+                + b"\r\n"
+            )
+            quick = sse.quick_request_head(data)
+            assert quick is not None
+            assert_headers_as_on_header(quick, pairs)

@@ -521,17 +521,24 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
         """Serve ``data`` when it is exactly one plain request (``_quick_request_head``), with
         the callbacks httptools would make, called directly; False (nothing done) otherwise.
         Only while httptools has seen nothing of the connection, or whole requests only: once it
-        has a part of one, it parses the rest of the connection."""
+        has a part of one, it parses the rest of the connection.
+
+        The parser hands over the finished header dict, what ``on_header`` would have built,
+        with the count and bytes ``on_header`` would have counted (from zero: no head is under
+        way here, and ``_head_done`` sets both back to zero). A head over the limits goes to
+        httptools instead, whose ``on_header`` calls refuse it (431) exactly as they always
+        have, with the headers read up to the limit (an ``x-request-id`` among them)."""
         quick = _quick_request_head(data)
         if quick is None:
             return False
         end = quick[4]
         if end + quick[3] != len(data):  # a part of the body, or more than one request
             return False
+        if quick[6] > self._max_headers or quick[7] > self._max_header_bytes:
+            return False
         try:
             self.on_url(quick[1])
-            for name, value in quick[2]:
-                self.on_header(name, value)
+            self._headers = quick[2]
             self._head_done(quick[0], quick[5], "1.1")
             if quick[3]:
                 self.on_body(data[end:])
