@@ -39,7 +39,6 @@ class StreamObserver:
 
     def __init__(
         self,
-        *,
         chunked: bool = True,
         elide_injected_usage: bool = False,
         max_event_size: int = 8388608,

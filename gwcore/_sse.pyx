@@ -973,7 +973,7 @@ cdef class StreamObserver(_Scanner):
     """
 
     def __init__(
-        self, *, chunked=True, elide_injected_usage=False, max_event_size=8 * 1024 * 1024
+        self, chunked=True, elide_injected_usage=False, max_event_size=8 * 1024 * 1024
     ):
         self._setup(bool(chunked), max_event_size, True, bool(elide_injected_usage))
 
@@ -1323,7 +1323,7 @@ def quick_request_head(bytes data not None):
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
     cdef const unsigned char* tchar = <const unsigned char*>PyBytes_AS_STRING(_TCHAR_C)
     cdef const unsigned char* target = <const unsigned char*>PyBytes_AS_STRING(_TARGET_C)
-    cdef Py_ssize_t end = data.find(b"\r\n\r\n")
+    cdef Py_ssize_t end = gw_find(p, 0, PyBytes_GET_SIZE(data), b"\r\n\r\n", 4)
     cdef Py_ssize_t i = 0, start, size, vend, vsize, last, k
     cdef Py_ssize_t count = 0, nbytes = 0, distinct
     cdef unsigned long long h

@@ -746,7 +746,6 @@ class StreamObserver(_Scanner):
 
     def __init__(
         self,
-        *,
         chunked: bool = True,
         elide_injected_usage: bool = False,
         max_event_size: int = 8 * 1024 * 1024,

@@ -379,9 +379,8 @@ class RelayedResponse(ExchangeResponse):
         if self.stream:
             lines = _RELAY_STREAM_LINES + header_lines(passed) if passed else _RELAY_STREAM_LINES
             channel.start(status, lines, chunked=True, content_length=None, hold=True)
-            self.observer = StreamObserver(
-                chunked=chunked and channel.chunked, elide_injected_usage=self.elide_usage
-            )
+            # positional: a keyword call builds and parses a dict
+            self.observer = StreamObserver(chunked and channel.chunked, self.elide_usage)
             self._feed = self.observer.feed
             if chunked and channel.chunked:
                 self._mode = _RAW
