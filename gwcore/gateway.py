@@ -185,7 +185,7 @@ class Gateway:
         if known is None:
             known = blocks[provider.name, stream] = (
                 _relay_block(provider, stream),
-                _NOT_FORWARDED | HOP_BY_HOP | provider.own_names,
+                _NOT_FORWARDED | HOP_BY_HOP | provider.withheld,
                 provider.path("/chat/completions"),
             )
         block, dropped, path = known

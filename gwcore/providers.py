@@ -107,12 +107,13 @@ class Provider:
     discovered: list[str] = field(default_factory=list)  # from the provider's /models
     created: dict[str, int] = field(default_factory=dict)  # model -> epoch, when listed
     auth_headers: list[tuple[str, str]] = field(default_factory=list, repr=False)
-    # Lowercase names of the headers the provider sets itself (what a client may not override).
-    own_names: frozenset[str] = field(default=frozenset(), init=False, repr=False)
+    # Lowercase names of the client headers never forwarded to this provider: credentials,
+    # cookies, and the headers it sets itself (what a client may not override).
+    withheld: frozenset[str] = field(default=frozenset(), init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.auth_headers = _auth_headers(self.kind, self.api_key)
-        self.own_names = frozenset(name.lower() for name, _ in self.headers())
+        self.withheld = CREDENTIAL_HEADERS | {name.lower() for name, _ in self.headers()}
 
     @classmethod
     def create(
@@ -180,13 +181,8 @@ class Provider:
     def forwardable(self, forward: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
         """The caller's ``forward`` headers minus any credential, cookie or header the provider
         sets itself (what goes with the provider's own headers)."""
-        own = self.own_names
-        out = []
-        for name, value in forward:
-            low = name.lower()
-            if low not in CREDENTIAL_HEADERS and low not in own:
-                out.append((name, value))
-        return out
+        withheld = self.withheld
+        return [(name, value) for name, value in forward if name.lower() not in withheld]
 
     def path(self, endpoint: str) -> str:
         """The request target for ``endpoint`` ("/chat/completions"), with Azure's api-version."""
