@@ -89,6 +89,60 @@ cdef extern from *:
         }
         return -1;
     }
+    /* gw_find limited to one line: the first needle start in h[start:end] before the first CR
+       or LF there (or -1), with *eol set to that line end (or end). One pass over the bytes where
+       gw_eol and gw_find made two (an event's data line, searched for a key). */
+    static const unsigned char *gw_eol(const unsigned char *p, const unsigned char *end);
+    static Py_ssize_t gw_find_line(const unsigned char *h, Py_ssize_t start, Py_ssize_t end,
+                                   const char *nd, Py_ssize_t nl, Py_ssize_t *eol) {
+        const unsigned char *p = h + start, *stop, *e;
+        stop = h + end - nl + 1;  /* candidate starts are [p, stop) */
+    #ifdef GW_SSE2
+        {
+            const __m128i f = _mm_set1_epi8(nd[0]), l = _mm_set1_epi8(nd[nl - 1]);
+            const __m128i cr = _mm_set1_epi8(0x0D), lf = _mm_set1_epi8(0x0A);
+            while (stop - p >= 32) {
+                __m128i a0 = _mm_loadu_si128((const __m128i *)p);
+                __m128i a1 = _mm_loadu_si128((const __m128i *)(p + 16));
+                __m128i b0 = _mm_loadu_si128((const __m128i *)(p + nl - 1));
+                __m128i b1 = _mm_loadu_si128((const __m128i *)(p + nl + 15));
+                unsigned m = (unsigned)_mm_movemask_epi8(
+                                 _mm_and_si128(_mm_cmpeq_epi8(a0, f), _mm_cmpeq_epi8(b0, l)))
+                             | ((unsigned)_mm_movemask_epi8(
+                                 _mm_and_si128(_mm_cmpeq_epi8(a1, f), _mm_cmpeq_epi8(b1, l))) << 16);
+                unsigned z = (unsigned)_mm_movemask_epi8(
+                                 _mm_or_si128(_mm_cmpeq_epi8(a0, cr), _mm_cmpeq_epi8(a0, lf)))
+                             | ((unsigned)_mm_movemask_epi8(
+                                 _mm_or_si128(_mm_cmpeq_epi8(a1, cr), _mm_cmpeq_epi8(a1, lf))) << 16);
+                if (z)
+                    m &= (1u << gw_ctz(z)) - 1u;  /* only candidates before the line end */
+                while (m) {
+                    unsigned i = gw_ctz(m);
+                    if (memcmp(p + i + 1, nd + 1, (size_t)(nl - 2)) == 0) {
+                        e = gw_eol(p + i, h + end);
+                        *eol = e ? (Py_ssize_t)(e - h) : end;
+                        return (Py_ssize_t)(p + i - h);
+                    }
+                    m &= m - 1;
+                }
+                if (z) {
+                    *eol = (Py_ssize_t)(p - h) + gw_ctz(z);
+                    return -1;
+                }
+                p += 32;
+            }
+        }
+    #endif
+        e = gw_eol(p, h + end);
+        *eol = e ? (Py_ssize_t)(e - h) : end;
+        if (e && e < stop) stop = e;
+        for (; p < stop; p++) {
+            p = (const unsigned char *)memchr(p, (unsigned char)nd[0], (size_t)(stop - p));
+            if (!p) return -1;
+            if (memcmp(p, nd, (size_t)nl) == 0) return (Py_ssize_t)(p - h);
+        }
+        return -1;
+    }
     /* First CR or LF in [p, end), or NULL: one pass where two memchr calls scanned the line
        twice (an SSE line ends at either). */
     static const unsigned char *gw_eol(const unsigned char *p, const unsigned char *end) {
@@ -146,6 +200,8 @@ cdef extern from *:
     Py_ssize_t gw_find(const unsigned char *h, Py_ssize_t start, Py_ssize_t end,
                        const char *nd, Py_ssize_t nl) noexcept nogil
     const unsigned char *gw_eol(const unsigned char *p, const unsigned char *end) noexcept nogil
+    Py_ssize_t gw_find_line(const unsigned char *h, Py_ssize_t start, Py_ssize_t end,
+                            const char *nd, Py_ssize_t nl, Py_ssize_t *eol) noexcept nogil
     Py_ssize_t gw_str_stop(const unsigned char *h, Py_ssize_t i, Py_ssize_t end) noexcept nogil
 
 cdef enum:
@@ -487,9 +543,13 @@ cdef class _Scanner:
                         size = size * 16 + HEXV[d[k]]
                         k += 1
                     if size and k + 1 < n and d[k] == C_CR and d[k + 1] == C_LF:
-                        self._csize = size
                         self._cline = 0
                         pos = k + 2
+                        if n - pos >= size and self._observe and self._whole_event(d, pos, pos + size):
+                            pos += size  # the chunk's data was one whole event, taken at once
+                            st = S_DATA_CR
+                            continue
+                        self._csize = size
                         st = S_DATA
                         continue
                 elif st == S_DATA_CR and pos + 1 < n and d[pos] == C_CR and d[pos + 1] == C_LF:
@@ -600,6 +660,49 @@ cdef class _Scanner:
         finally:
             self._cst = st
         return 0
+
+    @cython.final
+    cdef bint _whole_event(self, const unsigned char* d, Py_ssize_t s, Py_ssize_t e) except -1:
+        """Observe mode, between two events: when ``d[s:e]`` (one chunk's data, all in this piece)
+        is exactly one ``data:`` line and a blank line, both ended by LF, take it whole: what
+        ``_segment`` would do with it, without splitting it into lines. 0 (nothing done) for any
+        other shape, which ``_segment`` then walks."""
+        cdef Py_ssize_t vs, eol, first
+        if (
+            self._line_open
+            or self._cr
+            or self._has_data
+            or self._typed
+            or self._blk
+            or self._blk_disq
+            or self._hold.n
+            or e - s < 7
+            or e - s > self._max  # the data is never over the limit here
+            or d[e - 1] != C_LF
+            or d[e - 2] != C_LF
+            or memcmp(d + s, b"data:", 5) != 0
+        ):
+            return 0
+        if self._bom > 0:  # part of a BOM in an earlier chunk: it starts this line
+            return 0
+        vs = s + 5
+        if d[vs] == C_SP:
+            vs += 1
+        # One pass: the data line's end (no other line end before the blank line) and where the
+        # usage key may be.
+        first = gw_find_line(d, vs, e, b'"usage', 6, &eol)
+        if eol != e - 2:
+            return 0
+        self._bom = -1  # (0 before the stream's first byte: "d" is no BOM)
+        if self._elide:
+            spans_add(&self._segs, s, e)
+            self._seg_end = e
+        self._events += 1
+        if self._analyze(d + vs, e - 2 - vs, first - vs if first >= 0 else -1):  # elide mode only
+            self._elided += 1
+            spans_add(&self._cuts, s, e)
+            self._elide_lf = False
+        return 1
 
     @cython.final
     cdef bint _boundary(self) noexcept:
@@ -780,7 +883,7 @@ cdef class _Scanner:
             if self._has_data:
                 self._events += 1
                 if not self._doverflow:
-                    elidable = self._analyze(dp, dn)
+                    elidable = self._analyze(dp, dn, -2)
             if self._elide and self._blk:
                 if elidable:
                     self._elided += 1
@@ -849,8 +952,10 @@ cdef class _Scanner:
     # ---- observe mode: what the stream tells the gateway ----------------------------------------
 
     @cython.final
-    cdef int _analyze(self, const unsigned char* d, Py_ssize_t n) except -1:
-        """Note [DONE], an error, the usage object; 1 when the event is to be elided."""
+    cdef int _analyze(self, const unsigned char* d, Py_ssize_t n, Py_ssize_t first) except -1:
+        """Note [DONE], an error, the usage object; 1 when the event is to be elided. ``first``:
+        where ``'"usage'`` first occurs in ``d`` (-1: nowhere), found by the caller's pass over
+        the bytes, or -2 to search here."""
         cdef Py_ssize_t i, j, k, p, o, q, first_o = -1, first_q = -1, last_o = -1, last_q = -1
         cdef bint meta, top_usage = False
         cdef Nesting nest
@@ -867,7 +972,7 @@ cdef class _Scanner:
             k = skip_ws(d, j + 7, n)
             if k < n and d[k] == C_COLON:
                 self._error = PyBytes_FromStringAndSize(<const char*>d, n)
-        p = gw_find(d, i, n, b'"usage', 6)
+        p = gw_find(d, i, n, b'"usage', 6) if first == -2 else first
         if p < 0:
             return 0
         nest.pos = i
@@ -882,15 +987,15 @@ cdef class _Scanner:
             elif k < n and d[k] == C_QUOTE:
                 k += 1
             else:
-                p = gw_find(d, p + 1, n, b'"usage', 6)
+                p = gw_find(d, p + 6, n, b'"usage', 6)  # p+1..p+5 hold 'usage'
                 continue
             o = key_value_at(d, k, n, C_LBRACE)
             if o < 0:
-                p = gw_find(d, p + 1, n, b'"usage', 6)
+                p = gw_find(d, p + 6, n, b'"usage', 6)  # p+1..p+5 hold 'usage'
                 continue
             nest_advance(&nest, d, p)
             if nest.in_str or nest.depth > 2:
-                p = gw_find(d, p + 1, n, b'"usage', 6)
+                p = gw_find(d, p + 6, n, b'"usage', 6)  # p+1..p+5 hold 'usage'
                 continue
             q = object_end(d, o, n)
             if q < 0:

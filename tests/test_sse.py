@@ -561,3 +561,80 @@ def test_at_boundary_tracks_where_an_event_may_be_appended(sse):
     assert e.at_boundary
     assert e.feed(b"\n\r\n") == b"9\r\ndata: a\n\n\r\n"
     assert e.at_boundary
+
+
+def chunks(*parts: bytes) -> bytes:
+    """One chunk per part (how providers frame a stream: one event a chunk), then the last."""
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+
+
+def observed(sse, body: bytes, chunked: bool, step: int = 0) -> tuple:
+    o = sse.StreamObserver(chunked=chunked, elide_injected_usage=True)
+    out = observe(o, body, step)
+    return dechunk(out) if chunked else out, o.usage, o.first_usage, o.done, o.error, o.events
+
+
+# Events that one chunk each carries whole, and that are not one data line and a blank line ended
+# by LF: a line end inside (before a usage key or an error's rest, at every offset), a CR, a split
+# BOM. The compiled scanner takes a whole one-line event at once; these must still be walked line by
+# line, with the result of the same bytes unchunked.
+ONE_CHUNK_EVENTS = [
+    *(
+        b'data: {"a":"'
+        + b"x" * k
+        + b'"}'
+        + end
+        + b'data: {"choices":[],"usage":{"total_tokens":3}}\n\n'
+        for k in range(0, 70, 3)
+        for end in (b"\r", b"\n", b"\r\n")
+    ),
+    *(
+        b'data: {"error":"' + b"y" * k + b'",' + end + b'data: "usage":{"t":1}}\n\n'
+        for k in range(0, 40)
+        for end in (b"\r", b"\n")
+    ),
+    b'data: {"choices":[],"usage":{"total_tokens":3}}\r\n\n',
+    b'data: {"choices":[],"usage":{"total_tokens":3}}\n\r\n',
+    b'data: {"a":1}\r\n',  # no blank line: the next chunk's data line joins this event
+    b"data:[DONE]\n\n",
+    b"data: \n\n",
+    b"data:\n\n",
+    b"datum: x\n\n",
+    b"event: error\ndata: {}\n\n",
+]
+
+
+@pytest.mark.parametrize("event", ONE_CHUNK_EVENTS)
+def test_an_event_in_one_chunk_is_read_as_unchunked(sse, event):
+    first = b'data: {"choices":[{"delta":{"content":"a"}}],"usage":null}\n\n'
+    plain = first + event + b"data: [DONE]\n\n"
+    expected = observed(sse, plain, False)
+    body = chunks(first, event, b"data: [DONE]\n\n")
+    for step in (0, 1, 7):
+        assert observed(sse, body, True, step) == expected
+
+
+def test_a_bom_split_over_two_chunks_is_the_first_line_start(sse):
+    # The partial BOM in the first chunk starts the first line: "\xef\xbbdata" is no data field.
+    body = chunks(b"\xef\xbb", b"data: [DONE]\n\n", b"data: 1\n\n")
+    assert observed(sse, body, True) == (
+        b"\xef\xbbdata: [DONE]\n\ndata: 1\n\n",
+        None,
+        None,
+        False,
+        None,
+        1,
+    )
+    body = chunks(b"\xef\xbb\xbf", b"data: [DONE]\n\n")
+    assert observed(sse, body, True)[3:] == (True, None, 1)
+
+
+@pytest.mark.parametrize("elide", [False, True])
+def test_an_event_field_in_an_earlier_chunk_types_the_next_data(sse, elide):
+    o = sse.StreamObserver(elide_injected_usage=elide)
+    seen = []
+    for part in (b"event: error\n", b'data: {"x":1}\n\n', b"data: 2\n\n"):
+        o.feed(b"%x\r\n%s\r\n" % (len(part), part))
+        seen.append(o.at_boundary)
+    assert (o.error, o.events) == (b'{"x":1}', 2)
+    assert seen == [False, True, True]  # (a typed event is never elided: it is not held back)

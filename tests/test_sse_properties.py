@@ -70,8 +70,9 @@ def elidable(lines: list[bytes]) -> bool:
 
 
 @st.composite
-def streams(draw) -> tuple[bytes, bytes]:
-    """(stream, stream minus the usage-only events): valid SSE, any line ends, maybe a BOM."""
+def streams(draw) -> tuple[bytes, bytes, list[bytes]]:
+    """(stream, stream minus the usage-only events, the stream's blocks): valid SSE, any line
+    ends, maybe a BOM (the first block, maybe empty)."""
     bom = b"\xef\xbb\xbf" if draw(st.integers(0, 4)) == 0 else b""
     raw, kept = [bom], [bom]
     prev = b""
@@ -90,7 +91,7 @@ def streams(draw) -> tuple[bytes, bytes]:
             block = block[: -len(prev)]
         raw.append(block)
         kept.append(b"" if elidable(lines) else block)
-    return b"".join(raw), b"".join(kept)
+    return b"".join(raw), b"".join(kept), raw
 
 
 def frame(payload: bytes, sizes: list[int], upper: bool, ext: bytes) -> bytes:
@@ -102,6 +103,22 @@ def frame(payload: bytes, sizes: list[int], upper: bool, ext: bytes) -> bytes:
         k += 1
         out.append((b"%X" if upper else b"%x") % len(part) + ext + b"\r\n" + part + b"\r\n")
     return b"".join(out) + b"0\r\n" + (b"X-T: 1\r\n" if upper else b"") + b"\r\n"
+
+
+def frame_events(blocks: list[bytes], upper: bool, ext: bytes) -> bytes:
+    """One chunk per event (how providers write a stream), the BOM with the first."""
+    parts = [blocks[0] + blocks[1], *blocks[2:]] if len(blocks) > 1 else blocks
+    out = [(b"%X" if upper else b"%x") % len(p) + ext + b"\r\n" + p + b"\r\n" for p in parts if p]
+    return b"".join(out) + b"0\r\n" + (b"X-T: 1\r\n" if upper else b"") + b"\r\n"
+
+
+def framed(stream: tuple, framing: tuple) -> bytes:
+    """``stream`` chunked by ``framing``: (chunk sizes, or None for one chunk per event; upper
+    case hex; chunk extension)."""
+    sizes, upper, ext = framing
+    if sizes is None:
+        return frame_events(stream[2], upper, ext)
+    return frame(stream[0], sizes, upper, ext)
 
 
 def dechunk(body: bytes) -> bytes:
@@ -130,7 +147,7 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
 
 
 framings = st.tuples(
-    st.lists(st.integers(1, 40), min_size=1, max_size=5),
+    st.none() | st.lists(st.integers(1, 40), min_size=1, max_size=5),
     st.booleans(),
     st.sampled_from([b"", b";a=1", b" ; x"]),
 )
@@ -160,19 +177,19 @@ def observe_all(sse, pieces: list[bytes], **kw) -> tuple:
 @SETTINGS
 @given(stream=streams(), cuts=cut_lists, framing=framings)
 def test_parse_any_split_same_events(sse, stream, cuts, framing):
-    payload, _ = stream
+    payload = stream[0]
     whole = parse_all(sse, [payload])
     assert parse_all(sse, split(payload, cuts)) == whole
-    body = frame(payload, *framing)
+    body = framed(stream, framing)
     assert parse_all(sse, split(body, cuts), chunked=True) == whole
 
 
 @SETTINGS
 @given(stream=streams(), cuts=cut_lists, framing=framings)
 def test_observe_any_split_same_result(sse, stream, cuts, framing):
-    payload, kept = stream
+    payload, kept, _ = stream
     events = parse_all(sse, [payload])
-    body = frame(payload, *framing)
+    body = framed(stream, framing)
     for elide in (False, True):
         whole = observe_all(sse, [payload], chunked=False, elide_injected_usage=elide)
         pieces = observe_all(sse, split(payload, cuts), chunked=False, elide_injected_usage=elide)
@@ -284,7 +301,7 @@ def test_compiled_agrees_with_twin(sse_pair, data, cuts, config):
 @given(stream=streams(), cuts=cut_lists, framing=framings)
 def test_compiled_agrees_with_twin_on_valid_streams(sse_pair, stream, cuts, framing):
     compiled, twin = sse_pair
-    body = frame(stream[0], *framing)
+    body = framed(stream, framing)
     for chunked, data in ((False, stream[0]), (True, body)):
         pieces = split(data, cuts)
         for kind, kw in (
@@ -300,7 +317,7 @@ def test_at_boundary_means_an_appended_event_stands_alone(sse, stream, cut, fram
     payload = stream[0]
     error = b'data: {"error":{"message":"upstream failed"}}\n\n'
     for chunked in (False, True):
-        data = frame(payload, *framing) if chunked else payload
+        data = framed(stream, framing) if chunked else payload
         o = sse.StreamObserver(chunked=chunked, elide_injected_usage=elide)
         sent = o.feed(data[:cut])
         if not o.at_boundary:
@@ -343,8 +360,13 @@ _json_values = st.recursive(
 )
 def test_compiled_agrees_with_twin_on_json_with_long_strings(sse_pair, objs, cuts):
     compiled, twin = sse_pair
-    body = b"".join(b"data: " + json.dumps(o).encode() + b"\n\n" for o in objs)
+    events = [b"data: " + json.dumps(o).encode() + b"\n\n" for o in objs]
+    body = b"".join(events)
+    chunked = frame_events([b"", *events], False, b"")  # one chunk per event, as providers send
     for elide in (False, True):
-        kw = {"chunked": False, "elide_injected_usage": elide}
-        pieces = split(body, cuts)
-        assert run(compiled, "observe", kw, pieces) == run(twin, "observe", kw, pieces)
+        for data, kw in (
+            (body, {"chunked": False, "elide_injected_usage": elide}),
+            (chunked, {"chunked": True, "elide_injected_usage": elide}),
+        ):
+            for pieces in (split(data, cuts), [data]):
+                assert run(compiled, "observe", kw, pieces) == run(twin, "observe", kw, pieces)
