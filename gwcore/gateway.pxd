@@ -18,5 +18,5 @@ cdef class Gateway:
 
 cpdef dict _json_object(raw)
 cpdef bytes _with_member(raw, member)
-@cython.locals(out=list)
-cpdef list _forwarded(headers, dropped)
+@cython.locals(out=list, name=str, value=str, low=str)
+cpdef list _forwarded(headers, frozenset dropped)

@@ -259,6 +259,8 @@ _INCLUDE_USAGE = b'"stream_options":{"include_usage":true}'
 def _with_member(raw: bytes, member: bytes) -> bytes:
     """``raw``, a JSON object with at least one member (orjson parsed it), with ``member`` added
     last: every byte the client sent is kept."""
+    if raw[-1:] == b"}":  # no whitespace after the object (what clients send)
+        return b"".join((raw[:-1], b",", member, b"}"))
     end = raw.rstrip(b" \t\r\n")
     return end[:-1] + b"," + member + b"}" + raw[len(end) :]
 
