@@ -95,45 +95,62 @@ cdef extern from *:
     static const unsigned char *gw_eol(const unsigned char *p, const unsigned char *end);
     static Py_ssize_t gw_find_line(const unsigned char *h, Py_ssize_t start, Py_ssize_t end,
                                    const char *nd, Py_ssize_t nl, Py_ssize_t *eol) {
+        /* nl >= 3. On x86 a filter on the needle's first, second and last byte, 32 candidates a
+           step, the last step overlapping the one before (its positions already seen masked). */
         const unsigned char *p = h + start, *stop, *e;
         stop = h + end - nl + 1;  /* candidate starts are [p, stop) */
     #ifdef GW_SSE2
-        {
-            const __m128i f = _mm_set1_epi8(nd[0]), l = _mm_set1_epi8(nd[nl - 1]);
+        if (stop - p >= 32) {
+            const __m128i f = _mm_set1_epi8(nd[0]), g = _mm_set1_epi8(nd[1]),
+                          l = _mm_set1_epi8(nd[nl - 1]);
             const __m128i cr = _mm_set1_epi8(0x0D), lf = _mm_set1_epi8(0x0A);
-            while (stop - p >= 32) {
-                __m128i a0 = _mm_loadu_si128((const __m128i *)p);
-                __m128i a1 = _mm_loadu_si128((const __m128i *)(p + 16));
-                __m128i b0 = _mm_loadu_si128((const __m128i *)(p + nl - 1));
-                __m128i b1 = _mm_loadu_si128((const __m128i *)(p + nl + 15));
-                unsigned m = (unsigned)_mm_movemask_epi8(
-                                 _mm_and_si128(_mm_cmpeq_epi8(a0, f), _mm_cmpeq_epi8(b0, l)))
-                             | ((unsigned)_mm_movemask_epi8(
-                                 _mm_and_si128(_mm_cmpeq_epi8(a1, f), _mm_cmpeq_epi8(b1, l))) << 16);
+            for (;;) {
+                unsigned skip = 0;
+                const unsigned char *q = p;
+                if (stop - p < 32) {  /* the last step: 32 positions ending at stop */
+                    q = stop - 32;
+                    skip = (unsigned)(p - q);
+                }
+                __m128i a0 = _mm_loadu_si128((const __m128i *)q);
+                __m128i a1 = _mm_loadu_si128((const __m128i *)(q + 16));
+                __m128i c0 = _mm_loadu_si128((const __m128i *)(q + 1));
+                __m128i c1 = _mm_loadu_si128((const __m128i *)(q + 17));
+                __m128i b0 = _mm_loadu_si128((const __m128i *)(q + nl - 1));
+                __m128i b1 = _mm_loadu_si128((const __m128i *)(q + nl + 15));
+                unsigned m = (unsigned)_mm_movemask_epi8(_mm_and_si128(
+                                 _mm_and_si128(_mm_cmpeq_epi8(a0, f), _mm_cmpeq_epi8(c0, g)),
+                                 _mm_cmpeq_epi8(b0, l)))
+                             | ((unsigned)_mm_movemask_epi8(_mm_and_si128(
+                                 _mm_and_si128(_mm_cmpeq_epi8(a1, f), _mm_cmpeq_epi8(c1, g)),
+                                 _mm_cmpeq_epi8(b1, l))) << 16);
                 unsigned z = (unsigned)_mm_movemask_epi8(
                                  _mm_or_si128(_mm_cmpeq_epi8(a0, cr), _mm_cmpeq_epi8(a0, lf)))
                              | ((unsigned)_mm_movemask_epi8(
                                  _mm_or_si128(_mm_cmpeq_epi8(a1, cr), _mm_cmpeq_epi8(a1, lf))) << 16);
+                m = (m >> skip) << skip;
+                z = (z >> skip) << skip;
                 if (z)
                     m &= (1u << gw_ctz(z)) - 1u;  /* only candidates before the line end */
                 while (m) {
                     unsigned i = gw_ctz(m);
-                    if (memcmp(p + i + 1, nd + 1, (size_t)(nl - 2)) == 0) {
-                        e = gw_eol(p + i, h + end);
+                    if (memcmp(q + i + 2, nd + 2, (size_t)(nl - 3)) == 0) {
+                        e = gw_eol(q + i, h + end);
                         *eol = e ? (Py_ssize_t)(e - h) : end;
-                        return (Py_ssize_t)(p + i - h);
+                        return (Py_ssize_t)(q + i - h);
                     }
                     m &= m - 1;
                 }
                 if (z) {
-                    *eol = (Py_ssize_t)(p - h) + gw_ctz(z);
+                    *eol = (Py_ssize_t)(q - h) + gw_ctz(z);
                     return -1;
                 }
-                p += 32;
+                p = q + 32;
+                if (p >= stop)
+                    break;
             }
         }
     #endif
-        e = gw_eol(p, h + end);
+        e = gw_eol(p, h + end);  /* (after the steps: the last nl - 1 bytes) */
         *eol = e ? (Py_ssize_t)(e - h) : end;
         if (e && e < stop) stop = e;
         for (; p < stop; p++) {

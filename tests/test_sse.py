@@ -593,6 +593,23 @@ ONE_CHUNK_EVENTS = [
         for k in range(0, 40)
         for end in (b"\r", b"\n")
     ),
+    *(  # keys one byte off "usage", at every alignment of the compiled search
+        b'data: {"choices":[],"p":"' + b"x" * k + b'",' + key + b':{"t":1}}\n\n'
+        for k in range(0, 40, 3)
+        for key in (b'"Xsage"', b'"uXage"', b'"usXge"', b'"usaXe"', b'"usagX"', b'"usage', b"usage")
+    ),
+    *(  # (the same after an error: no usage key, the search runs to the end)
+        b'data: {"error":"' + b"x" * k + b'"}' + end + b"y" * j + b"\n\n"
+        for k in range(20, 60, 7)
+        for end in (b"\r", b"\n")
+        for j in range(1, 6)
+    ),
+    *(  # a line end in the last bytes of the data line, which the compiled search takes last
+        b'data: {"choices":[],"p":"' + b"x" * k + b'","usage":{"t":1}}' + end + b"y" * j + b"\n\n"
+        for k in range(0, 40, 7)
+        for end in (b"\r", b"\n")
+        for j in range(1, 6)
+    ),
     b'data: {"choices":[],"usage":{"total_tokens":3}}\r\n\n',
     b'data: {"choices":[],"usage":{"total_tokens":3}}\n\r\n',
     b'data: {"a":1}\r\n',  # no blank line: the next chunk's data line joins this event
