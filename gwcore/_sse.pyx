@@ -104,6 +104,7 @@ cdef extern from *:
             const __m128i f = _mm_set1_epi8(nd[0]), g = _mm_set1_epi8(nd[1]),
                           l = _mm_set1_epi8(nd[nl - 1]);
             const __m128i cr = _mm_set1_epi8(0x0D), lf = _mm_set1_epi8(0x0A);
+            Py_ssize_t found = -1;  /* once found, the steps look for the line end only */
             for (;;) {
                 unsigned skip = 0;
                 const unsigned char *q = p;
@@ -127,26 +128,30 @@ cdef extern from *:
                                  _mm_or_si128(_mm_cmpeq_epi8(a0, cr), _mm_cmpeq_epi8(a0, lf)))
                              | ((unsigned)_mm_movemask_epi8(
                                  _mm_or_si128(_mm_cmpeq_epi8(a1, cr), _mm_cmpeq_epi8(a1, lf))) << 16);
-                m = (m >> skip) << skip;
+                m = found < 0 ? (m >> skip) << skip : 0;
                 z = (z >> skip) << skip;
                 if (z)
                     m &= (1u << gw_ctz(z)) - 1u;  /* only candidates before the line end */
                 while (m) {
                     unsigned i = gw_ctz(m);
                     if (memcmp(q + i + 2, nd + 2, (size_t)(nl - 3)) == 0) {
-                        e = gw_eol(q + i, h + end);
-                        *eol = e ? (Py_ssize_t)(e - h) : end;
-                        return (Py_ssize_t)(q + i - h);
+                        found = (Py_ssize_t)(q + i - h);
+                        break;
                     }
                     m &= m - 1;
                 }
                 if (z) {
                     *eol = (Py_ssize_t)(q - h) + gw_ctz(z);
-                    return -1;
+                    return found;
                 }
                 p = q + 32;
                 if (p >= stop)
                     break;
+            }
+            if (found >= 0) {  /* the line end is in the last nl - 1 bytes, or nowhere */
+                e = gw_eol(p, h + end);
+                *eol = e ? (Py_ssize_t)(e - h) : end;
+                return found;
             }
         }
     #endif
