@@ -264,6 +264,9 @@ def parse_model_list(dialect: str, payload: Any) -> list[tuple[str, int | None]]
     return out
 
 
+_ROUTES_KEPT = 4096  # resolved model names remembered per registry
+
+
 class ProviderRegistry:
     """All providers in configuration order; routes model names. With none configured it holds
     the demo provider alone (``demo_only``)."""
@@ -279,6 +282,8 @@ class ProviderRegistry:
         self._created = int(time.time())
         self._aliases: dict[str, tuple[Provider, str]] = {}
         self._models: dict[str, Provider] = {}
+        # model string -> resolve()'s answer; emptied by _reindex (the lists changed) and when full
+        self._routes: dict[str, tuple[Provider, str, bool]] = {}
         self._refresher: asyncio.Task | None = None
         self._reindex()
 
@@ -304,6 +309,7 @@ class ProviderRegistry:
             for model in p.model_ids():
                 models.setdefault(model, p)
         self._aliases, self._models = aliases, models
+        self._routes = {}
 
     # ---- routing
 
@@ -324,6 +330,17 @@ class ProviderRegistry:
     def resolve(self, model: str) -> tuple[Provider, str, bool]:
         """(provider, upstream model, rewritten). ``name/model`` picks a provider by NAME (split at
         the first ``/``); then aliases; then declared/listed models; then the only provider."""
+        route = self._routes.get(model) if type(model) is str else None
+        if route is not None:
+            return route
+        route = self._route(model)
+        routes = self._routes
+        if len(routes) >= _ROUTES_KEPT:  # clients may send any number of names
+            routes.clear()
+        routes[model] = route
+        return route
+
+    def _route(self, model: str) -> tuple[Provider, str, bool]:
         if not isinstance(model, str) or not model:
             raise GatewayError(
                 400, "you must provide a model parameter", code="missing_model", param="model"

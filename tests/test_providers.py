@@ -358,6 +358,7 @@ def test_refresh_models_against_the_mock_and_tolerates_failures():
             assert by["oai"].model_ids() == ["declared", "m-one", "m-two"]
             assert by["gem"].model_ids() == ["m-one", "m-two"]
 
+            assert reg.resolve("m-one")[0] is by["oai"]  # (remembered until the lists change)
             mock.models = ["m-three"]
             task = reg.start_refresher(pool, interval=0.05)
             assert reg.start_refresher(pool) is task
@@ -369,6 +370,22 @@ def test_refresh_models_against_the_mock_and_tolerates_failures():
             with pytest.raises(asyncio.CancelledError):
                 await task
             assert by["oai"].model_ids() == ["declared", "m-three"]
+            assert reg.resolve("m-three")[0] is by["oai"]
+            with pytest.raises(GatewayError) as err:  # no provider lists it any more
+                reg.resolve("m-one")
+            assert err.value.status == 404
             await pool.aclose()
 
     run(main())
+
+
+def test_resolved_names_remembered_within_a_bound():
+    reg = ProviderRegistry()  # the demo provider alone: every bare name goes to it
+    names = [f"model-{i}" for i in range(10_000)]
+    for name in names:
+        assert reg.resolve(name) == (reg.providers[0], name, False)
+    assert 0 < len(reg._routes) <= 4096  # any number of client-chosen names, bounded memory
+    assert reg.resolve(names[-1]) is reg.resolve(names[-1])  # the remembered answer
+    for bad in ("", None, 3, ["m"]):  # never remembered, never a TypeError
+        with pytest.raises(GatewayError):
+            reg.resolve(bad)
