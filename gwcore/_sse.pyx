@@ -91,12 +91,52 @@ cdef extern from *:
     }
     /* gw_find limited to one line: the first needle start in h[start:end] before the first CR
        or LF there (or -1), with *eol set to that line end (or end). One pass over the bytes where
-       gw_eol and gw_find made two (an event's data line, searched for a key). */
+       gw_eol and gw_find made two (an event's data line, searched for a key). nl >= 3.
+
+       On x86 a filter on the needle's first, second and last byte, W candidates a step (32 with
+       SSE2; 64 with AVX2 where the CPU has it, chosen at import), the last step overlapping the
+       one before (its positions already seen masked off). MASKS sets m (candidates) and z (CR or
+       LF) for q[0:W]. */
     static const unsigned char *gw_eol(const unsigned char *p, const unsigned char *end);
-    static Py_ssize_t gw_find_line(const unsigned char *h, Py_ssize_t start, Py_ssize_t end,
-                                   const char *nd, Py_ssize_t nl, Py_ssize_t *eol) {
-        /* nl >= 3. On x86 a filter on the needle's first, second and last byte, 32 candidates a
-           step, the last step overlapping the one before (its positions already seen masked). */
+    #define GW_LINE_STEPS(W, MT, CTZ, MASKS)                                                    \
+        Py_ssize_t found = -1;  /* once found, the steps look for the line end only */         \
+        for (;;) {                                                                            \
+            unsigned skip = 0;                                                                \
+            const unsigned char *q = p;                                                       \
+            MT m, z;                                                                          \
+            if (stop - p < (W)) {  /* the last step: W positions ending at stop */            \
+                q = stop - (W);                                                               \
+                skip = (unsigned)(p - q);                                                     \
+            }                                                                                 \
+            MASKS                                                                             \
+            m = found < 0 ? (m >> skip) << skip : 0;                                          \
+            z = (z >> skip) << skip;                                                          \
+            if (z)                                                                            \
+                m &= ((MT)1 << CTZ(z)) - 1;  /* only candidates before the line end */        \
+            while (m) {                                                                       \
+                unsigned i = (unsigned)CTZ(m);                                                \
+                if (memcmp(q + i + 2, nd + 2, (size_t)(nl - 3)) == 0) {                       \
+                    found = (Py_ssize_t)(q + i - h);                                          \
+                    break;                                                                    \
+                }                                                                             \
+                m &= m - 1;                                                                   \
+            }                                                                                 \
+            if (z) {                                                                          \
+                *eol = (Py_ssize_t)(q - h) + (Py_ssize_t)CTZ(z);                              \
+                return found;                                                                 \
+            }                                                                                 \
+            p = q + (W);                                                                      \
+            if (p >= stop)                                                                    \
+                break;                                                                        \
+        }                                                                                     \
+        if (found >= 0) {  /* the line end is in the last nl - 1 bytes, or nowhere */         \
+            e = gw_eol(p, h + end);                                                           \
+            *eol = e ? (Py_ssize_t)(e - h) : end;                                             \
+            return found;                                                                     \
+        }
+    static Py_ssize_t gw_find_line_sse2(const unsigned char *h, Py_ssize_t start,
+                                        Py_ssize_t end, const char *nd, Py_ssize_t nl,
+                                        Py_ssize_t *eol) {
         const unsigned char *p = h + start, *stop, *e;
         stop = h + end - nl + 1;  /* candidate starts are [p, stop) */
     #ifdef GW_SSE2
@@ -104,55 +144,24 @@ cdef extern from *:
             const __m128i f = _mm_set1_epi8(nd[0]), g = _mm_set1_epi8(nd[1]),
                           l = _mm_set1_epi8(nd[nl - 1]);
             const __m128i cr = _mm_set1_epi8(0x0D), lf = _mm_set1_epi8(0x0A);
-            Py_ssize_t found = -1;  /* once found, the steps look for the line end only */
-            for (;;) {
-                unsigned skip = 0;
-                const unsigned char *q = p;
-                if (stop - p < 32) {  /* the last step: 32 positions ending at stop */
-                    q = stop - 32;
-                    skip = (unsigned)(p - q);
-                }
+            GW_LINE_STEPS(32, unsigned, gw_ctz, {
                 __m128i a0 = _mm_loadu_si128((const __m128i *)q);
                 __m128i a1 = _mm_loadu_si128((const __m128i *)(q + 16));
                 __m128i c0 = _mm_loadu_si128((const __m128i *)(q + 1));
                 __m128i c1 = _mm_loadu_si128((const __m128i *)(q + 17));
                 __m128i b0 = _mm_loadu_si128((const __m128i *)(q + nl - 1));
                 __m128i b1 = _mm_loadu_si128((const __m128i *)(q + nl + 15));
-                unsigned m = (unsigned)_mm_movemask_epi8(_mm_and_si128(
-                                 _mm_and_si128(_mm_cmpeq_epi8(a0, f), _mm_cmpeq_epi8(c0, g)),
-                                 _mm_cmpeq_epi8(b0, l)))
-                             | ((unsigned)_mm_movemask_epi8(_mm_and_si128(
-                                 _mm_and_si128(_mm_cmpeq_epi8(a1, f), _mm_cmpeq_epi8(c1, g)),
-                                 _mm_cmpeq_epi8(b1, l))) << 16);
-                unsigned z = (unsigned)_mm_movemask_epi8(
-                                 _mm_or_si128(_mm_cmpeq_epi8(a0, cr), _mm_cmpeq_epi8(a0, lf)))
-                             | ((unsigned)_mm_movemask_epi8(
-                                 _mm_or_si128(_mm_cmpeq_epi8(a1, cr), _mm_cmpeq_epi8(a1, lf))) << 16);
-                m = found < 0 ? (m >> skip) << skip : 0;
-                z = (z >> skip) << skip;
-                if (z)
-                    m &= (1u << gw_ctz(z)) - 1u;  /* only candidates before the line end */
-                while (m) {
-                    unsigned i = gw_ctz(m);
-                    if (memcmp(q + i + 2, nd + 2, (size_t)(nl - 3)) == 0) {
-                        found = (Py_ssize_t)(q + i - h);
-                        break;
-                    }
-                    m &= m - 1;
-                }
-                if (z) {
-                    *eol = (Py_ssize_t)(q - h) + gw_ctz(z);
-                    return found;
-                }
-                p = q + 32;
-                if (p >= stop)
-                    break;
-            }
-            if (found >= 0) {  /* the line end is in the last nl - 1 bytes, or nowhere */
-                e = gw_eol(p, h + end);
-                *eol = e ? (Py_ssize_t)(e - h) : end;
-                return found;
-            }
+                m = (unsigned)_mm_movemask_epi8(_mm_and_si128(
+                        _mm_and_si128(_mm_cmpeq_epi8(a0, f), _mm_cmpeq_epi8(c0, g)),
+                        _mm_cmpeq_epi8(b0, l)))
+                    | ((unsigned)_mm_movemask_epi8(_mm_and_si128(
+                        _mm_and_si128(_mm_cmpeq_epi8(a1, f), _mm_cmpeq_epi8(c1, g)),
+                        _mm_cmpeq_epi8(b1, l))) << 16);
+                z = (unsigned)_mm_movemask_epi8(
+                        _mm_or_si128(_mm_cmpeq_epi8(a0, cr), _mm_cmpeq_epi8(a0, lf)))
+                    | ((unsigned)_mm_movemask_epi8(
+                        _mm_or_si128(_mm_cmpeq_epi8(a1, cr), _mm_cmpeq_epi8(a1, lf))) << 16);
+            })
         }
     #endif
         e = gw_eol(p, h + end);  /* (after the steps: the last nl - 1 bytes) */
@@ -164,6 +173,69 @@ cdef extern from *:
             if (memcmp(p, nd, (size_t)nl) == 0) return (Py_ssize_t)(p - h);
         }
         return -1;
+    }
+    #if defined(GW_SSE2) && defined(__GNUC__) && defined(__x86_64__) && !defined(GW_NO_AVX2)
+    #include <immintrin.h>
+    #define GW_AVX2 1
+    __attribute__((target("avx2")))
+    static Py_ssize_t gw_find_line_avx2(const unsigned char *h, Py_ssize_t start,
+                                        Py_ssize_t end, const char *nd, Py_ssize_t nl,
+                                        Py_ssize_t *eol) {
+        const unsigned char *p = h + start, *stop, *e;
+        stop = h + end - nl + 1;
+        if (stop - p < 64)
+            return gw_find_line_sse2(h, start, end, nd, nl, eol);
+        {
+            const __m256i f = _mm256_set1_epi8(nd[0]), g = _mm256_set1_epi8(nd[1]),
+                          l = _mm256_set1_epi8(nd[nl - 1]);
+            const __m256i cr = _mm256_set1_epi8(0x0D), lf = _mm256_set1_epi8(0x0A);
+            GW_LINE_STEPS(64, unsigned long long, __builtin_ctzll, {
+                __m256i a0 = _mm256_loadu_si256((const __m256i *)q);
+                __m256i a1 = _mm256_loadu_si256((const __m256i *)(q + 32));
+                __m256i c0 = _mm256_loadu_si256((const __m256i *)(q + 1));
+                __m256i c1 = _mm256_loadu_si256((const __m256i *)(q + 33));
+                __m256i b0 = _mm256_loadu_si256((const __m256i *)(q + nl - 1));
+                __m256i b1 = _mm256_loadu_si256((const __m256i *)(q + nl + 31));
+                m = (unsigned long long)(unsigned)_mm256_movemask_epi8(_mm256_and_si256(
+                        _mm256_and_si256(_mm256_cmpeq_epi8(a0, f), _mm256_cmpeq_epi8(c0, g)),
+                        _mm256_cmpeq_epi8(b0, l)))
+                    | ((unsigned long long)(unsigned)_mm256_movemask_epi8(_mm256_and_si256(
+                        _mm256_and_si256(_mm256_cmpeq_epi8(a1, f), _mm256_cmpeq_epi8(c1, g)),
+                        _mm256_cmpeq_epi8(b1, l))) << 32);
+                z = (unsigned long long)(unsigned)_mm256_movemask_epi8(
+                        _mm256_or_si256(_mm256_cmpeq_epi8(a0, cr), _mm256_cmpeq_epi8(a0, lf)))
+                    | ((unsigned long long)(unsigned)_mm256_movemask_epi8(
+                        _mm256_or_si256(_mm256_cmpeq_epi8(a1, cr), _mm256_cmpeq_epi8(a1, lf)))
+                       << 32);
+            })
+        }
+        e = gw_eol(p, h + end);  /* (no candidate: the line end in the last nl - 1 bytes) */
+        *eol = e ? (Py_ssize_t)(e - h) : end;
+        return -1;
+    }
+    #endif
+    /* 2: AVX2, 1: SSE2 (or scalar off x86). Set at import from the CPU; tests set it too. */
+    static int gw_simd = 1;
+    static int gw_simd_set(int level) {
+        int was = gw_simd;
+    #ifdef GW_AVX2
+        if (level < 0) {
+            __builtin_cpu_init();
+            level = __builtin_cpu_supports("avx2") ? 2 : 1;
+        }
+        gw_simd = level >= 2 ? 2 : 1;
+    #else
+        gw_simd = 1;
+    #endif
+        return was;
+    }
+    static Py_ssize_t gw_find_line(const unsigned char *h, Py_ssize_t start, Py_ssize_t end,
+                                   const char *nd, Py_ssize_t nl, Py_ssize_t *eol) {
+    #ifdef GW_AVX2
+        if (gw_simd == 2)
+            return gw_find_line_avx2(h, start, end, nd, nl, eol);
+    #endif
+        return gw_find_line_sse2(h, start, end, nd, nl, eol);
     }
     /* First CR or LF in [p, end), or NULL: one pass where two memchr calls scanned the line
        twice (an SSE line ends at either). */
@@ -224,6 +296,8 @@ cdef extern from *:
     const unsigned char *gw_eol(const unsigned char *p, const unsigned char *end) noexcept nogil
     Py_ssize_t gw_find_line(const unsigned char *h, Py_ssize_t start, Py_ssize_t end,
                             const char *nd, Py_ssize_t nl, Py_ssize_t *eol) noexcept nogil
+    int gw_simd_set(int level) noexcept nogil
+    int gw_simd
     Py_ssize_t gw_str_stop(const unsigned char *h, Py_ssize_t i, Py_ssize_t end) noexcept nogil
 
 cdef enum:
@@ -271,6 +345,18 @@ for _k in range(10):
 for _k in range(6):
     HEXV[0x61 + _k] = 10 + _k
     HEXV[0x41 + _k] = 10 + _k
+
+gw_simd_set(-1)  # the line search's vector width: what this CPU has
+
+
+def _simd(level=None):
+    """The line search's vector width in use: 2 (AVX2), 1 (SSE2, or bytes one by one off x86).
+    With ``level`` (-1: what the CPU has), use that from now on and return the width before:
+    the tests run both widths."""
+    if level is None:
+        return gw_simd
+    return gw_simd_set(level)
+
 
 cdef const unsigned char* BOM = <const unsigned char*>b"\xef\xbb\xbf"
 cdef const unsigned char* LFBYTE = <const unsigned char*>b"\n"

@@ -1,7 +1,8 @@
 """Shared pytest fixtures.
 
-SSE scanner: ``sse`` runs a test once per implementation (compiled ``gwcore._sse`` and the pure twin
-``gwcore._sse_py``); ``sse_pair`` gives both for differential tests. A missing compiled module skips
+SSE scanner: ``sse`` runs a test once per implementation (compiled ``gwcore._sse``, with its widest
+line search and with SSE2's, and the pure twin ``gwcore._sse_py``); ``sse_pair`` gives both for
+differential tests (at both widths). A missing compiled module skips
 its cases, except under ``GWCORE_REQUIRE_EXTENSIONS=1`` (CI), where it fails them.
 Front door: ``http_impl`` runs a test once with the compiled ``gwcore.server._http`` and once with
 its pure-Python source ``gwcore.server._http_py``, by pointing the server runner at that module's
@@ -41,18 +42,29 @@ def _compiled_sse() -> ModuleType:
     return _compiled("gwcore._sse")
 
 
-@pytest.fixture(scope="session", params=["cython", "python"])
+def _sse_width(request: pytest.FixtureRequest, mod: ModuleType, param: str) -> ModuleType:
+    """The compiled scanner searches lines with the widest vectors the CPU has (AVX2 on most
+    x86-64); "-sse2" runs it with the narrower search every x86-64 has, until the next param."""
+    if param.endswith("-sse2"):
+        was = mod._simd(1)
+        request.addfinalizer(lambda: mod._simd(was))
+    return mod
+
+
+@pytest.fixture(scope="session", params=["cython", "cython-sse2", "python"])
 def sse(request: pytest.FixtureRequest) -> ModuleType:
-    """The SSE scanner module, once per implementation."""
-    if request.param == "cython":
-        return _compiled_sse()
-    return importlib.import_module("gwcore._sse_py")
+    """The SSE scanner module, once per implementation (the compiled one at both widths)."""
+    if request.param == "python":
+        return importlib.import_module("gwcore._sse_py")
+    return _sse_width(request, _compiled_sse(), request.param)
 
 
-@pytest.fixture(scope="session")
-def sse_pair() -> tuple[ModuleType, ModuleType]:
+@pytest.fixture(scope="session", params=["cython", "cython-sse2"])
+def sse_pair(request: pytest.FixtureRequest) -> tuple[ModuleType, ModuleType]:
     """(compiled, twin), for tests that compare the two on the same input."""
-    return _compiled_sse(), importlib.import_module("gwcore._sse_py")
+    return _sse_width(request, _compiled_sse(), request.param), importlib.import_module(
+        "gwcore._sse_py"
+    )
 
 
 def use_http(impl: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
