@@ -82,6 +82,12 @@ cdef extern from *:
             }
         }
     #endif
+        if (stop - p < 16) {  /* a few candidates: cheaper than a call to memchr */
+            for (; p < stop; p++)
+                if (*p == (unsigned char)nd[0] && memcmp(p, nd, (size_t)nl) == 0)
+                    return (Py_ssize_t)(p - h);
+            return -1;
+        }
         for (; p < stop; p++) {
             p = (const unsigned char *)memchr(p, (unsigned char)nd[0], (size_t)(stop - p));
             if (!p) return -1;
@@ -1089,11 +1095,12 @@ cdef class _Scanner:
         nest.esc = False
         while p >= 0:
             k = p + 6
-            meta = n - k >= 9 and memcmp(d + k, b'Metadata"', 9) == 0
-            if meta:
-                k += 9
-            elif k < n and d[k] == C_QUOTE:
+            meta = False
+            if k < n and d[k] == C_QUOTE:
                 k += 1
+            elif n - k >= 9 and memcmp(d + k, b'Metadata"', 9) == 0:
+                meta = True
+                k += 9
             else:
                 p = gw_find(d, p + 6, n, b'"usage', 6)  # p+1..p+5 hold 'usage'
                 continue
