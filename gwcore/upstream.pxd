@@ -49,8 +49,13 @@ cpdef tuple _name(name)
 cpdef list strip_hop_by_hop(headers)
 cpdef bint _bad_char(text)
 cpdef str _header_line(name, value)
-@cython.locals(hosts=dict, cache=dict, lines=list)
+@cython.locals(starts=dict, known=tuple, fields=dict, lines=list, text=str, framed=bint)
 cpdef bytes build_request(origin, method, path, headers, body, block=*)
+@cython.locals(hosts=dict)
+cpdef tuple _head_start(origin, method, path, block)
+@cython.locals(cache=dict, fields=dict)
+cpdef _header_lines(headers, list lines)
+cpdef bytes _finish(list lines, body, bint framed)
 
 cdef class _OriginPool:
     cdef public list idle
