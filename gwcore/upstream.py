@@ -435,7 +435,7 @@ class UpstreamExchange:
         if self._end == 0:
             conn = self._conn
             conn.release()
-            self._end = 2 if conn.closed else 1
+            self._end = 2 if conn._state == _CLOSED else 1
 
     def close(self) -> None:
         if self._end == 0:
@@ -663,7 +663,13 @@ class UpstreamConnection:
         failure before the head goes to ``listener.on_head_failed`` (and success is ``on_head``)."""
         self._state = _HEAD
         self._listener = listener
-        self._exchange = UpstreamExchange(self)
+        # UpstreamExchange(self), without the call of __init__ (in the compiled build, a C
+        # allocation): the same three fields.
+        exchange = UpstreamExchange.__new__(UpstreamExchange)
+        exchange._conn = self
+        exchange._end = 0
+        exchange.reused = self.reused
+        self._exchange = exchange
         self._method = method
         self._head_buf = b""
         self.got_bytes = False
@@ -751,6 +757,9 @@ class UpstreamConnection:
         te = None
         conn_tokens = b""
         for name, value in headers:
+            size = len(name)
+            if size != 14 and size != 17 and size != 10:
+                continue  # not one of the three names read here
             low = _name(name)[0]  # lowercase, from the bounded cache: names repeat
             if low == b"content-length":
                 value = value.strip()
@@ -759,7 +768,7 @@ class UpstreamConnection:
                     return
                 length = int(value)
             elif low == b"transfer-encoding":
-                te = value.lower()
+                te = value if value == b"chunked" else value.lower()
             elif low == b"connection":
                 conn_tokens += b"," + value.lower()
         if conn_tokens:
@@ -770,7 +779,7 @@ class UpstreamConnection:
         if self._method == "HEAD" or status == 204 or status == 304:
             length = 0
         elif te is not None:
-            chunked = te.rstrip().endswith(b"chunked")
+            chunked = te == b"chunked" or te.rstrip().endswith(b"chunked")
             if length is not None:  # both framings: honour chunked, never reuse (smuggling guard)
                 keep_alive = False
             length = None

@@ -536,3 +536,90 @@ def test_build_request_writes_what_the_reference_writes(
     expected = outcome(_reference_request)
     assert outcome(build_request) == expected
     assert outcome(build_request) == expected
+
+
+# ------------------------------------------------------ response framing against the reference
+
+
+def _reference_framing(version, method, status, headers):
+    """(chunked, length, keep_alive) as _on_head decided them before its fast paths, or None for
+    an invalid Content-Length."""
+    length = te = None
+    tokens = b""
+    for name, value in headers:
+        low = name.lower()
+        if low == b"content-length":
+            value = value.strip()
+            if not value.isdigit() or (length is not None and length != int(value)):
+                return None
+            length = int(value)
+        elif low == b"transfer-encoding":
+            te = value.lower()
+        elif low == b"connection":
+            tokens += b"," + value.lower()
+    if tokens:
+        found = {t.strip() for t in tokens.split(b",")}
+        keep_alive = (b"keep-alive" in found) if version == "1.0" else (b"close" not in found)
+    else:
+        keep_alive = version != "1.0"
+    chunked = False
+    if method == "HEAD" or status in (204, 304):
+        length = 0
+    elif te is not None:
+        chunked = te.rstrip().endswith(b"chunked")
+        if length is not None or not chunked:
+            keep_alive = False
+        length = None
+    elif length is None:
+        keep_alive = False
+    return chunked, length, keep_alive
+
+
+_FRAMING_NAMES = st.sampled_from(
+    [
+        b"Transfer-Encoding",
+        b"transfer-encoding",
+        b"TRANSFER-ENCODING",
+        b"Content-Length",
+        b"Connection",
+        b"Content-Type",
+        b"Transfer-Encodinx",
+        b"X-Length-Of-14",
+    ]
+)
+_FRAMING_VALUES = st.sampled_from(
+    [b"chunked", b"Chunked", b"gzip, chunked", b"chunked, gzip", b"gzip", b"12", b"0", b"close"]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    version=st.sampled_from(["1.1", "1.0"]),
+    method=st.sampled_from(["POST", "HEAD"]),
+    status=st.sampled_from([200, 204, 304]),
+    headers=st.lists(st.tuples(_FRAMING_NAMES, _FRAMING_VALUES), max_size=4),
+)
+@example(
+    version="1.1", method="POST", status=200, headers=[(b"Transfer-Encoding", b"gzip, chunked")]
+)
+@example(version="1.1", method="POST", status=200, headers=[(b"Connection", b"close")])
+def test_on_head_frames_as_the_reference(version, method, status, headers):
+    """_on_head's framing (names read only at the lengths of the three it reads, the plain
+    ``chunked`` taken without lowering) decides as the reference does."""
+    loop = asyncio.new_event_loop()
+    try:
+        pool = UpstreamPool(header_timeout=None, idle_timeout=None)
+        conn = UpstreamConnection(pool, Origin("http", "127.0.0.1", 1), loop)
+        conn.connection_made(FakeTransport())
+        listener = Listener()
+        listener.on_head_failed = lambda exc: listener.errors.append(exc)
+        conn._send(b"GET / HTTP/1.1\r\n\r\n", listener, method, await_head=False)
+        conn._on_head(status, version, list(headers), b"", 0)
+    finally:
+        loop.close()
+    expected = _reference_framing(version, method, status, headers)
+    if expected is None:
+        assert listener.head is None and len(listener.errors) == 1
+        return
+    assert listener.head[2:] == expected[:2]
+    assert conn._keep_alive == expected[2]
