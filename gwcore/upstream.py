@@ -190,6 +190,7 @@ def _bad_char(text: str) -> bool:
     return "\r" in text or "\n" in text or "\0" in text
 
 
+_printable = str.isprintable  # called unbound: no method lookup per value in the compiled build
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+").fullmatch  # RFC 9110 field-name
 # Not in an RFC 9110 field-value (HTAB, SP, VCHAR, obs-text): CR, LF, NUL, the other controls,
 # DEL, and anything beyond latin-1.
@@ -197,6 +198,11 @@ _BAD_VALUE = re.compile(r"[^\t\x20-\x7e\x80-\xff]").search
 _LINES: dict[tuple[str, str], str] = {}  # (name, value) -> its checked header line; bounded
 _HOST_LINES: dict[Origin, str] = {}
 _TOKEN_NAMES: set[str] = set()  # names that passed _TOKEN; bounded
+# (origin, method, path, block), all of exact types -> _head_start's result; bounded
+_STARTS: dict[tuple, tuple[str, bool]] = {}
+# An end-to-end header name (exact str) a checked line was written for -> "Name: ", or "" for
+# the headers the pool writes itself; bounded
+_FIELDS: dict[str, str] = {}
 
 
 def _header_line(name: str, value: str) -> str:
@@ -230,6 +236,57 @@ def build_request(
 ) -> bytes:
     """The request bytes: head (Host, ``block`` (from ``header_block`` only), the caller's
     end-to-end headers, Content-Length, ``Connection: keep-alive``) and body, for one write."""
+    if type(origin) is Origin and type(method) is str and type(path) is str and type(block) is str:
+        # The checked start of the head, per target (a dict of exact types: equal keys render
+        # the same start); the checks and errors are _head_start's.
+        key = (origin, method, path, block)
+        starts = _STARTS
+        known = starts.get(key)
+        if known is None:
+            known = _head_start(origin, method, path, block)
+            if len(starts) >= 256:
+                starts.clear()
+            starts[key] = known
+        start = known[0]
+        framed = known[1]
+    else:
+        start = _head_start(origin, method, path, block)[0]
+        framed = method not in _NO_BODY_METHODS
+    lines = [start]
+    if type(headers) is not list and type(headers) is not tuple:
+        _header_lines(headers, lines)  # (an iterator is read once)
+        return _finish(lines, body, framed)
+    # The common case, no per-pair cache and no stripped copy: exact str pairs whose names are
+    # known end-to-end (hop-by-hop ones are never in _FIELDS, so stripping would keep them all)
+    # and whose values are printable ASCII. Anything else: the whole list the careful way.
+    fields = _FIELDS
+    for pair in headers:
+        if type(pair) is not tuple or len(pair) != 2:
+            break
+        name = pair[0]
+        value = pair[1]
+        if type(name) is not str or type(value) is not str:
+            break
+        field = fields.get(name)
+        if field is None:
+            break
+        text = value
+        if not (text.isascii() and _printable(text)):
+            break
+        if field:  # "" for the headers the pool writes itself
+            lines.append(field)
+            lines.append(text)
+            lines.append("\r\n")
+    else:
+        return _finish(lines, body, framed)
+    lines = [start]
+    _header_lines(headers, lines)
+    return _finish(lines, body, framed)
+
+
+def _head_start(origin: Origin, method: str, path: str, block: str) -> tuple:
+    """(the request line, Host line and ``block``; whether an empty body is still framed), with
+    the request target checked."""
     if not path.startswith("/") or _bad_char(path) or " " in path or _bad_char(method):
         raise GatewayError(500, f"invalid upstream request target {path!r}")
     hosts = _HOST_LINES
@@ -238,8 +295,14 @@ def build_request(
         host = f"Host: {origin.host_header}\r\n"
         if len(_HOST_LINES) < 256:
             _HOST_LINES[origin] = host
-    lines = [f"{method} {path} HTTP/1.1\r\n", host, block]
+    return "".join([f"{method} {path} HTTP/1.1\r\n", host, block]), method not in _NO_BODY_METHODS
+
+
+def _header_lines(headers: Sequence[tuple[str, str]], lines: list) -> None:
+    """The caller's end-to-end header lines, appended to ``lines``: hop-by-hop ones dropped, each
+    line checked once (cached). Names that passed go to _FIELDS, for build_request's fast loop."""
     cache = _LINES
+    fields = _FIELDS
     for pair in strip_hop_by_hop(headers):
         line = cache.get(pair)
         if line is None:
@@ -248,9 +311,18 @@ def build_request(
                 cache.clear()
             cache[pair] = line
         lines.append(line)
-    if body or method not in _NO_BODY_METHODS:
-        lines.append(f"Content-Length: {len(body)}\r\n")
-    lines.append("Connection: keep-alive\r\n\r\n")
+        name = pair[0]
+        if type(name) is str and name not in fields and len(fields) < 1024:
+            fields[name] = "" if _name(name)[0] in _POOL_SET else f"{name}: "
+    # (A name is only ever learnt from a line _header_line wrote or checked: a token, not
+    # hop-by-hop, since strip_hop_by_hop dropped those.)
+
+
+def _finish(lines: list, body: bytes, framed: bool) -> bytes:
+    if body or framed:
+        lines.append(f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n")
+    else:
+        lines.append("Connection: keep-alive\r\n\r\n")
     # Every piece was checked: the request line here, each header line once (cached), the Host
     # line from a parsed URL. No CR, LF or NUL but the line ends, all latin-1.
     head = "".join(lines).encode("latin-1")
@@ -363,7 +435,7 @@ class UpstreamExchange:
         if self._end == 0:
             conn = self._conn
             conn.release()
-            self._end = 2 if conn.closed else 1
+            self._end = 2 if conn._state == _CLOSED else 1
 
     def close(self) -> None:
         if self._end == 0:
@@ -591,7 +663,13 @@ class UpstreamConnection:
         failure before the head goes to ``listener.on_head_failed`` (and success is ``on_head``)."""
         self._state = _HEAD
         self._listener = listener
-        self._exchange = UpstreamExchange(self)
+        # UpstreamExchange(self), without the call of __init__ (in the compiled build, a C
+        # allocation): the same three fields.
+        exchange = UpstreamExchange.__new__(UpstreamExchange)
+        exchange._conn = self
+        exchange._end = 0
+        exchange.reused = self.reused
+        self._exchange = exchange
         self._method = method
         self._head_buf = b""
         self.got_bytes = False
@@ -679,6 +757,9 @@ class UpstreamConnection:
         te = None
         conn_tokens = b""
         for name, value in headers:
+            size = len(name)
+            if size != 14 and size != 17 and size != 10:
+                continue  # not one of the three names read here
             low = _name(name)[0]  # lowercase, from the bounded cache: names repeat
             if low == b"content-length":
                 value = value.strip()
@@ -687,7 +768,7 @@ class UpstreamConnection:
                     return
                 length = int(value)
             elif low == b"transfer-encoding":
-                te = value.lower()
+                te = value if value == b"chunked" else value.lower()
             elif low == b"connection":
                 conn_tokens += b"," + value.lower()
         if conn_tokens:
@@ -698,7 +779,7 @@ class UpstreamConnection:
         if self._method == "HEAD" or status == 204 or status == 304:
             length = 0
         elif te is not None:
-            chunked = te.rstrip().endswith(b"chunked")
+            chunked = te == b"chunked" or te.rstrip().endswith(b"chunked")
             if length is not None:  # both framings: honour chunked, never reuse (smuggling guard)
                 keep_alive = False
             length = None

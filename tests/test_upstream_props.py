@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import httptools
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from gwcore.upstream import (
@@ -429,3 +429,197 @@ def test_quick_head_takes_the_plain_heads(sse):
         "1.0",
         [(b"Content-Length", b"17")],
     )
+
+
+# ------------------------------------------------------------- request bytes against the reference
+
+
+def _reference_request(origin, method, path, headers, body, block=""):
+    """The request bytes as build_request wrote them before its caches and fast loop: every
+    header stripped, checked and rendered one by one, every time."""
+    from gwcore.errors import GatewayError
+    from gwcore.upstream import _header_line, strip_hop_by_hop
+
+    if not path.startswith("/") or any(c in path for c in "\r\n\0 ") or "\r" in method:
+        raise GatewayError(500, f"invalid upstream request target {path!r}")
+    if "\n" in method or "\0" in method:
+        raise GatewayError(500, f"invalid upstream request target {path!r}")
+    lines = [f"{method} {path} HTTP/1.1\r\n", f"Host: {origin.host_header}\r\n", block]
+    for pair in strip_hop_by_hop(headers):
+        hash(pair)  # the line cache's key: a list pair is refused (TypeError)
+        lines.append(_header_line(pair[0], pair[1]))
+    if body or method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
+        lines.append(f"Content-Length: {len(body)}\r\n")
+    lines.append("Connection: keep-alive\r\n\r\n")
+    return "".join(lines).encode("latin-1") + body
+
+
+class _Str(str):
+    """A str subclass: never taken by build_request's exact-type fast paths."""
+
+
+_REQ_NAMES = st.one_of(
+    st.sampled_from(
+        [
+            "x-request-id",
+            "X-Request-Id",
+            "Accept",
+            "Host",
+            "content-length",
+            "Connection",
+            "Keep-Alive",
+            "Proxy-Foo",
+            "X-Hop",
+            "User-Agent",
+        ]
+    ),
+    st.text(_TOKEN_CHARS, min_size=1, max_size=8),
+    st.text(max_size=4),  # a space, a colon, CR/LF, non-latin-1
+    st.sampled_from(["x-request-id", "Accept"]).map(_Str),
+)
+_REQ_VALUES = st.one_of(
+    st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=12),
+    st.sampled_from(["close, X-Hop", "a\tb", "caf\xe9", "\x7f", "a\r\nb: c", "\x00", "\u20ac", ""]),
+    st.sampled_from(["\x1f", "x\x7f", "\t", "\xff", "ok\n"]),
+    st.text(max_size=6),
+    st.just("x").map(_Str),
+)
+_REQ_PAIRS = st.one_of(
+    st.tuples(_REQ_NAMES, _REQ_VALUES),
+    st.tuples(_REQ_NAMES, _REQ_VALUES).map(list),  # not a tuple: refused as unhashable
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    headers=st.lists(_REQ_PAIRS, max_size=5),
+    container=st.sampled_from(["list", "tuple", "iterator"]),
+    method=st.sampled_from(["POST", "GET", "HEAD", "DELETE", "PUT", "GE\rT"]),
+    path=st.sampled_from(["/v1/x", "/", "v1/x", "/a b", "/a\nb", "/caf\xe9"]),
+    block=st.sampled_from(["", "Authorization: Bearer k\r\nAccept: text/event-stream\r\n"]),
+    body=st.sampled_from([b"", b"{}", b'{"model":"m"}']),
+    origin=st.sampled_from(
+        [
+            Origin("http", "127.0.0.1", 9000),
+            Origin("https", "api.example.com", 443),
+            Origin("http", "::1", 80),
+        ]
+    ),
+)
+@example(  # a name the fast loop knows, then a value it must not take
+    headers=[("X-Learnt", "ok"), ("X-Learnt", "\x7f")],
+    container="list",
+    method="POST",
+    path="/v1/x",
+    block="",
+    body=b"{}",
+    origin=Origin("http", "127.0.0.1", 9000),
+)
+def test_build_request_writes_what_the_reference_writes(
+    headers, container, method, path, block, body, origin
+):
+    """build_request (its start-of-head cache, its fast loop over known names, its careful way
+    for the rest) gives byte for byte the reference's request, or the very error (type, status,
+    message) the reference raises; the same on a second call, when the caches know the names."""
+    from gwcore.errors import GatewayError
+    from gwcore.upstream import build_request
+
+    def outcome(fn):
+        given = {"list": list, "tuple": tuple, "iterator": iter}[container](headers)
+        try:
+            return fn(origin, method, path, given, body, block)
+        except GatewayError as exc:
+            return ("GatewayError", exc.status, exc.message)
+        except TypeError:
+            return ("TypeError",)
+
+    expected = outcome(_reference_request)
+    assert outcome(build_request) == expected
+    assert outcome(build_request) == expected
+
+
+# ------------------------------------------------------ response framing against the reference
+
+
+def _reference_framing(version, method, status, headers):
+    """(chunked, length, keep_alive) as _on_head decided them before its fast paths, or None for
+    an invalid Content-Length."""
+    length = te = None
+    tokens = b""
+    for name, value in headers:
+        low = name.lower()
+        if low == b"content-length":
+            value = value.strip()
+            if not value.isdigit() or (length is not None and length != int(value)):
+                return None
+            length = int(value)
+        elif low == b"transfer-encoding":
+            te = value.lower()
+        elif low == b"connection":
+            tokens += b"," + value.lower()
+    if tokens:
+        found = {t.strip() for t in tokens.split(b",")}
+        keep_alive = (b"keep-alive" in found) if version == "1.0" else (b"close" not in found)
+    else:
+        keep_alive = version != "1.0"
+    chunked = False
+    if method == "HEAD" or status in (204, 304):
+        length = 0
+    elif te is not None:
+        chunked = te.rstrip().endswith(b"chunked")
+        if length is not None or not chunked:
+            keep_alive = False
+        length = None
+    elif length is None:
+        keep_alive = False
+    return chunked, length, keep_alive
+
+
+_FRAMING_NAMES = st.sampled_from(
+    [
+        b"Transfer-Encoding",
+        b"transfer-encoding",
+        b"TRANSFER-ENCODING",
+        b"Content-Length",
+        b"Connection",
+        b"Content-Type",
+        b"Transfer-Encodinx",
+        b"X-Length-Of-14",
+    ]
+)
+_FRAMING_VALUES = st.sampled_from(
+    [b"chunked", b"Chunked", b"gzip, chunked", b"chunked, gzip", b"gzip", b"12", b"0", b"close"]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    version=st.sampled_from(["1.1", "1.0"]),
+    method=st.sampled_from(["POST", "HEAD"]),
+    status=st.sampled_from([200, 204, 304]),
+    headers=st.lists(st.tuples(_FRAMING_NAMES, _FRAMING_VALUES), max_size=4),
+)
+@example(
+    version="1.1", method="POST", status=200, headers=[(b"Transfer-Encoding", b"gzip, chunked")]
+)
+@example(version="1.1", method="POST", status=200, headers=[(b"Connection", b"close")])
+def test_on_head_frames_as_the_reference(version, method, status, headers):
+    """_on_head's framing (names read only at the lengths of the three it reads, the plain
+    ``chunked`` taken without lowering) decides as the reference does."""
+    loop = asyncio.new_event_loop()
+    try:
+        pool = UpstreamPool(header_timeout=None, idle_timeout=None)
+        conn = UpstreamConnection(pool, Origin("http", "127.0.0.1", 1), loop)
+        conn.connection_made(FakeTransport())
+        listener = Listener()
+        listener.on_head_failed = lambda exc: listener.errors.append(exc)
+        conn._send(b"GET / HTTP/1.1\r\n\r\n", listener, method, await_head=False)
+        conn._on_head(status, version, list(headers), b"", 0)
+    finally:
+        loop.close()
+    expected = _reference_framing(version, method, status, headers)
+    if expected is None:
+        assert listener.head is None and len(listener.errors) == 1
+        return
+    assert listener.head[2:] == expected[:2]
+    assert conn._keep_alive == expected[2]
