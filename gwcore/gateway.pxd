@@ -5,7 +5,7 @@
 
 cimport cython
 
-from gwcore.relay cimport RelayedResponse
+from gwcore.relay cimport RelayedResponse, new_relay
 from gwcore.server.app cimport Request
 from gwcore.usage cimport UsageRecord, new_record
 

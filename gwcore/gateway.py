@@ -29,7 +29,7 @@ from gwcore.demo import demo_completion, demo_stream_events, demo_usage
 from gwcore.errors import GatewayError
 from gwcore.ledger import UsagePipeline
 from gwcore.providers import CREDENTIAL_HEADERS, ProviderRegistry
-from gwcore.relay import RelayedResponse, stream_headers
+from gwcore.relay import new_relay, stream_headers
 from gwcore.translated import translated_completion
 from gwcore.upstream import HOP_BY_HOP, UpstreamPool, header_block
 from gwcore.usage import MemorySink, UsageRecord, UsageSink, new_record, usage_from_openai
@@ -191,7 +191,7 @@ class Gateway:
         block, dropped, path = known
         headers = _forwarded(request.headers, dropped)
         headers.append(("x-request-id", request.request_id))
-        relay = RelayedResponse(channel, record, self.sink, stream, elide, started)
+        relay = new_relay(channel, record, self.sink, stream, elide, started)
         return relay.start_exchange(self.pool, provider.origin, path, headers, payload, block)
 
     async def _demo(

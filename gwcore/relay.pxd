@@ -2,6 +2,8 @@
 # the pure-Python twin). Keep the attribute lists in step with the stores in relay.py; subclasses
 # written in Python (gwcore.translated) keep their own attributes in a __dict__ as usual.
 
+cimport cython
+
 from gwcore.server._http cimport ResponseChannel
 from gwcore.upstream cimport UpstreamExchange, UpstreamPool, _name  # C calls
 from gwcore.usage cimport UsageRecord
@@ -21,8 +23,13 @@ cdef class ExchangeResponse:
     cpdef _head_arrived(self, exchange, status)
     cpdef _release(self)
     cpdef _record_once(self, tokens)
+    cpdef _init_exchange(self, channel, record, sink, started_at)
 
 cdef class RelayedResponse(ExchangeResponse):
     cdef public object stream, elide_usage, observer, _mode, _dechunker, _kept, _feed, _write, _raw
     cpdef _finish(self)
     cpdef _write_record(self)
+    cpdef _init_relay(self, stream, elide_usage)
+
+@cython.locals(relay=RelayedResponse)
+cpdef RelayedResponse new_relay(channel, record, sink, stream, elide_usage, started_at)

@@ -38,6 +38,7 @@ __all__ = [
     "ExchangeResponse",
     "RelayedResponse",
     "broken_stream",
+    "new_relay",
     "stream_headers",
     "upstream_error",
 ]
@@ -159,6 +160,11 @@ class ExchangeResponse:
     """
 
     def __init__(
+        self, channel: Any, record: UsageRecord, sink: UsageSink, started_at: float
+    ) -> None:
+        self._init_exchange(channel, record, sink, started_at)
+
+    def _init_exchange(
         self, channel: Any, record: UsageRecord, sink: UsageSink, started_at: float
     ) -> None:
         self.channel = channel
@@ -341,7 +347,10 @@ class RelayedResponse(ExchangeResponse):
         elide_usage: bool,
         started_at: float,
     ) -> None:
-        super().__init__(channel, record, sink, started_at)
+        self._init_exchange(channel, record, sink, started_at)
+        self._init_relay(stream, elide_usage)
+
+    def _init_relay(self, stream: bool, elide_usage: bool) -> None:
         self.stream = stream
         self.elide_usage = elide_usage
         self.observer: StreamObserver | None = None
@@ -549,3 +558,19 @@ class RelayedResponse(ExchangeResponse):
             except orjson.JSONDecodeError:
                 usage = None
         self._record_once(usage_from_openai(usage) if isinstance(usage, dict) else None)
+
+
+def new_relay(
+    channel: Any,
+    record: UsageRecord,
+    sink: UsageSink,
+    stream: bool,
+    elide_usage: bool,
+    started_at: float,
+) -> RelayedResponse:
+    """``RelayedResponse(...)`` without the call of ``__init__`` (from the compiled gateway, a C
+    call and a C allocation: no argument parsing, no ``super()``): the same initialisation."""
+    relay = RelayedResponse.__new__(RelayedResponse)
+    relay._init_exchange(channel, record, sink, started_at)
+    relay._init_relay(stream, elide_usage)
+    return relay

@@ -790,3 +790,30 @@ def test_member_added_to_the_clients_bytes(obj, indent, pad):
     assert orjson.loads(out) == {**orjson.loads(raw), "stream_options": {"include_usage": True}}
     body = raw.rstrip(b" \t\r\n")
     assert out.startswith(body[:-1]) and out.endswith(raw[len(body) - 1 :])
+
+
+def test_new_relay_is_the_constructor_without_the_call():
+    """``new_relay`` (the gateway's C call) sets every attribute ``RelayedResponse(...)`` sets, to
+    the same value: the names come from the twin's instance dictionary."""
+    import importlib.util
+    from pathlib import Path
+
+    import gwcore.relay as relay
+    from gwcore.usage import UsageRecord
+
+    source = Path(relay.__file__).with_name("relay.py")
+    spec = importlib.util.spec_from_file_location("_relay_twin_names", source)
+    twin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(twin)
+    record = UsageRecord("r", "p", "m", "u", "relay", True)
+    sink = object()
+    names = sorted(vars(twin.RelayedResponse(None, record, sink, True, False, 1.5)))
+    assert {"channel", "record", "sink", "stream", "elide_usage", "started_at", "_mode"} <= set(
+        names
+    )
+    for args in ((None, record, sink, True, False, 1.5), (None, record, sink, False, True, 2.0)):
+        made, called = relay.new_relay(*args), relay.RelayedResponse(*args)
+        assert type(made) is relay.RelayedResponse
+        for name in names:
+            a, b = getattr(made, name), getattr(called, name)
+            assert a == b or (a is b), name
