@@ -27,5 +27,7 @@ cdef class GatewayMetrics:
     # The usage sink and the in-flight count, once per request each
     @cython.locals(s=_LabelSet)
     cpdef record(self, UsageRecord rec)
+    @cython.locals(in_flight=set, n=Py_ssize_t)
     cpdef request_started(self, request_id)
+    @cython.locals(in_flight=set)
     cpdef request_ended(self, request_id)

@@ -311,13 +311,18 @@ class GatewayMetrics:
     # ---- the usage sink (once per request)
 
     def record(self, rec: UsageRecord) -> None:
-        aborted_by_client = rec.aborted and rec.error == _DISCONNECTED
-        status = "499" if aborted_by_client else str(rec.status)
+        # The label set's key holds the status as the int it is (its label, str(status), is
+        # made once, with the set): an exact int, else its str (never equal to an int).
+        status = rec.status
+        if rec.aborted and rec.error == _DISCONNECTED:
+            status = 499
+        elif type(status) is not int:
+            status = str(status)
         key = (rec.provider, rec.upstream_model, rec.route, status)
         s = self._sets.get(key)
         kept = True
         if s is None:
-            s = _LabelSet(self, *key)
+            s = _LabelSet(self, rec.provider, rec.upstream_model, rec.route, str(status))
             kept = len(self._sets) < _MAX_LABEL_SETS
             if kept:
                 self._sets[key] = s
@@ -335,19 +340,22 @@ class GatewayMetrics:
     # ---- in flight: started by the route wrapper, ended by the record (or a failed handler)
 
     def request_started(self, request_id: str) -> bool:
-        if request_id in self._in_flight:  # a client reused an x-request-id: count it once
+        in_flight = self._in_flight
+        n = len(in_flight)
+        in_flight.add(request_id)  # one hash lookup, not two
+        if len(in_flight) == n:  # a client reused an x-request-id: count it once
             return False
-        self._in_flight.add(request_id)
         if self.multiprocess:  # one process: the scrape reads len(self._in_flight)
             self._in_flight_inc(1)
         return True
 
     def request_ended(self, request_id: str) -> None:
         in_flight = self._in_flight
-        if request_id in in_flight:
+        if not self.multiprocess:  # one process: the scrape counts the set
             in_flight.discard(request_id)
-            if self.multiprocess:
-                self._in_flight_inc(-1)
+        elif request_id in in_flight:
+            in_flight.discard(request_id)
+            self._in_flight_inc(-1)
 
     # ---- the ledger writer's hooks (per batch, not per record)
 
