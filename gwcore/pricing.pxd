@@ -5,11 +5,11 @@
 
 cimport cython
 
-from gwcore.usage cimport UsageRecord
+from gwcore.usage cimport Pricer, UsageRecord
 
 cpdef _cost(price, prompt, completion, cached, reasoning)
 
-cdef class PriceTable:
+cdef class PriceTable(Pricer):
     cdef public dict _prices, _memo
     cdef public object as_of
     cdef object __weakref__

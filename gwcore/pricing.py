@@ -28,7 +28,7 @@ from importlib import resources
 from typing import Any
 
 from gwcore.config import ConfigError
-from gwcore.usage import UsageRecord
+from gwcore.usage import Pricer, UsageRecord
 
 __all__ = ["ModelPrice", "PriceTable"]
 
@@ -111,7 +111,7 @@ def _price(value: Any, where: str) -> ModelPrice | None:
     return ModelPrice(**out)
 
 
-class PriceTable:
+class PriceTable(Pricer):
     """Model name -> price, with the lookup rules of ``lookup``.
 
     An extension type in the compiled module (``pricing.pxd``): ``cost`` and ``lookup`` are C
