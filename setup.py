@@ -47,6 +47,7 @@ NEEDS = {
     ),
     "gwcore.gateway": ("gwcore.usage", "gwcore.server.app", "gwcore.relay"),
     "gwcore.metrics": ("gwcore.usage",),
+    "gwcore.pricing": ("gwcore.usage",),
     "gwcore.ledger.schema": ("gwcore.usage",),
 }
 

@@ -3,7 +3,7 @@
 
 cimport cython
 
-from gwcore.usage cimport UsageRecord
+from gwcore.usage cimport SinkBase, UsageRecord
 
 cdef class _Histogram:
     cdef public list bounds, counts
@@ -17,7 +17,7 @@ cdef class _LabelSet:
     cdef public object n_requests, n_unpriced
     cpdef add(self, UsageRecord rec)
 
-cdef class GatewayMetrics:
+cdef class GatewayMetrics(SinkBase):
     cdef public object multiprocess, registry, requests, duration, ttfb, tokens, cost, unpriced
     cdef public object upstream_errors, in_flight, ledger_queue_depth, ledger_dropped
     cdef public object ledger_written, ledger_write_errors, auth_failures, _in_flight_inc
@@ -25,7 +25,9 @@ cdef class GatewayMetrics:
     cdef public set _in_flight
     cdef object __weakref__
     # The usage sink and the in-flight count, once per request each
-    @cython.locals(s=_LabelSet)
-    cpdef record(self, UsageRecord rec)
+    @cython.locals(r=UsageRecord, s=_LabelSet)
+    cpdef record(self, rec)
+    @cython.locals(in_flight=set, n=Py_ssize_t)
     cpdef request_started(self, request_id)
+    @cython.locals(in_flight=set)
     cpdef request_ended(self, request_id)

@@ -26,7 +26,7 @@ import shutil
 import sys
 import tempfile
 
-from gwcore.usage import UsageRecord
+from gwcore.usage import SinkBase, UsageRecord
 
 __all__ = ["GatewayMetrics", "prepare_multiprocess", "upstream_error_kind"]
 
@@ -216,7 +216,7 @@ class _LabelSet:
         self.ttfb.flush()
 
 
-class GatewayMetrics:
+class GatewayMetrics(SinkBase):
     """The gateway's metrics (one registry per instance when single-process)."""
 
     def __init__(self) -> None:
@@ -311,43 +311,52 @@ class GatewayMetrics:
     # ---- the usage sink (once per request)
 
     def record(self, rec: UsageRecord) -> None:
-        aborted_by_client = rec.aborted and rec.error == _DISCONNECTED
-        status = "499" if aborted_by_client else str(rec.status)
-        key = (rec.provider, rec.upstream_model, rec.route, status)
+        r = rec  # compiled: typed (a UsageRecord or None), its fields read as struct members
+        # The label set's key holds the status as the int it is (its label, str(status), is
+        # made once, with the set): an exact int, else its str (never equal to an int).
+        status = r.status
+        if r.aborted and r.error == _DISCONNECTED:
+            status = 499
+        elif type(status) is not int:
+            status = str(status)
+        key = (r.provider, r.upstream_model, r.route, status)
         s = self._sets.get(key)
         kept = True
         if s is None:
-            s = _LabelSet(self, *key)
+            s = _LabelSet(self, r.provider, r.upstream_model, r.route, str(status))
             kept = len(self._sets) < _MAX_LABEL_SETS
             if kept:
                 self._sets[key] = s
-        s.add(rec)
+        s.add(r)
         # With several workers, a scrape reads the shared files: write them now. A label set
         # past the cache bound is not kept for the next scrape either.
         if self.multiprocess or not kept:
             s.flush()
-        if rec.error is not None or rec.status >= 400:
-            kind = upstream_error_kind(rec)
+        if r.error is not None or r.status >= 400:
+            kind = upstream_error_kind(r)
             if kind is not None:
-                self.upstream_errors.labels(rec.provider, kind).inc()
-        self.request_ended(rec.request_id)
+                self.upstream_errors.labels(r.provider, kind).inc()
+        self.request_ended(r.request_id)
 
     # ---- in flight: started by the route wrapper, ended by the record (or a failed handler)
 
     def request_started(self, request_id: str) -> bool:
-        if request_id in self._in_flight:  # a client reused an x-request-id: count it once
+        in_flight = self._in_flight
+        n = len(in_flight)
+        in_flight.add(request_id)  # one hash lookup, not two
+        if len(in_flight) == n:  # a client reused an x-request-id: count it once
             return False
-        self._in_flight.add(request_id)
         if self.multiprocess:  # one process: the scrape reads len(self._in_flight)
             self._in_flight_inc(1)
         return True
 
     def request_ended(self, request_id: str) -> None:
         in_flight = self._in_flight
-        if request_id in in_flight:
+        if not self.multiprocess:  # one process: the scrape counts the set
             in_flight.discard(request_id)
-            if self.multiprocess:
-                self._in_flight_inc(-1)
+        elif request_id in in_flight:
+            in_flight.discard(request_id)
+            self._in_flight_inc(-1)
 
     # ---- the ledger writer's hooks (per batch, not per record)
 

@@ -28,13 +28,14 @@ from importlib import resources
 from typing import Any
 
 from gwcore.config import ConfigError
-from gwcore.usage import UsageRecord
+from gwcore.usage import Pricer, UsageRecord
 
 __all__ = ["ModelPrice", "PriceTable"]
 
 _FIELDS = ("input", "output", "cached_input", "reasoning")
 # Version suffixes a provider adds to a model name: -2024-08-06, -20250514, -latest.
 _VERSION_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8}|latest)$")
+_NOT_FOUND = object()  # not in the lookup memo (a memoized price may be None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,20 +57,32 @@ class ModelPrice:
     ) -> float | None:
         """Token counts in OpenAI semantics (prompt includes cached, completion includes
         reasoning) -> USD, or None when neither prompt nor completion was reported."""
-        if prompt is None and completion is None:
-            return None
-        prompt = prompt or 0
-        completion = completion or 0
-        cached = min(cached or 0, prompt)
-        reasoning = min(reasoning or 0, completion)
-        cached_price = self.input if self.cached_input is None else self.cached_input
-        reasoning_price = self.output if self.reasoning is None else self.reasoning
-        return (
-            (prompt - cached) * self.input
-            + cached * cached_price
-            + (completion - reasoning) * self.output
-            + reasoning * reasoning_price
-        ) / 1e6
+        return _cost(self, prompt, completion, cached, reasoning)
+
+
+def _cost(
+    price: ModelPrice,
+    prompt: int | None,
+    completion: int | None,
+    cached: int | None,
+    reasoning: int | None,
+) -> float | None:
+    """``ModelPrice.cost``, the one formula (``PriceTable.cost`` calls it without a method
+    call; compiled: a C call)."""
+    if prompt is None and completion is None:
+        return None
+    prompt = prompt or 0
+    completion = completion or 0
+    cached = min(cached or 0, prompt)
+    reasoning = min(reasoning or 0, completion)
+    cached_price = price.input if price.cached_input is None else price.cached_input
+    reasoning_price = price.output if price.reasoning is None else price.reasoning
+    return (
+        (prompt - cached) * price.input
+        + cached * cached_price
+        + (completion - reasoning) * price.output
+        + reasoning * reasoning_price
+    ) / 1e6
 
 
 def _price(value: Any, where: str) -> ModelPrice | None:
@@ -98,8 +111,11 @@ def _price(value: Any, where: str) -> ModelPrice | None:
     return ModelPrice(**out)
 
 
-class PriceTable:
-    """Model name -> price, with the lookup rules of ``lookup``."""
+class PriceTable(Pricer):
+    """Model name -> price, with the lookup rules of ``lookup``.
+
+    An extension type in the compiled module (``pricing.pxd``): ``cost`` and ``lookup`` are C
+    calls inside it, and ``cost`` reads a ``UsageRecord``'s fields as struct members."""
 
     def __init__(self, prices: Mapping[str, ModelPrice | None], as_of: str | None = None) -> None:
         self._prices = dict(prices)
@@ -147,8 +163,9 @@ class PriceTable:
         (OpenRouter's ``openai/gpt-4o``). A key present with a null price stops the search."""
         key = (provider, kind, model)
         memo = self._memo
-        if key in memo:
-            return memo[key]
+        price = memo.get(key, _NOT_FOUND)  # one hash lookup when memoized
+        if price is not _NOT_FOUND:
+            return price
         price = self._find(provider, kind, model)
         if len(memo) < 4096:  # bounded: model names come from clients
             memo[key] = price
@@ -172,9 +189,33 @@ class PriceTable:
         return None
 
     def cost(self, rec: UsageRecord, kind: str | None = None) -> float | None:
-        price = self.lookup(rec.provider, kind, rec.upstream_model)
+        if type(rec) is UsageRecord:
+            r = rec  # compiled: typed, its fields read as struct members
+            return self._price_tokens(
+                self.lookup(r.provider, kind, r.upstream_model),
+                r.prompt_tokens,
+                r.completion_tokens,
+                r.cached_tokens,
+                r.reasoning_tokens,
+            )
+        return self._price_tokens(
+            self.lookup(rec.provider, kind, rec.upstream_model),
+            rec.prompt_tokens,
+            rec.completion_tokens,
+            rec.cached_tokens,
+            rec.reasoning_tokens,
+        )
+
+    def _price_tokens(
+        self,
+        price: ModelPrice | None,
+        prompt: int | None,
+        completion: int | None,
+        cached: int | None,
+        reasoning: int | None,
+    ) -> float | None:
         if price is None:
             return None
-        return price.cost(
-            rec.prompt_tokens, rec.completion_tokens, rec.cached_tokens, rec.reasoning_tokens
-        )
+        if type(price) is ModelPrice:  # not a subclass's own cost: the formula, called directly
+            return _cost(price, prompt, completion, cached, reasoning)
+        return price.cost(prompt, completion, cached, reasoning)

@@ -23,17 +23,26 @@ cpdef _get(obj, key)
 cpdef dict _tokens(prompt, completion, total, cached, reasoning)
 
 # The sinks a request's record goes through (a Python subclass, the ledger's UsagePipeline,
-# keeps its own attributes in a __dict__).
-cdef class MemorySink:
+# keeps its own attributes in a __dict__). A fanout calls the record of a SinkBase (gwcore.metrics'
+# GatewayMetrics is one) and the cost of a Pricer (gwcore.pricing's PriceTable) as C methods.
+cdef class SinkBase:
+    cpdef record(self, rec)
+
+cdef class Pricer:
+    cpdef cost(self, rec, kind=*)
+
+cdef class MemorySink(SinkBase):
     cdef public object _records
     cpdef record(self, rec)
 
-cdef class FanoutSink:
+cdef class FanoutSink(SinkBase):
     cdef public list sinks
     cdef object __weakref__
+    @cython.locals(base=SinkBase)
     cpdef record(self, rec)
 
 cdef class PricedFanout(FanoutSink):
     cdef public object pricing
     cdef public dict kinds
+    @cython.locals(r=UsageRecord, pricer=Pricer)
     cpdef record(self, rec)

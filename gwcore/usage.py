@@ -24,6 +24,8 @@ __all__ = [
     "LogSink",
     "MemorySink",
     "PricedFanout",
+    "Pricer",
+    "SinkBase",
     "UsageRecord",
     "UsageSink",
     "new_record",
@@ -309,7 +311,29 @@ class UsageSink(Protocol):
     def record(self, rec: UsageRecord) -> None: ...
 
 
-class MemorySink:
+class SinkBase:
+    """A base for sinks of this package (``MemorySink``, ``FanoutSink``, ``GatewayMetrics``):
+    compiled, a fanout calls their ``record`` as a C method (an override in a Python subclass
+    still wins), any other sink by its Python method."""
+
+    __slots__ = ()
+
+    def record(self, rec: UsageRecord) -> None:
+        raise NotImplementedError
+
+
+class Pricer:
+    """A base for what prices records for a ``PricedFanout`` (``gwcore.pricing.PriceTable``):
+    compiled, the fanout calls its ``cost`` as a C method; any other pricing object (with a
+    ``cost(rec, kind)``) by its Python method."""
+
+    __slots__ = ()
+
+    def cost(self, rec: UsageRecord, kind: str | None = None) -> float | None:
+        raise NotImplementedError
+
+
+class MemorySink(SinkBase):
     """The last ``maxlen`` records in memory (tests, the admin view)."""
 
     def __init__(self, maxlen: int = 10_000) -> None:
@@ -342,7 +366,7 @@ class LogSink:
             self.logger.log(self.level, orjson.dumps(fields).decode())
 
 
-class FanoutSink:
+class FanoutSink(SinkBase):
     """Every record to every sink; one failing sink is logged and does not stop the others."""
 
     def __init__(self, sinks: Iterable[UsageSink]) -> None:
@@ -351,7 +375,11 @@ class FanoutSink:
     def record(self, rec: UsageRecord) -> None:
         for sink in self.sinks:
             try:
-                sink.record(rec)
+                if isinstance(sink, SinkBase):
+                    base = sink  # compiled: typed, its record a C call
+                    base.record(rec)
+                else:
+                    sink.record(rec)
             except Exception:
                 log.exception("usage sink %r failed", sink)
 
@@ -369,7 +397,19 @@ class PricedFanout(FanoutSink):
         self.kinds = dict(kinds or {})  # provider name -> provider kind, for the price lookup
 
     def record(self, rec: UsageRecord) -> None:
-        if rec.cost is None:
+        if type(rec) is UsageRecord:
+            r = rec  # compiled: typed, its fields read and written as struct members
+            if r.cost is None:
+                try:
+                    pricing = self.pricing
+                    if isinstance(pricing, Pricer):
+                        pricer = pricing  # compiled: typed, its cost a C call
+                        r.cost = pricer.cost(r, self.kinds.get(r.provider))
+                    else:
+                        r.cost = pricing.cost(r, self.kinds.get(r.provider))
+                except Exception:
+                    log.exception("pricing failed for %s", r.upstream_model)
+        elif rec.cost is None:  # any other object with the record's fields
             try:
                 rec.cost = self.pricing.cost(rec, self.kinds.get(rec.provider))
             except Exception:

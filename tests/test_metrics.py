@@ -275,3 +275,48 @@ def test_records_past_the_label_set_bound_are_still_counted(monkeypatch):
     m.record(UsageRecord("late", "p", "kept", "kept", "relay", False, status=200))
     found = samples(m.render()[0].decode())  # a later scrape adds what came since
     assert total(found, "gwcore_requests_total") == 4
+
+
+def test_status_labels_keep_their_text_and_client_aborts_are_499():
+    """The label set is found by the status as an int; its label stays ``str(status)``: a bool
+    or a float (equal to an int) gets its own label, a client abort is 499."""
+    m = GatewayMetrics()
+
+    def rec(i: int, status: object, **kw: object) -> UsageRecord:
+        r = UsageRecord(f"r{i}", "p", "m", "m", "relay", False, status=status)  # type: ignore[arg-type]
+        for k, v in kw.items():
+            setattr(r, k, v)
+        return r
+
+    records = [
+        rec(0, 1),
+        rec(1, True),
+        rec(2, True),
+        rec(3, 200.0),
+        rec(4, 200),
+        rec(5, 200, aborted=True, error="client disconnected"),
+        rec(6, 499),
+        rec(7, 200, aborted=True, error="broken pipe"),
+    ]
+    for r in records:
+        m.record(r)
+    found = samples(m.render()[0].decode())
+    counts = {
+        dict(lbl)["status"]: v for (n, lbl), v in found.items() if n == "gwcore_requests_total"
+    }
+    assert counts == {"1": 1, "True": 2, "200.0": 1, "200": 2, "499": 2}
+
+
+def test_in_flight_started_once_per_request_id():
+    m = GatewayMetrics()
+    assert m.request_started("a") is True
+    assert m.request_started("a") is False  # a reused x-request-id counts once
+    assert m.request_started("b") is True
+    assert value(samples(m.render()[0].decode()), "gwcore_requests_in_flight") == 2
+    m.request_ended("a")
+    m.request_ended("a")
+    m.request_ended("never-started")
+    assert value(samples(m.render()[0].decode()), "gwcore_requests_in_flight") == 1
+    m.record(UsageRecord("b", "p", "m", "m", "relay", False, status=200))  # the record ends it
+    assert value(samples(m.render()[0].decode()), "gwcore_requests_in_flight") == 0
+    assert m.request_started("a") is True  # ended: a new request may take the id again

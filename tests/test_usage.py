@@ -16,6 +16,9 @@ from gwcore.usage import (
     FanoutSink,
     LogSink,
     MemorySink,
+    PricedFanout,
+    Pricer,
+    SinkBase,
     UsageRecord,
     UsageSink,
     new_record,
@@ -183,3 +186,119 @@ def test_usage_record_init_matches_its_fields():
     made.created_at = 5.0
     assert made == UsageRecord("r", "p", "m", "u", "relay", True, created_at=5.0, key_id="key-1")
     assert made != UsageRecord("r", "p", "m", "u", "relay", True, created_at=5.0, key_id="other")
+
+
+def test_fanout_reaches_every_kind_of_sink_in_order_and_isolates_failures(caplog):
+    """A fanout calls the package's sinks (``SinkBase``: compiled, a C call) and any other object
+    with a ``record``, in order; an override in a Python subclass wins; one failing sink, of
+    either kind, is logged and stops nothing."""
+    seen: list[tuple[str, str]] = []
+
+    class Plain:  # not a SinkBase
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def record(self, rec: UsageRecord) -> None:
+            seen.append((self.name, rec.request_id))
+
+    class Noted(MemorySink):  # a SinkBase whose record a Python subclass overrides
+        def record(self, rec: UsageRecord) -> None:
+            seen.append(("noted", rec.request_id))
+            super().record(rec)
+
+    class Failing(MemorySink):
+        def record(self, rec: UsageRecord) -> None:
+            raise RuntimeError("sink down")
+
+    class PlainFailing:
+        def record(self, rec: UsageRecord) -> None:
+            raise RuntimeError("plain down")
+
+    memory, noted = MemorySink(), Noted()
+    inner = FanoutSink([Plain("inner")])
+    fanout = FanoutSink([Plain("a"), Failing(), memory, PlainFailing(), noted, inner, Plain("z")])
+    assert all(isinstance(s, SinkBase) for s in (memory, noted, inner, fanout))
+    recs = [UsageRecord(f"r{i}", "p", "m", "m", "relay", False) for i in range(2)]
+    with caplog.at_level(logging.ERROR, logger="gwcore.usage"):
+        for rec in recs:
+            fanout.record(rec)
+    assert seen == [(name, rec.request_id) for rec in recs for name in ("a", "noted", "inner", "z")]
+    assert memory.records == recs and noted.records == recs
+    failures = [r.exc_text or "" for r in caplog.records if r.levelno >= logging.ERROR]
+    assert sum("sink down" in t for t in failures) == 2
+    assert sum("plain down" in t for t in failures) == 2
+
+
+class _Costs(Pricer):
+    """A Pricer (compiled: its cost a C call), overridden in Python."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str | None]] = []
+
+    def cost(self, rec: UsageRecord, kind: str | None = None) -> float | None:
+        self.calls.append((rec.request_id, kind))
+        if rec.upstream_model == "broken":
+            raise ValueError("no price")
+        return 0.5 if rec.upstream_model == "priced" else None
+
+
+@pytest.mark.parametrize("pricer", ["Pricer", "any object"])
+def test_priced_fanout_prices_then_fans_out(pricer, caplog):
+    costs = _Costs()
+    if pricer == "any object":
+
+        class Duck:  # not a Pricer: called as a Python method, the same way
+            def cost(self, rec: UsageRecord, kind: str | None = None) -> float | None:
+                return _Costs.cost(costs, rec, kind)  # type: ignore[arg-type]
+
+        pricing: object = Duck()
+    else:
+        pricing = costs
+    memory = MemorySink()
+    fanout = PricedFanout(pricing, [memory], {"openai": "openai_kind"})
+    recs = [
+        UsageRecord("a", "openai", "x", "priced", "relay", False),
+        UsageRecord("b", "other", "x", "priced", "relay", False),
+        UsageRecord("c", "openai", "x", "unpriced", "relay", False),
+        UsageRecord("d", "openai", "x", "broken", "relay", False),
+        UsageRecord("e", "openai", "x", "priced", "relay", False, cost=0.0),  # has a cost
+    ]
+    with caplog.at_level(logging.ERROR, logger="gwcore.usage"):
+        for rec in recs:
+            fanout.record(rec)
+    assert memory.records == recs  # every record, in order, the failed price too
+    assert [r.cost for r in recs] == [0.5, 0.5, None, None, 0.0]
+    assert costs.calls == [("a", "openai_kind"), ("b", None), ("c", "openai_kind"),
+                           ("d", "openai_kind")]  # fmt: skip
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
+        "pricing failed for broken"
+    ]
+
+
+def test_priced_fanout_takes_any_object_with_the_record_fields(caplog):
+    """Not a UsageRecord (a duck-typed record): priced and fanned out the same way."""
+
+    class Rec:
+        def __init__(self, request_id: str, model: str, cost: float | None = None) -> None:
+            self.request_id = request_id
+            self.provider = "openai"
+            self.upstream_model = model
+            self.cost = cost
+
+    costs = _Costs()
+    got: list[object] = []
+
+    class Plain:
+        def record(self, rec: object) -> None:
+            got.append(rec)
+
+    memory = MemorySink()
+    fanout = PricedFanout(costs, [memory, Plain()], {"openai": "k"})
+    recs = [Rec("a", "priced"), Rec("b", "broken"), Rec("c", "priced", 2.0)]
+    with caplog.at_level(logging.ERROR, logger="gwcore.usage"):
+        for rec in recs:
+            fanout.record(rec)  # type: ignore[arg-type]
+    assert got == recs and memory.records == recs
+    assert [r.cost for r in recs] == [0.5, None, 2.0]
+    assert costs.calls == [("a", "k"), ("b", "k")]
+    assert any("pricing failed for broken" in r.getMessage() for r in caplog.records)
