@@ -6,7 +6,7 @@ cimport cython
 
 from gwcore.server._http cimport ResponseChannel
 from gwcore.upstream cimport UpstreamExchange, UpstreamPool, _name  # C calls
-from gwcore.usage cimport UsageRecord
+from gwcore.usage cimport SinkBase, UsageRecord
 
 cdef class Dechunker:
     cdef public object complete, out, parser
@@ -22,6 +22,7 @@ cdef class ExchangeResponse:
     # Once per request, called from inside the class: C calls.
     cpdef _head_arrived(self, exchange, status)
     cpdef _release(self)
+    @cython.locals(base=SinkBase)
     cpdef _record_once(self, tokens)
     cpdef _init_exchange(self, channel, record, sink, started_at)
 

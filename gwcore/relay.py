@@ -32,7 +32,7 @@ from gwcore.server.app import DEFERRED, error_response
 from gwcore.server.protocol import header_lines
 from gwcore.sse import RelayPump, SSEError, StreamObserver, usage_counts
 from gwcore.upstream import Origin, StaleConnection, UpstreamExchange, UpstreamPool, _name
-from gwcore.usage import UsageRecord, UsageSink, usage_from_openai
+from gwcore.usage import SinkBase, UsageRecord, UsageSink, usage_from_openai
 
 __all__ = [
     "ExchangeResponse",
@@ -322,7 +322,12 @@ class ExchangeResponse:
         rec.duration_ms = (perf_counter() - self.started_at) * 1000.0
         if tokens is not None:
             rec.set_tokens(tokens)
-        self.sink.record(rec)
+        sink = self.sink
+        if isinstance(sink, SinkBase):
+            base = sink  # compiled: typed, its record a C call (the gateway's pipeline is one)
+            base.record(rec)
+        else:
+            sink.record(rec)
 
     def record_failure(self, status: int, message: str) -> None:
         """A request that ended before its response started still leaves exactly one record."""

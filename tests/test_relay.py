@@ -817,3 +817,25 @@ def test_new_relay_is_the_constructor_without_the_call():
         for name in names:
             a, b = getattr(made, name), getattr(called, name)
             assert a == b or (a is b), name
+
+
+def test_the_record_reaches_any_sink_once():
+    """A package sink (a ``SinkBase``: a C call in the compiled relay) and any other object with a
+    ``record`` method each get the record exactly once."""
+    import gwcore.relay as relay
+    from gwcore.usage import MemorySink, UsageRecord
+
+    class PlainSink:
+        def __init__(self) -> None:
+            self.got: list = []
+
+        def record(self, rec: UsageRecord) -> None:
+            self.got.append(rec)
+
+    for sink in (MemorySink(), PlainSink()):
+        record = UsageRecord("r", "p", "m", "u", "relay", True)
+        response = relay.new_relay(None, record, sink, True, False, 0.0)
+        response.record_failure(502, "upstream unreachable")
+        response.record_failure(504, "again")  # one record per request
+        got = sink.records if isinstance(sink, MemorySink) else sink.got
+        assert got == [record] and (record.status, record.error) == (502, "upstream unreachable")
