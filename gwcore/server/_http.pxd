@@ -53,10 +53,12 @@ cdef class HttpProtocol:
 
     # Once or twice per request, called from inside the class or from its ResponseChannel (whose
     # _proto is typed): C calls.
-    cpdef _expect_body(self, req, headers)
+    @cython.locals(expect=bint, too_big=bint)
+    cpdef _expect_body(self, Request req, dict headers, Py_ssize_t length)
+    @cython.locals(req=Request)
     cpdef _dispatch_pending(self)
     cpdef _set_reading(self, reading)
-    cpdef _serve(self, req)
+    cpdef _serve(self, Request req)
     cpdef _handler_returned(self, channel, result)
     cpdef _response_done(self, channel)
     cpdef _cors_lines(self, req)
@@ -64,8 +66,10 @@ cdef class HttpProtocol:
     @cython.locals(names=dict, headers=dict)
     cpdef on_header(self, bytes name, bytes value)
     cpdef on_headers_complete(self)
-    @cython.locals(headers=dict, known_methods=dict)
-    cpdef _head_done(self, bytes raw_method, keep_alive, version)
+    @cython.locals(headers=dict, known_methods=dict, url=bytes, raw_path=bytes, mark=Py_ssize_t,
+                   path=str, routes=dict, methods=dict, req=Request)
+    cpdef _head_done(self, bytes raw_method, keep_alive, version, Py_ssize_t length)
+    @cython.locals(quick=tuple, end=Py_ssize_t, length=Py_ssize_t)
     cpdef bint _quick_request(self, bytes data)
     cpdef on_url(self, url)
     cpdef on_body(self, body)

@@ -532,15 +532,16 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
         if quick is None:
             return False
         end = quick[4]
-        if end + quick[3] != len(data):  # a part of the body, or more than one request
+        length = quick[3]
+        if end + length != len(data):  # a part of the body, or more than one request
             return False
         if quick[6] > self._max_headers or quick[7] > self._max_header_bytes:
             return False
         try:
             self.on_url(quick[1])
             self._headers = quick[2]
-            self._head_done(quick[0], quick[5], "1.1")
-            if quick[3]:
+            self._head_done(quick[0], quick[5], "1.1", length)
+            if length:
                 self.on_body(data[end:])
             self.on_message_complete()
         except _StopParsing:
@@ -591,9 +592,12 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
             version = "1.1"
         else:
             version = parser.get_http_version()
-        self._head_done(parser.get_method(), keep_alive, version)
+        self._head_done(parser.get_method(), keep_alive, version, -1)
 
-    def _head_done(self, raw_method: bytes, keep_alive: bool, version: str) -> None:
+    def _head_done(self, raw_method: bytes, keep_alive: bool, version: str, length: int) -> None:
+        """The head is read: queue its request. ``length`` is -1 when the headers tell the body
+        (httptools), else the Content-Length the quick parser read (0 when it read none), which
+        also tells that there is no Transfer-Encoding and no Expect (it refuses those)."""
         state = self._state
         headers = self._headers
         self._headers = {}
@@ -604,10 +608,11 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
         url = self._url
         if url[0] != 47:  # not "/...": absolute-form or "*"
             url = self._origin_form(url)
-        # find(), not `b"?" in url`: bytes.__contains__ first tries the argument as an int and
-        # builds and drops a TypeError (about 1.8k instructions, a few percent of a request).
-        mark = url.find(b"?")
-        if mark >= 0:
+        # 63 ("?") as an int, not `b"?" in url`: bytes.__contains__ first tries its argument as
+        # an int and would build and drop a TypeError (about 1.8k instructions); compiled, this
+        # is a memchr. find() (a method call: some 600 instructions) only when there is a "?".
+        if 63 in url:
+            mark = url.find(b"?")
             raw_path, query = url[:mark], url[mark + 1 :].decode("latin-1")
         else:
             raw_path, query = url, ""
@@ -623,13 +628,17 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
             self._last_request = True
         self._req = req
         self._pending.append(req)
-        methods = self._routes.get(path)
+        routes = self._routes
+        methods = routes.get(path)
         handler = methods.get(method) if methods is not None else None
         if handler is None:
             handler = self._route_miss(req, methods)
         req._handler = handler
-        if "content-length" in headers or "transfer-encoding" in headers:
-            self._expect_body(req, headers)
+        if length < 0:
+            if "content-length" in headers or "transfer-encoding" in headers:
+                self._expect_body(req, headers, -1)
+        elif length:
+            self._expect_body(req, headers, length)
 
     def on_body(self, body: bytes) -> None:
         if self._discard_body:
@@ -682,20 +691,26 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
         )
         return None
 
-    def _expect_body(self, req: Request, headers: dict[str, str]) -> None:
-        """A body follows the head: check its declared size, answer ``Expect``, arm the timer."""
+    def _expect_body(self, req: Request, headers: dict[str, str], length: int) -> None:
+        """A body follows the head: check its declared size, answer ``Expect``, arm the timer.
+        ``length``: as ``_head_done`` has it (here -1, or the quick parser's Content-Length > 0)."""
         self._body_size = 0
         self._discard_body = False
-        length = headers.get("content-length")
-        if length == "0" and "transfer-encoding" not in headers:
-            self._deadline = 0.0
-            return
-        expect = (
-            "expect" in headers
-            and headers["expect"].lower() == "100-continue"
-            and req.http_version == "1.1"
-        )
-        if req._error is None and length is not None and int(length) > self._max_body:
+        if length < 0:
+            value = headers.get("content-length")
+            if value == "0" and "transfer-encoding" not in headers:
+                self._deadline = 0.0
+                return
+            expect = (
+                "expect" in headers
+                and headers["expect"].lower() == "100-continue"
+                and req.http_version == "1.1"
+            )
+            too_big = req._error is None and value is not None and int(value) > self._max_body
+        else:  # no Expect: the quick parser refuses it
+            expect = False
+            too_big = req._error is None and length > self._max_body
+        if too_big:
             req._error = error_response(GatewayError(413, "request body too large"))
             req._close = True
         if req._error is not None:
