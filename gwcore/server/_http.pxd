@@ -15,7 +15,9 @@ cdef class ServerState:
     cdef public object cors_any, cors_origins, access_log, shutting_down
     cdef public object _server_line, _second, common, common_bytes, now, ids, id_prefix
     cdef public object _tick_interval, _tick_handle
+    cdef public tuple _id_heads
     cdef object __weakref__
+    @cython.locals(digits=str, n=Py_ssize_t, head=str)
     cpdef str new_request_id(self)
 
 cdef class HttpProtocol

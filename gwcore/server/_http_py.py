@@ -138,6 +138,8 @@ class ServerState:
         self.now = loop.time()
         self.ids = count(1)
         self.id_prefix = os.urandom(6).hex()
+        # The prefix with the zeros in front of n < 8 hex digits: one concatenation per id.
+        self._id_heads = tuple(self.id_prefix + zeros for zeros in _ZEROS)
         self._tick_interval = max(0.05, min(1.0, timeouts.header / 4, timeouts.keep_alive / 4))
         self._tick_handle: asyncio.TimerHandle | None = None
 
@@ -145,9 +147,9 @@ class ServerState:
         """The prefix and the next number as at least 8 hex digits (``f"{n:08x}"``, built from
         ``hex()``: a format spec costs about 2k instructions, a request's one percent)."""
         digits = hex(next(self.ids))[2:]
-        if len(digits) < 8:
-            return self.id_prefix + _ZEROS[len(digits)] + digits
-        return self.id_prefix + digits
+        n = len(digits)
+        head = self._id_heads[n] if n < 8 else self.id_prefix
+        return head + digits
 
     def cors_allows(self, origin: str | None) -> bool:
         return origin is not None and (self.cors_any or origin in self.cors_origins)
