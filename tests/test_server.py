@@ -698,6 +698,41 @@ def test_quick_path_bodies_up_to_the_body_limit(http_impl):
         loop.close()
 
 
+@pytest.mark.parametrize("status", [200, 204, 304, 101])
+def test_streamed_head_framing_and_connection_lines(http_impl, status):
+    """``start()``'s head, byte for byte: chunked framing only for a status with a body, the
+    Connection line as the request asked (keep-alive, then close)."""
+
+    def stream(request, channel):
+        channel.start(status, [("x-a", "1")])
+        channel.end()
+
+    app = App()
+    app.route("GET", "/s", stream)
+    loop = asyncio.new_event_loop()
+    try:
+        state = http_impl.ServerState(app, ServerConfig(), loop)
+        proto = http_impl.HttpProtocol(state)
+        transport = _ClosingTransport()
+        proto.connection_made(transport)
+        proto.data_received(get("/s", "X-Request-Id: r1\r\n"))
+        proto.data_received(get("/s", "X-Request-Id: r2\r\nConnection: close\r\n"))
+        no_body = status < 200 or status in (204, 304)
+        framing = "" if no_body else "transfer-encoding: chunked\r\n"
+        line = http_impl._STATUS_STR[status]
+        heads = [
+            f"{line}{state.common}x-request-id: r1\r\n{framing}connection: keep-alive\r\n"
+            "x-a: 1\r\n\r\n",
+            f"{line}{state.common}x-request-id: r2\r\n{framing}connection: close\r\nx-a: 1\r\n\r\n",
+        ]
+        terminator = [b"0\r\n\r\n"] if framing else []
+        expected = [heads[0].encode(), *terminator, heads[1].encode(), *terminator]
+        assert transport.out == expected
+        assert transport.closed
+    finally:
+        loop.close()
+
+
 def test_repeated_headers_reach_the_handler_joined():
     """A repeated name, in several cases, reaches the handler lowercase with its values joined
     in order, the same from the quick parser (one read) as from httptools (the head in two

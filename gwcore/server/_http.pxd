@@ -30,6 +30,7 @@ cdef class ResponseChannel:
     cdef object __weakref__
 
     # What a relayed response calls once each: C calls from the modules that cimport this type.
+    @cython.locals(statuses=dict, keep_alive=bint, connection=str)
     cpdef start(self, status, headers, bint chunked=*, content_length=*, bint hold=*)
     cpdef write_held(self, data)
     cpdef flush_head(self)

@@ -193,8 +193,9 @@ class ResponseChannel:
     def __init__(self, proto: HttpProtocol, request: Request) -> None:
         self._proto = proto
         self.request = request
+        # Read back through the typed slots: struct members in the compiled build.
         self.write_raw: Callable[[bytes], object] = (
-            _drop if request._head else proto.transport.write  # type: ignore[union-attr]
+            _drop if self.request._head else self._proto.transport.write  # type: ignore[union-attr]
         )
         self.started = self.disconnected = False
         self.chunked = False  # the body is sent with chunked framing (known after start())
@@ -237,7 +238,7 @@ class ResponseChannel:
         req = self.request
         keep_alive = req._keep_alive and not req._close and not proto._closing
         self.chunked = False
-        if status < 200 or status in _NO_BODY_STATUS:
+        if status < 200 or status == 204 or status == 304:  # _NO_BODY_STATUS
             framing = ""
         elif content_length is not None:
             framing = f"content-length: {int(content_length)}\r\n"
@@ -249,10 +250,11 @@ class ResponseChannel:
             keep_alive = False
         lines = headers if type(headers) is str else header_lines(headers)
         statuses = _STATUS_STR
+        connection = "connection: keep-alive\r\n" if keep_alive else "connection: close\r\n"
         head = (
             f"{statuses.get(status) or status_line(status).decode('latin-1')}"
             f"{proto._state.common}x-request-id: {req.request_id}\r\n{framing}"
-            f"{_CONNECTION_STR[keep_alive]}{proto._cors_lines(req)}{lines}\r\n"
+            f"{connection}{proto._cors_lines(req)}{lines}\r\n"
         ).encode("latin-1")
         self.started = True
         self._status = status
