@@ -648,6 +648,91 @@ def test_quick_path_serves_heads_up_to_the_header_limits(http_impl):
         loop.close()
 
 
+class _ClosingTransport(_Transport):
+    """A ``_Transport`` a protocol may also close."""
+
+    closed = False
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+def test_quick_path_bodies_up_to_the_body_limit(http_impl):
+    """Whole requests with a body, each in one read (the quick path: its parser read the
+    Content-Length): bodies up to the limit reach the handler, one after another on one
+    connection (a 100 Continue never goes out); one byte over the limit is refused with 413
+    and the connection closes, as from httptools."""
+    bodies = []
+
+    def echo(request, channel):
+        bodies.append(request.body)
+        return Response(200, b"ok")
+
+    app = App()
+    app.route("POST", "/e", echo)
+    loop = asyncio.new_event_loop()
+    try:
+        state = http_impl.ServerState(app, ServerConfig(limits=Limits(max_body_bytes=10)), loop)
+        proto = http_impl.HttpProtocol(state)
+        transport = _ClosingTransport()
+        proto.connection_made(transport)
+        sent = [b"x" * 10, b"y" * 3, b"", b"z" * 10]
+        for body in sent:
+            assert proto._quick_request(post("/e", body))
+        assert bodies == sent
+        assert len(transport.out) == len(sent)
+        assert all(out.startswith(b"HTTP/1.1 200 OK\r\n") for out in transport.out)
+        assert not transport.closed
+        assert proto._quick_request(post("/e", b"w" * 11))
+        assert bodies == sent
+        assert transport.out[-1].startswith(b"HTTP/1.1 413 ")
+        assert b"connection: close\r\n" in transport.out[-1]
+        assert transport.closed
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("status", [200, 204, 304, 101])
+def test_streamed_head_framing_and_connection_lines(http_impl, status):
+    """``start()``'s head, byte for byte: chunked framing only for a status with a body, the
+    Connection line as the request asked (keep-alive, then close)."""
+
+    def stream(request, channel):
+        channel.start(status, [("x-a", "1")])
+        channel.end()
+
+    app = App()
+    app.route("GET", "/s", stream)
+    loop = asyncio.new_event_loop()
+    try:
+        state = http_impl.ServerState(app, ServerConfig(), loop)
+        proto = http_impl.HttpProtocol(state)
+        transport = _ClosingTransport()
+        proto.connection_made(transport)
+        proto.data_received(get("/s", "X-Request-Id: r1\r\n"))
+        proto.data_received(get("/s", "X-Request-Id: r2\r\nConnection: close\r\n"))
+        no_body = status < 200 or status in (204, 304)
+        framing = "" if no_body else "transfer-encoding: chunked\r\n"
+        line = http_impl._STATUS_STR[status]
+        heads = [
+            f"{line}{state.common}x-request-id: r1\r\n{framing}connection: keep-alive\r\n"
+            "x-a: 1\r\n\r\n",
+            f"{line}{state.common}x-request-id: r2\r\n{framing}connection: close\r\nx-a: 1\r\n\r\n",
+        ]
+        terminator = [b"0\r\n\r\n"] if framing else []
+        expected = [heads[0].encode(), *terminator, heads[1].encode(), *terminator]
+        assert transport.out == expected
+        assert transport.closed
+    finally:
+        loop.close()
+
+
 def test_repeated_headers_reach_the_handler_joined():
     """A repeated name, in several cases, reaches the handler lowercase with its values joined
     in order, the same from the quick parser (one read) as from httptools (the head in two

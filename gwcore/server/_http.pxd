@@ -15,7 +15,9 @@ cdef class ServerState:
     cdef public object cors_any, cors_origins, access_log, shutting_down
     cdef public object _server_line, _second, common, common_bytes, now, ids, id_prefix
     cdef public object _tick_interval, _tick_handle
+    cdef public tuple _id_heads
     cdef object __weakref__
+    @cython.locals(digits=str, n=Py_ssize_t, head=str)
     cpdef str new_request_id(self)
 
 cdef class HttpProtocol
@@ -28,6 +30,7 @@ cdef class ResponseChannel:
     cdef object __weakref__
 
     # What a relayed response calls once each: C calls from the modules that cimport this type.
+    @cython.locals(statuses=dict, keep_alive=bint, connection=str)
     cpdef start(self, status, headers, bint chunked=*, content_length=*, bint hold=*)
     cpdef write_held(self, data)
     cpdef flush_head(self)
@@ -53,10 +56,12 @@ cdef class HttpProtocol:
 
     # Once or twice per request, called from inside the class or from its ResponseChannel (whose
     # _proto is typed): C calls.
-    cpdef _expect_body(self, req, headers)
+    @cython.locals(expect=bint, too_big=bint)
+    cpdef _expect_body(self, Request req, dict headers, Py_ssize_t length)
+    @cython.locals(req=Request)
     cpdef _dispatch_pending(self)
     cpdef _set_reading(self, reading)
-    cpdef _serve(self, req)
+    cpdef _serve(self, Request req)
     cpdef _handler_returned(self, channel, result)
     cpdef _response_done(self, channel)
     cpdef _cors_lines(self, req)
@@ -64,8 +69,10 @@ cdef class HttpProtocol:
     @cython.locals(names=dict, headers=dict)
     cpdef on_header(self, bytes name, bytes value)
     cpdef on_headers_complete(self)
-    @cython.locals(headers=dict, known_methods=dict)
-    cpdef _head_done(self, bytes raw_method, keep_alive, version)
+    @cython.locals(headers=dict, known_methods=dict, url=bytes, raw_path=bytes, mark=Py_ssize_t,
+                   path=str, routes=dict, methods=dict, req=Request)
+    cpdef _head_done(self, bytes raw_method, keep_alive, version, Py_ssize_t length)
+    @cython.locals(quick=tuple, end=Py_ssize_t, length=Py_ssize_t)
     cpdef bint _quick_request(self, bytes data)
     cpdef on_url(self, url)
     cpdef on_body(self, body)

@@ -138,6 +138,8 @@ class ServerState:
         self.now = loop.time()
         self.ids = count(1)
         self.id_prefix = os.urandom(6).hex()
+        # The prefix with the zeros in front of n < 8 hex digits: one concatenation per id.
+        self._id_heads = tuple(self.id_prefix + zeros for zeros in _ZEROS)
         self._tick_interval = max(0.05, min(1.0, timeouts.header / 4, timeouts.keep_alive / 4))
         self._tick_handle: asyncio.TimerHandle | None = None
 
@@ -145,9 +147,9 @@ class ServerState:
         """The prefix and the next number as at least 8 hex digits (``f"{n:08x}"``, built from
         ``hex()``: a format spec costs about 2k instructions, a request's one percent)."""
         digits = hex(next(self.ids))[2:]
-        if len(digits) < 8:
-            return self.id_prefix + _ZEROS[len(digits)] + digits
-        return self.id_prefix + digits
+        n = len(digits)
+        head = self._id_heads[n] if n < 8 else self.id_prefix
+        return head + digits
 
     def cors_allows(self, origin: str | None) -> bool:
         return origin is not None and (self.cors_any or origin in self.cors_origins)
@@ -191,8 +193,9 @@ class ResponseChannel:
     def __init__(self, proto: HttpProtocol, request: Request) -> None:
         self._proto = proto
         self.request = request
+        # Read back through the typed slots: struct members in the compiled build.
         self.write_raw: Callable[[bytes], object] = (
-            _drop if request._head else proto.transport.write  # type: ignore[union-attr]
+            _drop if self.request._head else self._proto.transport.write  # type: ignore[union-attr]
         )
         self.started = self.disconnected = False
         self.chunked = False  # the body is sent with chunked framing (known after start())
@@ -235,7 +238,7 @@ class ResponseChannel:
         req = self.request
         keep_alive = req._keep_alive and not req._close and not proto._closing
         self.chunked = False
-        if status < 200 or status in _NO_BODY_STATUS:
+        if status < 200 or status == 204 or status == 304:  # _NO_BODY_STATUS
             framing = ""
         elif content_length is not None:
             framing = f"content-length: {int(content_length)}\r\n"
@@ -247,10 +250,11 @@ class ResponseChannel:
             keep_alive = False
         lines = headers if type(headers) is str else header_lines(headers)
         statuses = _STATUS_STR
+        connection = "connection: keep-alive\r\n" if keep_alive else "connection: close\r\n"
         head = (
             f"{statuses.get(status) or status_line(status).decode('latin-1')}"
             f"{proto._state.common}x-request-id: {req.request_id}\r\n{framing}"
-            f"{_CONNECTION_STR[keep_alive]}{proto._cors_lines(req)}{lines}\r\n"
+            f"{connection}{proto._cors_lines(req)}{lines}\r\n"
         ).encode("latin-1")
         self.started = True
         self._status = status
@@ -532,15 +536,16 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
         if quick is None:
             return False
         end = quick[4]
-        if end + quick[3] != len(data):  # a part of the body, or more than one request
+        length = quick[3]
+        if end + length != len(data):  # a part of the body, or more than one request
             return False
         if quick[6] > self._max_headers or quick[7] > self._max_header_bytes:
             return False
         try:
             self.on_url(quick[1])
             self._headers = quick[2]
-            self._head_done(quick[0], quick[5], "1.1")
-            if quick[3]:
+            self._head_done(quick[0], quick[5], "1.1", length)
+            if length:
                 self.on_body(data[end:])
             self.on_message_complete()
         except _StopParsing:
@@ -591,9 +596,12 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
             version = "1.1"
         else:
             version = parser.get_http_version()
-        self._head_done(parser.get_method(), keep_alive, version)
+        self._head_done(parser.get_method(), keep_alive, version, -1)
 
-    def _head_done(self, raw_method: bytes, keep_alive: bool, version: str) -> None:
+    def _head_done(self, raw_method: bytes, keep_alive: bool, version: str, length: int) -> None:
+        """The head is read: queue its request. ``length`` is -1 when the headers tell the body
+        (httptools), else the Content-Length the quick parser read (0 when it read none), which
+        also tells that there is no Transfer-Encoding and no Expect (it refuses those)."""
         state = self._state
         headers = self._headers
         self._headers = {}
@@ -604,10 +612,11 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
         url = self._url
         if url[0] != 47:  # not "/...": absolute-form or "*"
             url = self._origin_form(url)
-        # find(), not `b"?" in url`: bytes.__contains__ first tries the argument as an int and
-        # builds and drops a TypeError (about 1.8k instructions, a few percent of a request).
-        mark = url.find(b"?")
-        if mark >= 0:
+        # 63 ("?") as an int, not `b"?" in url`: bytes.__contains__ first tries its argument as
+        # an int and would build and drop a TypeError (about 1.8k instructions); compiled, this
+        # is a memchr. find() (a method call: some 600 instructions) only when there is a "?".
+        if 63 in url:
+            mark = url.find(b"?")
             raw_path, query = url[:mark], url[mark + 1 :].decode("latin-1")
         else:
             raw_path, query = url, ""
@@ -623,13 +632,17 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
             self._last_request = True
         self._req = req
         self._pending.append(req)
-        methods = self._routes.get(path)
+        routes = self._routes
+        methods = routes.get(path)
         handler = methods.get(method) if methods is not None else None
         if handler is None:
             handler = self._route_miss(req, methods)
         req._handler = handler
-        if "content-length" in headers or "transfer-encoding" in headers:
-            self._expect_body(req, headers)
+        if length < 0:
+            if "content-length" in headers or "transfer-encoding" in headers:
+                self._expect_body(req, headers, -1)
+        elif length:
+            self._expect_body(req, headers, length)
 
     def on_body(self, body: bytes) -> None:
         if self._discard_body:
@@ -682,20 +695,26 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
         )
         return None
 
-    def _expect_body(self, req: Request, headers: dict[str, str]) -> None:
-        """A body follows the head: check its declared size, answer ``Expect``, arm the timer."""
+    def _expect_body(self, req: Request, headers: dict[str, str], length: int) -> None:
+        """A body follows the head: check its declared size, answer ``Expect``, arm the timer.
+        ``length``: as ``_head_done`` has it (here -1, or the quick parser's Content-Length > 0)."""
         self._body_size = 0
         self._discard_body = False
-        length = headers.get("content-length")
-        if length == "0" and "transfer-encoding" not in headers:
-            self._deadline = 0.0
-            return
-        expect = (
-            "expect" in headers
-            and headers["expect"].lower() == "100-continue"
-            and req.http_version == "1.1"
-        )
-        if req._error is None and length is not None and int(length) > self._max_body:
+        if length < 0:
+            value = headers.get("content-length")
+            if value == "0" and "transfer-encoding" not in headers:
+                self._deadline = 0.0
+                return
+            expect = (
+                "expect" in headers
+                and headers["expect"].lower() == "100-continue"
+                and req.http_version == "1.1"
+            )
+            too_big = req._error is None and value is not None and int(value) > self._max_body
+        else:  # no Expect: the quick parser refuses it
+            expect = False
+            too_big = req._error is None and length > self._max_body
+        if too_big:
             req._error = error_response(GatewayError(413, "request body too large"))
             req._close = True
         if req._error is not None:
