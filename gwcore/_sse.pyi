@@ -86,3 +86,5 @@ def usage_counts(raw: bytes) -> UsageCounts | None:
     """``(prompt_tokens, completion_tokens, total_tokens, cached_tokens, reasoning_tokens)`` of a
     plain OpenAI chat usage object, exactly what orjson and ``usage_from_openai`` give, or
     None."""
+
+def _simd(level: int | None = None) -> int: ...
