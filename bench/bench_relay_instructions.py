@@ -154,6 +154,14 @@ def main(argv: list[str] | None = None) -> int:
         "per-request cost)",
     )
     parser.add_argument(
+        "--pace-ms",
+        type=float,
+        default=0.0,
+        help="the mock's pause between events: with a pause each event reaches the relay in a "
+        "read of its own, as at concurrency 1 outside callgrind (without one, callgrind's "
+        "slowness lets events queue up and a read carries several)",
+    )
+    parser.add_argument(
         "--callgrind-arg",
         action="append",
         default=[],
@@ -169,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        mock = start_mock(tmp, args.events, NO_PIN)
+        mock = start_mock(tmp, args.events, NO_PIN, pace_ms=args.pace_ms)
         try:
             for target in args.targets.split(","):
                 t0 = time.monotonic()
