@@ -102,7 +102,11 @@ def _run(tmp: Path, target: str, mock_port: int, n: int) -> tuple[int, int]:
         cmd = [shutil.which("nginx") or "/usr/sbin/nginx", "-p", str(tmp / "nginx")]
         cmd += ["-e", str(tmp / "nginx" / "error.log"), "-c", str(conf)]
     log = (tmp / f"{target}.{n}.log").open("wb")
-    proc = subprocess.Popen([*grind, *cmd], stdout=log, stderr=subprocess.STDOUT, env=env)
+    # cwd: not the checkout, whose gwcore would come first for `python -m` (PYTHONPATH then picks
+    # the code to measure, e.g. an older checkout built in place)
+    proc = subprocess.Popen(
+        [*grind, *cmd], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(tmp)
+    )
     try:
         wait_listening(proc, port, target, timeout=120)
         with socket.create_connection(("127.0.0.1", port)) as sock:
