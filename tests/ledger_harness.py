@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -132,8 +133,7 @@ class LedgerHarness:
         return httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=10)
 
 
-def gateway_config(db_url: str, mock: MockUpstream, **sections: Any) -> dict[str, Any]:
-    spill = tempfile.mkdtemp(prefix="gwcore-test-spill-")  # never the working directory
+def gateway_config(db_url: str, mock: MockUpstream, spill: str, **sections: Any) -> dict[str, Any]:
     ledger = {"url": db_url, "flush_interval_ms": 20, "spill_dir": spill}
     ledger.update(sections.pop("ledger", {}))
     data: dict[str, Any] = {
@@ -162,14 +162,18 @@ async def ledger_gateway(
     mock_kwargs: dict[str, Any] | None = None,
     **sections: Any,
 ) -> AsyncIterator[LedgerHarness]:
-    async with MockUpstream(**(mock_kwargs or {})) as mock:
-        config = parse_config(gateway_config(db_url, mock, **sections), {})
-        gateway = Gateway(config, refresh_models=False)
-        app = App(ServerConfig(timeouts=Timeouts(drain=1.0)))
-        env = {"GWCORE_MASTER_KEY": master_key} if master_key else {}
-        routes.install(app, app.config, gateway, environ=env)
-        async with running_server(app) as (host, port):
-            yield LedgerHarness(mock, gateway, app, host, port)
+    spill = tempfile.mkdtemp(prefix="gwcore-test-spill-")  # never the working directory
+    try:
+        async with MockUpstream(**(mock_kwargs or {})) as mock:
+            config = parse_config(gateway_config(db_url, mock, spill, **sections), {})
+            gateway = Gateway(config, refresh_models=False)
+            app = App(ServerConfig(timeouts=Timeouts(drain=1.0)))
+            env = {"GWCORE_MASTER_KEY": master_key} if master_key else {}
+            routes.install(app, app.config, gateway, environ=env)
+            async with running_server(app) as (host, port):
+                yield LedgerHarness(mock, gateway, app, host, port)
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
 
 
 def chat(stream: bool = True, model: str = MODEL, **extra: Any) -> dict[str, Any]:
