@@ -9,7 +9,10 @@ direct nginx gwcore floor, ...), each at every concurrency:
 - ``gwcore``: ``gwcore serve --workers 1`` with its default logging (usage accounting is always on);
 - ``floor``: ``gwcore.benchmark.floor``, the least a Python process on uvloop can do;
 - ``gwcore_quiet`` (only when named in ``--targets``): gwcore at ``--log-level WARNING``, which
-  prices the per-request usage log line.
+  prices the per-request usage log line;
+- ``gwcore_noledger`` (only when named in ``--targets``): gwcore with ``GWCORE_LEDGER=off``, which
+  prices the ledger (usage records still made, priced and counted in the metrics; not stored).
+  Information only: the issue's targets are with usage accounting on.
 
 The relay under test runs on CPU 0; the mock, the load generator (this process) and wrk on CPU 1.
 Per target and concurrency: full streams per second, relay CPU per stream (utime+stime from
@@ -394,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--targets",
         default="direct,nginx,gwcore,floor",
-        help="also: gwcore_quiet (gwcore --log-level WARNING)",
+        help="also: gwcore_quiet (gwcore --log-level WARNING), gwcore_noledger (GWCORE_LEDGER=off)",
     )
     p.add_argument("--events", type=int, default=33, help="SSE events per answer")
     p.add_argument("--out", type=Path, help="write report.md and results.json into this directory")
@@ -430,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
                     print("nginx is not installed: skipping it", file=sys.stderr)
                 else:
                     services["nginx"] = svc
-            for name in ("gwcore", "gwcore_quiet"):
+            for name in ("gwcore", "gwcore_quiet", "gwcore_noledger"):
                 if name in args.targets:
                     services[name] = start_gwcore(
                         args.tmp,
@@ -439,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
                         name=name,
                         # the usage log line off, to price it; "gwcore" keeps the default
                         log_level="WARNING" if name == "gwcore_quiet" else None,
+                        env={"GWCORE_LEDGER": "off"} if name == "gwcore_noledger" else None,
                     )
             if "floor" in args.targets:
                 services["floor"] = start_floor(args.tmp, services["mock"].port, PIN)

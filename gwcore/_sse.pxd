@@ -4,8 +4,11 @@
 
 cdef class RelayPump:
     cdef object _observer  # a StreamObserver (cast in _sse.pyx)
-    cdef object _write, _owner, _first
+    cdef object _write, _owner, _first, _pending
     cdef public Py_ssize_t pieces
-    cdef bint _over
+    cdef bint _over, _direct
+    cdef int _fd
+
+    cdef int _send(self, bytes out) except -1
 
     cpdef data_received(self, bytes data)

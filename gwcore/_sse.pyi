@@ -67,7 +67,13 @@ class RelayPump:
 
     pieces: int
     def __init__(
-        self, observer: StreamObserver, write: Any, owner: Any, first: Any = None
+        self,
+        observer: StreamObserver,
+        write: Any,
+        owner: Any,
+        first: Any = None,
+        fd: int = -1,
+        pending: Any = None,
     ) -> None: ...
     def data_received(self, data: bytes) -> None: ...
 

@@ -10,9 +10,11 @@ Owns the byte-level reading of an upstream event stream, in two modes:
   the end of the chunked body, in one pass over each piece with memchr/memmem.
 
 ``gwcore._sse_py`` is the executable spec: same names, results and exceptions, tested side by side;
-change both together. This module must never touch a socket or the event loop, never create a Python
-object per event in observe mode (only the rare usage/error bytes), never call back into Python per
-byte or per event, and never buffer more than what straddles two pieces (bounded).
+change both together. This module must never touch the event loop or read a socket (the relay
+pump may write a piece to the client's socket, which the front door hands it: see ``RelayPump``),
+never create a Python object per event in observe mode (only the rare usage/error bytes), never
+call back into Python per byte or per event, and never buffer more than what straddles two pieces
+(bounded).
 """
 
 cimport cython
@@ -1370,6 +1372,33 @@ cdef class StreamObserver(_Scanner):
 
 # ---- the relay pump -------------------------------------------------------------------------------
 
+cdef extern from *:
+    """
+    #if defined(_WIN32)
+    static Py_ssize_t gw_send(int fd, const char *p, Py_ssize_t n) {
+        (void)fd; (void)p; (void)n;
+        return -1;
+    }
+    #else
+    #include <errno.h>
+    #include <sys/types.h>
+    #include <sys/socket.h>
+    #ifndef MSG_NOSIGNAL
+    #define MSG_NOSIGNAL 0
+    #endif
+    /* One non-blocking send of p[0:n] to the socket fd: the bytes sent, or -1. */
+    static Py_ssize_t gw_send(int fd, const char *p, Py_ssize_t n) {
+        ssize_t r;
+        do {
+            r = send(fd, p, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL);
+        } while (r < 0 && errno == EINTR);
+        return (Py_ssize_t)r;
+    }
+    #endif
+    """
+    Py_ssize_t gw_send(int fd, const char *p, Py_ssize_t n) noexcept nogil
+
+
 cdef class RelayPump:
     """Where the upstream connection sends each piece while a relayed body flows: through the
     observer and straight to the client's ``write``, with no Python frame per piece.
@@ -1379,15 +1408,45 @@ cdef class RelayPump:
     was received (the connection's idle timer reads it). ``first``, when given, takes the first
     bytes written instead of ``write`` (a write that puts the held response head in front of
     them: one system call, one segment to the client).
+
+    ``fd`` (with ``pending``, the client transport's ``get_write_buffer_size``): the client's
+    socket, which the pump then writes to itself, one non-blocking ``send`` a piece, whenever
+    nothing waits in the transport's buffer (checked before the first such send, and again after
+    any piece the socket did not take whole, whose rest goes to ``write``). The bytes and their
+    order are what ``write`` alone would send; what it saves is the event loop's deferred write (a
+    second callback, and a second take of the GIL, in each turn of the loop). -1: ``write`` only.
     """
 
-    def __init__(self, StreamObserver observer not None, write, owner, first=None):
+    def __init__(
+        self, StreamObserver observer not None, write, owner, first=None, int fd=-1, pending=None
+    ):
         self._observer = observer
         self._write = write
         self._owner = owner
         self._first = first
         self.pieces = 0
         self._over = False
+        self._fd = fd if fd >= 0 and pending is not None else -1
+        self._pending = pending
+        self._direct = False
+
+    cdef int _send(self, bytes out) except -1:
+        """``write(out)``, through the socket itself when nothing is waiting in the transport."""
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(out), sent
+        if not self._direct:
+            if self._pending():
+                self._write(out)  # behind what waits: the transport keeps the order
+                return 0
+            self._direct = True
+        sent = gw_send(self._fd, PyBytes_AS_STRING(out), n)
+        if sent == n:
+            return 0
+        self._direct = False  # the socket is full (or failing): the transport takes over
+        if sent <= 0:
+            self._write(out)  # an error is the transport's to find, report and close on
+        else:
+            self._write(PyBytes_FromStringAndSize(PyBytes_AS_STRING(out) + sent, n - sent))
+        return 0
 
     cpdef data_received(self, bytes data):
         cdef object out, first
@@ -1405,7 +1464,10 @@ cdef class RelayPump:
             return
         if PyBytes_GET_SIZE(out):
             if self._first is None:
-                self._write(out)
+                if self._fd >= 0:
+                    self._send(out)
+                else:
+                    self._write(out)
             else:
                 first = self._first
                 self._first = None

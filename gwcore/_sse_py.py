@@ -18,6 +18,7 @@ because upstreams omit it; a trailing line without a line end counts as a comple
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 __all__ = [
@@ -882,11 +883,36 @@ class RelayPump:
     was received (the connection's idle timer reads it). ``first``, when given, takes the first
     bytes written instead of ``write`` (a write that puts the held response head in front of
     them: one system call, one segment to the client).
+
+    ``fd`` (with ``pending``, the client transport's ``get_write_buffer_size``): the client's
+    socket, which the pump then writes to itself, one non-blocking write a piece, whenever nothing
+    waits in the transport's buffer (checked before the first such write, and again after any
+    piece the socket did not take whole, whose rest goes to ``write``). The bytes and their order
+    are what ``write`` alone would send; what it saves is the event loop's deferred write (a
+    second callback, and a second take of the GIL, in each turn of the loop). -1: ``write`` only.
     """
 
-    __slots__ = ("_first", "_observer", "_over", "_owner", "_write", "pieces")
+    __slots__ = (
+        "_direct",
+        "_fd",
+        "_first",
+        "_observer",
+        "_over",
+        "_owner",
+        "_pending",
+        "_write",
+        "pieces",
+    )
 
-    def __init__(self, observer: StreamObserver, write: Any, owner: Any, first: Any = None) -> None:
+    def __init__(
+        self,
+        observer: StreamObserver,
+        write: Any,
+        owner: Any,
+        first: Any = None,
+        fd: int = -1,
+        pending: Any = None,
+    ) -> None:
         if observer is None:
             raise TypeError("observer must be a StreamObserver")
         self._observer = observer
@@ -895,6 +921,25 @@ class RelayPump:
         self._first = first
         self.pieces = 0
         self._over = False
+        self._fd = fd if fd >= 0 and pending is not None else -1
+        self._pending = pending
+        self._direct = False
+
+    def _send(self, out: bytes) -> None:
+        """``write(out)``, through the socket itself when nothing is waiting in the transport."""
+        if not self._direct:
+            if self._pending():
+                self._write(out)  # behind what waits: the transport keeps the order
+                return
+            self._direct = True
+        try:
+            sent = os.write(self._fd, out)  # the socket is non-blocking (the event loop's)
+        except OSError:  # full (BlockingIOError) or failing: the transport's to handle
+            sent = 0
+        if sent == len(out):
+            return
+        self._direct = False
+        self._write(out[sent:] if sent > 0 else out)
 
     def data_received(self, data: bytes) -> None:
         if self._over:
@@ -909,7 +954,10 @@ class RelayPump:
         if out:
             first = self._first
             if first is None:
-                self._write(out)
+                if self._fd >= 0:
+                    self._send(out)
+                else:
+                    self._write(out)
             else:
                 self._first = None
                 first(out)

@@ -404,8 +404,13 @@ class RelayedResponse(ExchangeResponse):
                 write_held = getattr(channel, "write_held")  # noqa: B009
                 self._write = write_held
                 # From the next piece on, the connection hands each piece to the pump (C): its
-                # first write carries the held head, the others go to the transport itself.
-                exchange.divert(RelayPump(self.observer, channel.write_raw, self, write_held))
+                # first write carries the held head, the others go to the transport, or to the
+                # client's socket itself while the transport holds nothing back (direct_fd).
+                fd = channel.direct_fd()
+                pending = channel.transport.get_write_buffer_size if fd >= 0 else None
+                exchange.divert(
+                    RelayPump(self.observer, channel.write_raw, self, write_held, fd, pending)
+                )
             else:
                 self._mode = _FRAMED
                 self._write = getattr(channel, "write")  # noqa: B009 (as above)

@@ -13,6 +13,7 @@ from conftest import use_http
 from gateway_harness import (
     CHUNK_END,
     chat_body,
+    dechunk,
     disconnect_after,
     gateway_with_mock,
     no_awaited_path,
@@ -701,18 +702,52 @@ def test_client_that_stops_reading_pauses_the_upstream(http):
             buffered = [p.transport.get_write_buffer_size() for p in fronts if p.transport]
             assert buffered and max(buffered) <= 256 * 1024 + 256 * 1024
             writer.transport.resume_reading()
-            got = 0
-            while True:
-                chunk = await reader.read(1 << 20)
-                if not chunk:
-                    break
-                got += len(chunk)
-                if got > len(body):
-                    break
-            assert got > len(body)  # then everything arrives
+            raw = bytearray()
+            while not raw.endswith(b"\r\n0\r\n\r\n"):
+                chunk = await asyncio.wait_for(reader.read(1 << 20), 10)
+                assert chunk, "the gateway closed the connection before the end of the body"
+                raw += chunk
+            # Then everything arrives, in order: the pieces the relay wrote to the socket itself
+            # and those the transport held while the client read nothing.
+            head, _, payload = bytes(raw).partition(b"\r\n\r\n")
+            assert b" 200 " in head.split(b"\r\n")[0]
+            assert dechunk(payload) == body
             writer.close()
 
     run(main(), use_uvloop=True)
+
+
+@pytest.mark.parametrize("use_uvloop", [True, False])
+def test_the_pump_writes_to_the_client_socket_on_uvloop(monkeypatch, use_uvloop):
+    """On uvloop the relay hands its pump the client's socket (with the transport's buffer size
+    to check first); on the stdlib loop, whose write sends at once, it does not. The client gets
+    the same bytes either way."""
+    made = []
+    real = gwcore.relay.RelayPump
+
+    def pump(*args):
+        made.append(args)
+        return real(*args)
+
+    monkeypatch.setattr("gwcore.relay.RelayPump", pump)
+
+    async def main():
+        async with gateway_with_mock(events=40) as h:
+            direct = await raw_post(h.mock.host, h.mock.port, chat_body(True, include_usage=True))
+            for _ in range(3):  # a new connection, then two on a pooled upstream connection
+                resp = await raw_post(h.host, h.port, chat_body(True, include_usage=True))
+                assert resp.status == 200 and resp.complete
+                assert resp.payload() == direct.payload()
+            assert [r.completion_tokens for r in h.sink.records] == [37] * 3
+
+    run(main(), use_uvloop=use_uvloop)
+    assert len(made) == 3
+    for args in made:
+        fd, pending = args[4], args[5]
+        if use_uvloop:
+            assert fd >= 0 and pending() == 0
+        else:
+            assert fd == -1 and pending is None
 
 
 # ---- other framings ------------------------------------------------------------------------------

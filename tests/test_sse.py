@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import socket
 
 import pytest
 
@@ -655,3 +656,166 @@ def test_an_event_field_in_an_earlier_chunk_types_the_next_data(sse, elide):
         seen.append(o.at_boundary)
     assert (o.error, o.events) == (b'{"x":1}', 2)
     assert seen == [False, True, True]  # (a typed event is never elided: it is not held back)
+
+
+# ---- the relay pump: its writes to the client's socket ----------------------------------------
+
+
+class _Owner:
+    def __init__(self) -> None:
+        self.complete = 0
+        self.failed: list[Exception] = []
+
+    def pump_complete(self) -> None:
+        self.complete += 1
+
+    def pump_failed(self, exc: Exception) -> None:
+        self.failed.append(exc)
+
+
+class _Transport:
+    """What the pump sees of the client transport: ``write`` buffers, as an event loop's does
+    until the socket takes the bytes (``flush``); ``get_write_buffer_size`` tells what waits."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        self.buf += data
+
+    def get_write_buffer_size(self) -> int:
+        return len(self.buf)
+
+    def flush(self) -> None:
+        while self.buf:
+            try:
+                n = self.sock.send(self.buf)
+            except BlockingIOError:
+                return
+            del self.buf[:n]
+
+
+def _pump_pieces(events: int, size: int) -> list[bytes]:
+    """A chunked stream, one event a chunk, with the usage chunk the pump's observer elides."""
+    content = b'{"choices":[{"delta":{"content":"' + b"x" * size + b'"}}],"usage":null}'
+    evs = [b"data: " + content + b"\n\n"] * events
+    evs.append(b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}\n\n')
+    evs.append(b"data: [DONE]\n\n")
+    return [b"%x\r\n%s\r\n" % (len(e), e) for e in evs] + [b"0\r\n\r\n"]
+
+
+def _pump_reference(sse, pieces: list[bytes]) -> bytes:
+    out: list[bytes] = []
+    pump = sse.RelayPump(sse.StreamObserver(True, True), out.append, _Owner())
+    for piece in pieces:
+        pump.data_received(piece)
+    return b"".join(out)
+
+
+def _direct_pump(sse, t: _Transport, owner: _Owner):
+    observer = sse.StreamObserver(True, True)
+    return sse.RelayPump(observer, t.write, owner, None, t.sock.fileno(), t.get_write_buffer_size)
+
+
+def _read_all(sock: socket.socket, n: int) -> bytes:
+    got = bytearray()
+    sock.settimeout(5)
+    while len(got) < n:
+        chunk = sock.recv(1 << 20)
+        assert chunk
+        got += chunk
+    return bytes(got)
+
+
+def test_pump_writes_to_the_socket_itself_when_nothing_waits(sse):
+    pieces = _pump_pieces(20, 200)
+    expected = _pump_reference(sse, pieces)
+    a, b = socket.socketpair()
+    with a, b:
+        a.setblocking(False)
+        t = _Transport(a)
+        owner = _Owner()
+        pump = _direct_pump(sse, t, owner)
+        for piece in pieces:
+            pump.data_received(piece)
+        assert t.writes == 0  # every piece went to the socket
+        assert owner.complete == 1 and not owner.failed
+        assert _read_all(b, len(expected)) == expected
+        assert pump.pieces == len(pieces)
+
+
+def test_pump_writes_behind_what_the_transport_holds(sse):
+    pieces = _pump_pieces(5, 50)
+    expected = _pump_reference(sse, pieces)
+    a, b = socket.socketpair()
+    with a, b:
+        a.setblocking(False)
+        t = _Transport(a)
+        t.buf += b"HEAD"  # the head, still waiting in the transport
+        pump = _direct_pump(sse, t, _Owner())
+        for piece in pieces[:3]:
+            pump.data_received(piece)
+        assert t.writes == 3  # nothing overtook the waiting bytes
+        t.flush()
+        for piece in pieces[3:]:
+            pump.data_received(piece)
+        assert t.writes == 3  # the transport empty: the socket again
+        assert _read_all(b, 4 + len(expected)) == b"HEAD" + expected
+
+
+def test_pump_hands_what_a_full_socket_refuses_to_the_transport_in_order(sse):
+    """A client that reads nothing: the socket takes part of a piece, the transport the rest and
+    every piece after it until it has written them; then the socket again. The client gets every
+    byte once, in order."""
+    pieces = _pump_pieces(60, 20_000)  # pieces larger than what the socket takes at once
+    expected = _pump_reference(sse, pieces)
+    a, b = socket.socketpair()
+    with a, b:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        a.setblocking(False)
+        t = _Transport(a)
+        owner = _Owner()
+        pump = _direct_pump(sse, t, owner)
+        got = bytearray()
+        b.setblocking(False)
+
+        def client_reads() -> None:
+            while True:
+                try:
+                    chunk = b.recv(1 << 20)
+                except BlockingIOError:
+                    return
+                got.extend(chunk)
+
+        fell_back = direct_again = False
+        for i, piece in enumerate(pieces):
+            before = t.writes
+            pump.data_received(piece)
+            if t.writes > before and not fell_back:
+                fell_back = True
+                assert t.buf  # the rest of the piece waits in the transport
+                partial = len(t.buf) < len(piece)
+            elif fell_back and t.writes == before:
+                direct_again = True
+            if i % 15 == 14:  # now and then the client reads, and the transport writes
+                client_reads()
+                t.flush()
+        while len(got) < len(expected):
+            t.flush()
+            client_reads()
+        assert fell_back and partial and direct_again  # the three ways a piece can go
+        assert bytes(got) == expected
+        assert owner.complete == 1
+
+
+def test_pump_without_a_socket_writes_through_the_transport(sse):
+    pieces = _pump_pieces(3, 10)
+    out: list[bytes] = []
+    pump = sse.RelayPump(sse.StreamObserver(True, True), out.append, _Owner(), None, 5, None)
+    for piece in pieces:
+        pump.data_received(piece)  # no pending: the fd is not used (5 is not ours)
+    assert b"".join(out) == _pump_reference(sse, pieces)

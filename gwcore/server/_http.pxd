@@ -38,6 +38,7 @@ cdef class ResponseChannel:
     cpdef end(self, bint terminator_sent=*)
     cpdef set_flow_target(self, target)
     cpdef on_disconnect(self, callback)
+    cpdef int direct_fd(self) except? -2
 
 cdef class HttpProtocol:
     cdef public ServerState _state
@@ -52,6 +53,7 @@ cdef class HttpProtocol:
     cdef public object _dispatching, _stopped, _eof, _lingering, _last_request, _closing
     cdef public object _write_paused, _read_paused, _drain_waiter, _deadline, _deadline_408
     cdef public object _quick
+    cdef public int _direct_fd
     cdef object __weakref__
 
     # Once or twice per request, called from inside the class or from its ResponseChannel (whose

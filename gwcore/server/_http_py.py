@@ -67,6 +67,20 @@ _METHODS = {m.encode(): m for m in ("GET", "POST", "HEAD", "OPTIONS", "PUT", "DE
 _NO_BODY_STATUS = frozenset((204, 304))
 _BIG_CHUNK = 16 * 1024  # write() frames smaller data by copying, larger by writelines
 _LINGER = 2.0  # seconds a half-closed connection waits for the client's EOF
+
+
+def _direct_transports() -> frozenset[type]:
+    """uvloop's transports whose socket a relay pump may write to (see ``direct_fd``)."""
+    try:
+        import uvloop.loop as uvl
+    except ImportError:
+        return frozenset()
+    return frozenset(
+        getattr(uvl, name) for name in ("TCPTransport", "UnixTransport") if hasattr(uvl, name)
+    )
+
+
+_DIRECT_TRANSPORTS = _direct_transports()
 _NAMES: dict[bytes, str] = {}  # header name as received -> its lowercase text
 _MAX_NAMES = 512
 
@@ -211,6 +225,16 @@ class ResponseChannel:
     @property
     def transport(self) -> asyncio.Transport:
         return self._proto.transport  # type: ignore[return-value]
+
+    def direct_fd(self) -> int:
+        """The client's socket, which a relay pump may write to itself while nothing waits in the
+        transport's buffer (``transport.get_write_buffer_size()`` says): uvloop's plain TCP and
+        Unix transports only (not TLS, not the stdlib loop, whose write already sends at once),
+        and not for a HEAD request (``write_raw`` drops its body). -1: write through the
+        transport."""
+        if self.request._head or self.disconnected:
+            return -1
+        return self._proto._direct_fd
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -403,6 +427,7 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
         self._parser = httptools.HttpRequestParser(self)
         self._quick = True  # httptools has seen no byte of a request not yet whole (see below)
         self.transport: asyncio.Transport | None = None
+        self._direct_fd = -1  # the client socket, for writes past the transport (see direct_fd)
         self._client: tuple[str, int] | None = None
         # The request being parsed.
         self._url = b""
@@ -439,6 +464,8 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
         if sock is not None:
             with contextlib.suppress(OSError):  # not TCP (a Unix socket)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if type(transport) in _DIRECT_TRANSPORTS:
+                self._direct_fd = sock.fileno()
         transport.set_write_buffer_limits(high=state.write_high, low=state.write_low)  # type: ignore[attr-defined]
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
