@@ -4,7 +4,7 @@
 
 cdef class RelayPump:
     cdef object _observer  # a StreamObserver (cast in _sse.pyx)
-    cdef object _write, _owner, _first, _pending
+    cdef object _write, _owner, _first, _pending, _closing
     cdef public Py_ssize_t pieces
     cdef bint _over, _direct
     cdef int _fd

@@ -73,7 +73,7 @@ class RelayPump:
         owner: Any,
         first: Any = None,
         fd: int = -1,
-        pending: Any = None,
+        transport: Any = None,
     ) -> None: ...
     def data_received(self, data: bytes) -> None: ...
 

@@ -1409,16 +1409,18 @@ cdef class RelayPump:
     bytes written instead of ``write`` (a write that puts the held response head in front of
     them: one system call, one segment to the client).
 
-    ``fd`` (with ``pending``, the client transport's ``get_write_buffer_size``): the client's
-    socket, which the pump then writes to itself, one non-blocking ``send`` a piece, whenever
-    nothing waits in the transport's buffer (checked before the first such send, and again after
-    any piece the socket did not take whole, whose rest goes to ``write``). The bytes and their
-    order are what ``write`` alone would send; what it saves is the event loop's deferred write (a
-    second callback, and a second take of the GIL, in each turn of the loop). -1: ``write`` only.
+    ``fd`` (with ``transport``, the client transport that owns it): the client's socket, which
+    the pump then writes to itself, one non-blocking ``send`` a piece, whenever nothing waits in
+    the transport's buffer (``get_write_buffer_size()``, checked before the first such send, and
+    again after any piece the socket did not take whole, whose rest goes to ``write``) and the
+    transport is not closing (``is_closing()``, checked before every send: a closed transport's
+    fd may already be another connection's). The bytes and their order are what ``write`` alone
+    would send; what it saves is the event loop's deferred write (a second callback, and a second
+    take of the GIL, in each turn of the loop). -1: ``write`` only.
     """
 
     def __init__(
-        self, StreamObserver observer not None, write, owner, first=None, int fd=-1, pending=None
+        self, StreamObserver observer not None, write, owner, first=None, int fd=-1, transport=None
     ):
         self._observer = observer
         self._write = write
@@ -1426,13 +1428,21 @@ cdef class RelayPump:
         self._first = first
         self.pieces = 0
         self._over = False
-        self._fd = fd if fd >= 0 and pending is not None else -1
-        self._pending = pending
         self._direct = False
+        if fd >= 0 and transport is not None:
+            self._fd = fd
+            self._pending = transport.get_write_buffer_size
+            self._closing = transport.is_closing
+        else:
+            self._fd = -1
 
     cdef int _send(self, bytes out) except -1:
         """``write(out)``, through the socket itself when nothing is waiting in the transport."""
         cdef Py_ssize_t n = PyBytes_GET_SIZE(out), sent
+        if self._closing():  # its fd closed, or about to be: the transport's to handle
+            self._direct = False
+            self._write(out)
+            return 0
         if not self._direct:
             if self._pending():
                 self._write(out)  # behind what waits: the transport keeps the order

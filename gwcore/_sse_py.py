@@ -884,15 +884,18 @@ class RelayPump:
     bytes written instead of ``write`` (a write that puts the held response head in front of
     them: one system call, one segment to the client).
 
-    ``fd`` (with ``pending``, the client transport's ``get_write_buffer_size``): the client's
-    socket, which the pump then writes to itself, one non-blocking write a piece, whenever nothing
-    waits in the transport's buffer (checked before the first such write, and again after any
-    piece the socket did not take whole, whose rest goes to ``write``). The bytes and their order
-    are what ``write`` alone would send; what it saves is the event loop's deferred write (a
-    second callback, and a second take of the GIL, in each turn of the loop). -1: ``write`` only.
+    ``fd`` (with ``transport``, the client transport that owns it): the client's socket, which
+    the pump then writes to itself, one non-blocking write a piece, whenever nothing waits in the
+    transport's buffer (``get_write_buffer_size()``, checked before the first such write, and
+    again after any piece the socket did not take whole, whose rest goes to ``write``) and the
+    transport is not closing (``is_closing()``, checked before every write: a closed transport's
+    fd may already be another connection's). The bytes and their order are what ``write`` alone
+    would send; what it saves is the event loop's deferred write (a second callback, and a second
+    take of the GIL, in each turn of the loop). -1: ``write`` only.
     """
 
     __slots__ = (
+        "_closing",
         "_direct",
         "_fd",
         "_first",
@@ -911,7 +914,7 @@ class RelayPump:
         owner: Any,
         first: Any = None,
         fd: int = -1,
-        pending: Any = None,
+        transport: Any = None,
     ) -> None:
         if observer is None:
             raise TypeError("observer must be a StreamObserver")
@@ -921,12 +924,21 @@ class RelayPump:
         self._first = first
         self.pieces = 0
         self._over = False
-        self._fd = fd if fd >= 0 and pending is not None else -1
-        self._pending = pending
         self._direct = False
+        if fd >= 0 and transport is not None:
+            self._fd = fd
+            self._pending = transport.get_write_buffer_size
+            self._closing = transport.is_closing
+        else:
+            self._fd = -1
+            self._pending = self._closing = None
 
     def _send(self, out: bytes) -> None:
         """``write(out)``, through the socket itself when nothing is waiting in the transport."""
+        if self._closing():  # its fd closed, or about to be: the transport's to handle
+            self._direct = False
+            self._write(out)
+            return
         if not self._direct:
             if self._pending():
                 self._write(out)  # behind what waits: the transport keeps the order

@@ -407,9 +407,9 @@ class RelayedResponse(ExchangeResponse):
                 # first write carries the held head, the others go to the transport, or to the
                 # client's socket itself while the transport holds nothing back (direct_fd).
                 fd = channel.direct_fd()
-                pending = channel.transport.get_write_buffer_size if fd >= 0 else None
+                transport = channel.transport if fd >= 0 else None
                 exchange.divert(
-                    RelayPump(self.observer, channel.write_raw, self, write_held, fd, pending)
+                    RelayPump(self.observer, channel.write_raw, self, write_held, fd, transport)
                 )
             else:
                 self._mode = _FRAMED

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -681,6 +682,10 @@ class _Transport:
         self.sock = sock
         self.buf = bytearray()
         self.writes = 0
+        self.closing = False
+
+    def is_closing(self) -> bool:
+        return self.closing
 
     def write(self, data: bytes) -> None:
         self.writes += 1
@@ -717,7 +722,7 @@ def _pump_reference(sse, pieces: list[bytes]) -> bytes:
 
 def _direct_pump(sse, t: _Transport, owner: _Owner):
     observer = sse.StreamObserver(True, True)
-    return sse.RelayPump(observer, t.write, owner, None, t.sock.fileno(), t.get_write_buffer_size)
+    return sse.RelayPump(observer, t.write, owner, None, t.sock.fileno(), t)
 
 
 def _read_all(sock: socket.socket, n: int) -> bytes:
@@ -817,5 +822,30 @@ def test_pump_without_a_socket_writes_through_the_transport(sse):
     out: list[bytes] = []
     pump = sse.RelayPump(sse.StreamObserver(True, True), out.append, _Owner(), None, 5, None)
     for piece in pieces:
-        pump.data_received(piece)  # no pending: the fd is not used (5 is not ours)
+        pump.data_received(piece)  # no transport: the fd is not used (5 is not ours)
     assert b"".join(out) == _pump_reference(sse, pieces)
+
+
+def test_pump_never_writes_to_the_socket_of_a_closing_transport(sse):
+    """A transport that is closing may have closed its fd already, and the number may be another
+    connection's by now: the pump leaves every piece to the transport from then on."""
+    pieces = _pump_pieces(6, 10)
+    a, b = socket.socketpair()
+    with a, b:
+        a.setblocking(False)
+        t = _Transport(a)
+        pump = _direct_pump(sse, t, _Owner())
+        for piece in pieces[:3]:
+            pump.data_received(piece)
+        assert t.writes == 0
+        t.closing = True
+        for piece in pieces[3:]:
+            pump.data_received(piece)
+        assert t.writes >= 3  # (the elided usage chunk writes nothing)
+        sent = _read_all(b, 1)
+        b.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            sent += b.recv(1 << 20)
+        expected = _pump_reference(sse, pieces)
+        assert sent + bytes(t.buf) == expected
+        assert len(sent) < len(expected)
