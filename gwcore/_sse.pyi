@@ -14,7 +14,6 @@ __all__ = [
     "StreamObserver",
     "quick_request_head",
     "quick_response_head",
-    "send_nowait",
     "usage_counts",
 ]
 
@@ -95,5 +94,3 @@ def usage_counts(raw: bytes) -> UsageCounts | None:
     None."""
 
 def _simd(level: int | None = None) -> int: ...
-def send_nowait(fd: int, data: bytes) -> int:
-    """One non-blocking send of ``data`` to the socket ``fd``: the bytes sent, or -1."""

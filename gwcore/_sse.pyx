@@ -38,7 +38,6 @@ __all__ = [
     "StreamObserver",
     "quick_request_head",
     "quick_response_head",
-    "send_nowait",
     "usage_counts",
 ]
 
@@ -1398,13 +1397,6 @@ cdef extern from *:
     #endif
     """
     Py_ssize_t gw_send(int fd, const char *p, Py_ssize_t n) noexcept nogil
-
-
-def send_nowait(int fd, bytes data not None):
-    """One non-blocking ``send`` of ``data`` to the socket ``fd`` (no SIGPIPE): the bytes sent,
-    or -1 when it sent nothing (the socket is full or failing; every error is the transport's to
-    find). For ``gwcore.netio``'s callers, which check the transport first."""
-    return gw_send(fd, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
 
 
 cdef class RelayPump:

@@ -31,7 +31,6 @@ __all__ = [
     "StreamObserver",
     "quick_request_head",
     "quick_response_head",
-    "send_nowait",
     "usage_counts",
 ]
 
@@ -873,16 +872,6 @@ class StreamObserver(_Scanner):
         if self._blk:
             self._blk_here = -1
         return out
-
-
-def send_nowait(fd: int, data: bytes) -> int:
-    """One non-blocking write of ``data`` to the socket ``fd`` (the event loop's, non-blocking):
-    the bytes sent, or -1 when it sent nothing (the socket is full or failing; every error is the
-    transport's to find). For ``gwcore.netio``'s callers, which check the transport first."""
-    try:
-        return os.write(fd, data)
-    except OSError:
-        return -1
 
 
 class RelayPump:

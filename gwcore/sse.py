@@ -1,7 +1,7 @@
 """The one import switch for the SSE scanner: the compiled ``gwcore._sse`` or its pure-Python twin.
 
 Everything else imports ``EventParser``, ``StreamObserver``, ``SSEError``, the quick head
-parsers, ``usage_counts`` and ``send_nowait`` from here, never from
+parsers and ``usage_counts`` from here, never from
 ``gwcore._sse`` or ``gwcore._sse_py`` directly (tests excepted: they compare the two).
 ``GWCORE_NO_EXTENSIONS=1`` forces the twin at import time; a missing compiled module falls back to
 the twin silently, and ``IMPLEMENTATION`` says which one is in use ("cython" or "python"). This
@@ -20,7 +20,6 @@ if os.environ.get("GWCORE_NO_EXTENSIONS"):
         StreamObserver,
         quick_request_head,
         quick_response_head,
-        send_nowait,
         usage_counts,
     )
 
@@ -34,7 +33,6 @@ else:
             StreamObserver,
             quick_request_head,
             quick_response_head,
-            send_nowait,
             usage_counts,
         )
 
@@ -47,7 +45,6 @@ else:
             StreamObserver,
             quick_request_head,
             quick_response_head,
-            send_nowait,
             usage_counts,
         )
 
@@ -61,6 +58,5 @@ __all__ = [
     "StreamObserver",
     "quick_request_head",
     "quick_response_head",
-    "send_nowait",
     "usage_counts",
 ]

@@ -25,7 +25,6 @@ cdef class UpstreamConnection:
     cdef public object _listener, _loop, _method, _paused, _remaining, _rx, _rx_seen, _silent
     cdef public UpstreamPool _pool
     cdef public object _state, _transport, _until_close, got_bytes, origin, requests, reused
-    cdef public int _direct_fd
     cdef object __weakref__
 
     # The relay's hot path: each piece goes to the pump as a C call.
@@ -35,7 +34,7 @@ cdef class UpstreamConnection:
     cpdef _take(self)
     cpdef release(self)
     cpdef close(self)
-    @cython.locals(exchange=UpstreamExchange, fd=int, sent=Py_ssize_t)
+    @cython.locals(exchange=UpstreamExchange)
     cpdef _send(self, data, listener, method, await_head=*)
     cpdef _data_slow(self, data)
     cpdef _on_head_bytes(self, data)

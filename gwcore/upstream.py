@@ -43,7 +43,6 @@ from urllib.parse import urlsplit
 import httptools
 
 from gwcore.errors import GatewayError
-from gwcore.netio import direct_fd, send_nowait
 from gwcore.sse import RelayPump as _Pump
 from gwcore.sse import quick_response_head as _quick_head
 
@@ -475,7 +474,6 @@ class UpstreamConnection:
     __slots__ = (
         "_counted",
         "_deadline",
-        "_direct_fd",
         "_diverted",
         "_exchange",
         "_head_buf",
@@ -504,7 +502,6 @@ class UpstreamConnection:
         self.origin = origin
         self._loop = loop
         self._transport: asyncio.Transport | None = None
-        self._direct_fd = -1  # the socket, for the request's write past the transport (netio)
         self._state = _CONNECTING
         self._listener: UpstreamListener | None = None
         self._exchange: UpstreamExchange | None = None
@@ -591,7 +588,6 @@ class UpstreamConnection:
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
-        self._direct_fd = direct_fd(transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError, AttributeError):
@@ -682,16 +678,7 @@ class UpstreamConnection:
         self._rx = self._rx_seen = self._silent = 0
         self.requests += 1
         fut = self._head_fut = self._loop.create_future() if await_head else None
-        transport = self._transport
-        fd = self._direct_fd
-        # To the socket at once, not at the end of the loop's turn (gwcore.netio), when the
-        # transport is open and holds nothing back: the upstream starts sooner.
-        if fd >= 0 and not transport.is_closing() and not transport.get_write_buffer_size():
-            sent = send_nowait(fd, data)
-            if sent != len(data):
-                transport.write(data[sent:] if sent > 0 else data)
-        else:
-            transport.write(data)
+        self._transport.write(data)
         pool = self._pool
         timeout = pool.header_timeout
         self._deadline = 0.0 if timeout is None else self._loop.time() + timeout

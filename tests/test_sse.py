@@ -849,20 +849,3 @@ def test_pump_never_writes_to_the_socket_of_a_closing_transport(sse):
         expected = _pump_reference(sse, pieces)
         assert sent + bytes(t.buf) == expected
         assert len(sent) < len(expected)
-
-
-def test_send_nowait_sends_what_the_socket_takes_and_never_blocks(sse):
-    a, b = socket.socketpair()
-    with a, b:
-        a.setblocking(False)
-        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
-        assert sse.send_nowait(a.fileno(), b"hello") == 5
-        assert b.recv(16) == b"hello"
-        big = bytes(range(256)) * 1024  # 256 KiB: more than the socket holds
-        taken = sse.send_nowait(a.fileno(), big)
-        assert 0 < taken < len(big)
-        assert sse.send_nowait(a.fileno(), big) == -1  # full: nothing sent, no wait
-        got = _read_all(b, taken)
-        assert got == big[:taken]
-        b.close()
-        assert sse.send_nowait(a.fileno(), b"x") == -1  # the peer gone: EPIPE, and no SIGPIPE

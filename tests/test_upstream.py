@@ -306,29 +306,6 @@ def test_keep_alive_reuses_one_connection(arun):
     arun(main())
 
 
-def test_requests_go_to_the_socket_itself_on_uvloop(arun, request):
-    """On uvloop a pooled connection writes each request to its socket at once (gwcore.netio),
-    on the stdlib loop through the transport: the upstream gets the same bytes either way."""
-    uv = request.node.callspec.params["arun"] == "uvloop"
-    body = b'{"model":"m","stream":true,"pad":"' + b"x" * 100_000 + b'"}'
-
-    async def main():
-        async with MockUpstream(events=5) as mock:
-            pool = UpstreamPool()
-            o = origin_of(mock)
-            for payload in (STREAM_BODY, body, STREAM_BODY):
-                rec = Recorder()
-                await pool.open_raw(o, "POST", CHAT, JSON, payload, rec)
-                assert await asyncio.wait_for(rec.done, 2) == "complete"
-            assert [r.body for r in mock.requests] == [STREAM_BODY, body, STREAM_BODY]
-            (conn,) = list(pool._origins[o].idle)
-            sock = conn._transport.get_extra_info("socket")
-            assert conn._direct_fd == (sock.fileno() if uv else -1)
-            await pool.aclose()
-
-    arun(main())
-
-
 def test_bodiless_responses_end_at_the_head(arun):
     async def main():
         async with MockUpstream() as mock:

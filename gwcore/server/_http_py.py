@@ -32,7 +32,6 @@ from urllib.parse import unquote
 import httptools
 
 from gwcore.errors import GatewayError
-from gwcore.netio import direct_fd, send_nowait
 from gwcore.server.app import (
     DEFERRED,
     App,
@@ -69,6 +68,19 @@ _NO_BODY_STATUS = frozenset((204, 304))
 _BIG_CHUNK = 16 * 1024  # write() frames smaller data by copying, larger by writelines
 _LINGER = 2.0  # seconds a half-closed connection waits for the client's EOF
 
+
+def _direct_transports() -> frozenset[type]:
+    """uvloop's transports whose socket a relay pump may write to (see ``direct_fd``)."""
+    try:
+        import uvloop.loop as uvl
+    except ImportError:
+        return frozenset()
+    return frozenset(
+        getattr(uvl, name) for name in ("TCPTransport", "UnixTransport") if hasattr(uvl, name)
+    )
+
+
+_DIRECT_TRANSPORTS = _direct_transports()
 _NAMES: dict[bytes, str] = {}  # header name as received -> its lowercase text
 _MAX_NAMES = 512
 
@@ -285,20 +297,10 @@ class ResponseChannel:
         self._held = None
         if self.disconnected:
             return
-        if not self.request._head:
-            held += data
-        proto = self._proto
-        transport = proto.transport
-        fd = proto._direct_fd
-        # The first bytes of a relayed stream: to the socket at once, not at the end of the
-        # loop's turn (gwcore.netio), when the transport is open and holds nothing back.
-        if fd >= 0 and not transport.is_closing() and not transport.get_write_buffer_size():
-            sent = send_nowait(fd, held)
-            if sent == len(held):
-                return
-            if sent > 0:
-                held = held[sent:]
-        transport.write(held)  # type: ignore[union-attr]
+        if self.request._head:
+            self._proto.transport.write(held)  # type: ignore[union-attr]
+        else:
+            self._proto.transport.write(held + data)  # type: ignore[union-attr]
 
     def flush_head(self) -> None:
         """Write the head ``start(hold=True)`` kept back, if it is still held."""
@@ -462,7 +464,8 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
         if sock is not None:
             with contextlib.suppress(OSError):  # not TCP (a Unix socket)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._direct_fd = direct_fd(transport)
+            if type(transport) in _DIRECT_TRANSPORTS:
+                self._direct_fd = sock.fileno()
         transport.set_write_buffer_limits(high=state.write_high, low=state.write_low)  # type: ignore[attr-defined]
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
