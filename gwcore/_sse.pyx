@@ -1439,8 +1439,7 @@ cdef class RelayPump:
     cdef int _send(self, bytes out) except -1:
         """``write(out)``, through the socket itself when nothing is waiting in the transport."""
         cdef Py_ssize_t n = PyBytes_GET_SIZE(out), sent
-        if self._closing():  # its fd closed, or about to be: the transport's to handle
-            self._direct = False
+        if self._closing():  # its fd closed, or about to be (for good): the transport's to handle
             self._write(out)
             return 0
         if not self._direct:

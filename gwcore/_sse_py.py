@@ -935,8 +935,7 @@ class RelayPump:
 
     def _send(self, out: bytes) -> None:
         """``write(out)``, through the socket itself when nothing is waiting in the transport."""
-        if self._closing():  # its fd closed, or about to be: the transport's to handle
-            self._direct = False
+        if self._closing():  # its fd closed, or about to be (for good): the transport's to handle
             self._write(out)
             return
         if not self._direct:
