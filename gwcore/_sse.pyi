@@ -12,6 +12,8 @@ __all__ = [
     "RelayPump",
     "SSEError",
     "StreamObserver",
+    "lane_available",
+    "lane_scan",
     "quick_request_head",
     "quick_response_head",
     "usage_counts",
@@ -76,6 +78,22 @@ class RelayPump:
         transport: Any = None,
     ) -> None: ...
     def data_received(self, data: bytes) -> None: ...
+    def lane_start(self, transport: Any) -> bool:
+        """Read the upstream ``transport`` (uvloop's) in C from here on: plain reads go to the
+        client's socket from the event loop's read callback, the others to ``data_received``."""
+    def lane_stop(self, resume: bool = True) -> None: ...
+    def lane_pause(self) -> bool: ...
+    def lane_resume(self) -> bool: ...
+    @property
+    def lane_reads(self) -> int: ...
+    @property
+    def laned(self) -> bool: ...
+
+def lane_available() -> bool:
+    """Whether this process can run relay lanes (compiled, uvloop, not switched off)."""
+
+def lane_scan(data: bytes, max_event_size: int = ...) -> int:
+    """The number of events in ``data`` when it is whole chunks of plain ``data:`` events, or -1."""
 
 def quick_request_head(
     data: bytes,

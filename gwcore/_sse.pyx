@@ -22,9 +22,9 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.dict cimport PyDict_SetDefault, PyDict_SetItem
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.object cimport PyObject
-from cpython.ref cimport Py_INCREF, Py_XDECREF
+from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
 from cpython.unicode cimport Py_UCS1, PyUnicode_1BYTE_DATA, PyUnicode_DecodeLatin1, PyUnicode_New
-from libc.string cimport memchr, memcmp, memcpy
+from libc.string cimport memchr, memcmp, memcpy, memset
 
 from gwcore._sse_py import FIELD_SLACK, HOLD_LIMIT, MAX_FRAMING_LINE, SSEError
 
@@ -36,6 +36,8 @@ __all__ = [
     "RelayPump",
     "SSEError",
     "StreamObserver",
+    "lane_available",
+    "lane_scan",
     "quick_request_head",
     "quick_response_head",
     "usage_counts",
@@ -1431,10 +1433,17 @@ cdef class RelayPump:
         self._direct = False
         if fd >= 0 and transport is not None:
             self._fd = fd
+            self._client = transport
             self._pending = transport.get_write_buffer_size
             self._closing = transport.is_closing
         else:
             self._fd = -1
+        self._lane.fd = -1
+        self._lane.cfd = -1
+
+    def __dealloc__(self):
+        if self._lane.active:  # (never: the upstream connection stops the lane first)
+            _lane_forget(&self._lane)
 
     cdef int _send(self, bytes out) except -1:
         """``write(out)``, through the socket itself when nothing is waiting in the transport."""
@@ -1484,6 +1493,437 @@ cdef class RelayPump:
         if observer._complete:
             self._over = True
             self._owner.pump_complete()
+
+    # ---- the lane: the upstream's reads straight to the client, in C, without the GIL
+
+    def lane_start(self, transport):
+        """Read the upstream ``transport`` (uvloop's, plain TCP or Unix) from here on: each read
+        that is whole chunks of whole plain events (no usage, no ``[DONE]``, no error: nothing for
+        the observer to note but their number) goes to the client's socket from the event loop's
+        own read callback, without the GIL and without a Python call; any other read (and any
+        read while the client's socket is not written to directly) goes to ``data_received`` as
+        before. False (nothing changed) when the lane cannot run here: the pure-Python build,
+        another event loop or transport, no client socket, ``GWCORE_LANE=off``."""
+        cdef StreamObserver observer = <StreamObserver>self._observer
+        cdef LaneState* ls = &self._lane
+        cdef void* up
+        cdef void* client
+        if ls.active or self._over or self._fd < 0 or self._client is None or not _lane_on():
+            return False
+        if not (_uvloop_stream(transport) and _uvloop_stream(self._client)):
+            return False
+        up = _handle_for(transport, -1)
+        client = _handle_for(self._client, self._fd)
+        if up == NULL or client == NULL or up == client:
+            return False
+        ls.fd = _fileno(up)
+        if ls.fd < 0 or not _lane_register(ls):
+            return False
+        ls.up = up
+        ls.cfd = self._fd
+        ls.pump = <PyObject*>self
+        ls.client = <PyObject*>self._client
+        ls.transport = <PyObject*>transport
+        ls.events = &observer._events
+        ls.pieces = &self.pieces
+        ls.max = observer._max
+        ls.fast = 0
+        Py_INCREF(self._client)
+        Py_INCREF(transport)
+        ls.active = True
+        transport.pause_reading()  # uvloop stops reading (and holds its state: paused)
+        if _lane_read_start(up) != 0:  # (never: uvloop has just stopped reading it)
+            self.lane_stop(True)
+            return False
+        ls.reading = True
+        ls.ready = self._lane_ready()
+        return True
+
+    def lane_stop(self, bint resume=True):
+        """Hand the upstream's reads back to its transport (``resume``: and resume them there).
+        Idempotent; safe on a closing or closed transport."""
+        cdef LaneState* ls = &self._lane
+        cdef object transport
+        if not ls.active:
+            return
+        transport = <object>ls.transport
+        _lane_forget(ls)
+        if resume and not transport.is_closing():
+            transport.resume_reading()
+        Py_DECREF(transport)  # the lane's own references, taken in lane_start
+        Py_DECREF(<object>ls.client)
+        ls.transport = ls.client = NULL
+
+    def lane_pause(self):
+        """The client reads too slowly: stop reading the upstream. False when the lane is off."""
+        cdef LaneState* ls = &self._lane
+        if not ls.active:
+            return False
+        if ls.reading and _lane_alive(ls):
+            _lane_read_stop(ls.up)
+        ls.reading = False
+        return True
+
+    def lane_resume(self):
+        cdef LaneState* ls = &self._lane
+        if not ls.active:
+            return False
+        if not ls.reading and _lane_alive(ls) and _lane_read_start(ls.up) == 0:
+            ls.reading = True
+            ls.ready = self._lane_ready()
+        return True
+
+    @property
+    def lane_reads(self):
+        """Reads the lane sent on by itself (none of them passed through ``data_received``)."""
+        return self._lane.fast
+
+    @property
+    def laned(self):
+        return bool(self._lane.active)
+
+    cdef bint _lane_ready(self):
+        """Whether the next read may go straight through: the client's socket is written to
+        directly (nothing waits in its transport, the held head is out), and the observer
+        stands between two chunks and two events with nothing held, carried or open."""
+        cdef StreamObserver o = <StreamObserver>self._observer
+        return (
+            self._direct
+            and self._first is None
+            and not self._over
+            and o._chunked
+            and o._observe
+            and o._failed is None
+            and not (o._closed or o._complete or o._line_open or o._cr or o._has_data)
+            and not (o._typed or o._blk or o._blk_disq or o._etype_error or o._d_inplace)
+            and o._cst == S_SIZE
+            and o._cdigits == 0
+            and o._bom < 0
+            and o._hold.n == 0
+            and o._prefix.n == 0
+            and o._segs.n == 0
+            and o._cuts.n == 0
+            and o._seg_end < 0
+            and o._term_at < 0
+        )
+
+    cdef void _lane_slow(self, const char* d, Py_ssize_t n) noexcept:
+        """A read the lane does not take: the usual way (GIL held)."""
+        try:
+            self.data_received(PyBytes_FromStringAndSize(d, n))
+            if self._lane.active:
+                self._lane.ready = self._lane_ready()
+        except BaseException as exc:  # what uvloop does when data_received raises: close
+            _lane_log.error("relay lane: data_received failed", exc_info=exc)
+            transport = <object>self._lane.transport if self._lane.active else None
+            self.lane_stop(False)
+            if transport is not None:
+                transport.abort()
+
+    cdef void _lane_rest(self, const char* d, Py_ssize_t n, Py_ssize_t sent) noexcept:
+        """The client's socket took ``sent`` of the ``n`` bytes (-1: none, an error): the rest
+        goes to the transport, which keeps the order from now on (GIL held)."""
+        try:
+            self._direct = False
+            self._lane.ready = False
+            if sent <= 0:
+                self._write(PyBytes_FromStringAndSize(d, n))
+            else:
+                self._write(PyBytes_FromStringAndSize(d + sent, n - sent))
+        except BaseException as exc:
+            _lane_log.error("relay lane: write failed", exc_info=exc)
+
+    cdef void _lane_end(self) noexcept:
+        """The upstream's EOF or a read error: hand it back to the transport, which reads it
+        again and reports it to the connection as it always does (GIL held)."""
+        try:
+            self.lane_stop(True)
+        except BaseException as exc:
+            _lane_log.error("relay lane: stop failed", exc_info=exc)
+
+
+# ---- the lane's C side ---------------------------------------------------------------------------
+# libuv's functions come from uvloop's own module (libuv is linked into it; uvloop exports the
+# loop for "integration with other C-extensions"): looked up once, by address, through ctypes.
+# A transport's libuv handle is the first field of uvloop's UVHandle object (after the object
+# header and the type's method table); every handle taken from there is checked against three
+# facts before use (a libuv stream of this fd, whose data pointer is that very transport), and
+# re-read before each use (uvloop clears it when it frees the handle).
+
+import logging as _logging
+import os
+
+_lane_log = _logging.getLogger("gwcore.relay")
+
+cdef extern from *:
+    """
+    #if defined(_WIN32)
+    #define GW_LANE_OS 0
+    #else
+    #define GW_LANE_OS 1
+    #endif
+    typedef struct { char *base; size_t len; } gw_uv_buf;  /* uv_buf_t on Unix */
+    typedef void (*gw_alloc_cb)(void *, size_t, gw_uv_buf *);
+    typedef void (*gw_read_cb)(void *, Py_ssize_t, const gw_uv_buf *);
+    static int (*gw_uv_read_start)(void *, gw_alloc_cb, gw_read_cb);
+    static int (*gw_uv_read_stop)(void *);
+    static int (*gw_uv_is_closing)(const void *);
+    static int (*gw_uv_fileno)(const void *, int *);
+    /* uv_handle_t starts with: void *data; uv_loop_t *loop; uv_handle_type type (libuv 1.x's
+       public layout; uvloop does not export libuv's accessors for them). */
+    static int gw_uv_handle_get_type(const void *h) {
+        return (int)*(const int *)((const char *)h + 2 * sizeof(void *));
+    }
+    static void *gw_uv_handle_get_data(const void *h) { return *(void *const *)h; }
+    #define GW_LANE_BUF 65536
+    static char gw_lane_buf[GW_LANE_BUF];
+    static void gw_lane_bind(size_t a, size_t b, size_t c, size_t d) {
+        gw_uv_read_start = (int (*)(void *, gw_alloc_cb, gw_read_cb))a;
+        gw_uv_read_stop = (int (*)(void *))b;
+        gw_uv_is_closing = (int (*)(const void *))c;
+        gw_uv_fileno = (int (*)(const void *, int *))d;
+    }
+    /* The uv_handle_t* field of a uvloop UVHandle: after PyObject_HEAD and the vtable pointer. */
+    static void *gw_uvhandle_of(PyObject *o) {
+        return *(void **)((char *)o + sizeof(PyObject) + sizeof(void *));
+    }
+    """
+    ctypedef struct gw_uv_buf:
+        char* base
+        size_t len
+    ctypedef void (*gw_alloc_cb)(void*, size_t, gw_uv_buf*) noexcept nogil
+    ctypedef void (*gw_read_cb)(void*, Py_ssize_t, const gw_uv_buf*) noexcept nogil
+    int GW_LANE_OS
+    int GW_LANE_BUF
+    char gw_lane_buf[65536]
+    int gw_uv_read_start(void*, gw_alloc_cb, gw_read_cb) noexcept nogil
+    int gw_uv_read_stop(void*) noexcept nogil
+    int gw_uv_is_closing(const void*) noexcept nogil
+    int gw_uv_fileno(const void*, int*) noexcept nogil
+    int gw_uv_handle_get_type(const void*) noexcept nogil
+    void* gw_uv_handle_get_data(const void*) noexcept nogil
+    void gw_lane_bind(size_t, size_t, size_t, size_t) noexcept
+    void* gw_uvhandle_of(PyObject*) noexcept nogil
+
+cdef int _UV_NAMED_PIPE = 7, _UV_TCP = 12  # libuv 1.x's handle types (its ABI)
+cdef int _lane_state = 0  # 0: not tried yet, 1: bound, -1: off
+cdef LaneState** _lanes = NULL  # by the upstream socket's fd: the lane reading it
+cdef int _nlanes = 0
+
+
+cdef bint _lane_on():
+    global _lane_state
+    if _lane_state == 0:
+        _lane_state = -1
+        if not GW_LANE_OS or os.environ.get("GWCORE_LANE", "").strip().lower() in (
+            "0", "off", "no", "false"
+        ):
+            return False
+        try:
+            _bind_libuv()
+        except Exception as exc:  # an uvloop without them, or no uvloop at all
+            _lane_log.debug("relay lane off: %s", exc)
+            return False
+        _lane_state = 1
+    return _lane_state == 1
+
+
+def _bind_libuv():
+    import ctypes
+
+    import uvloop.loop
+
+    lib = ctypes.CDLL(uvloop.loop.__file__)
+    lib.uv_version.restype = ctypes.c_uint
+    version = lib.uv_version()
+    if version >> 16 != 1 or (version >> 8) & 0xFF < 18:  # the layout and types read here
+        raise RuntimeError(f"libuv {version >> 16}.{(version >> 8) & 0xFF}: not 1.18 or later")
+    names = ("uv_read_start", "uv_read_stop", "uv_is_closing", "uv_fileno")
+    a = [ctypes.cast(getattr(lib, name), ctypes.c_void_p).value for name in names]
+    if not all(a):
+        raise RuntimeError("libuv functions not found")
+    gw_lane_bind(a[0], a[1], a[2], a[3])
+
+
+def lane_available():
+    """Whether this process can run relay lanes (compiled, uvloop, not switched off)."""
+    return _lane_on()
+
+
+cdef bint _uvloop_stream(transport):
+    cdef object kind = type(transport)
+    return kind.__module__ == "uvloop.loop" and kind.__name__ in ("TCPTransport", "UnixTransport")
+
+
+cdef void* _handle_for(transport, int fd):
+    """``transport``'s libuv stream, checked: a TCP or pipe handle whose data pointer is the
+    transport (and whose fd is ``fd``, unless -1); NULL otherwise."""
+    cdef void* h = gw_uvhandle_of(<PyObject*>transport)
+    cdef int kind
+    if h == NULL or gw_uv_is_closing(h):
+        return NULL
+    kind = gw_uv_handle_get_type(h)
+    if kind != _UV_TCP and kind != _UV_NAMED_PIPE:
+        return NULL
+    if gw_uv_handle_get_data(h) != <void*>transport:
+        return NULL
+    if fd >= 0 and _fileno(h) != fd:
+        return NULL
+    return h
+
+
+cdef int _fileno(const void* h) noexcept nogil:
+    cdef int fd = -1
+    if gw_uv_fileno(h, &fd) != 0:
+        return -1
+    return fd
+
+
+cdef bint _lane_register(LaneState* ls):
+    global _lanes, _nlanes
+    cdef int n
+    cdef LaneState** grown
+    if ls.fd >= _nlanes:
+        n = _nlanes * 2 if _nlanes else 256
+        while n <= ls.fd:
+            n *= 2
+        grown = <LaneState**>PyMem_Realloc(_lanes, n * sizeof(LaneState*))
+        if grown == NULL:
+            return False
+        memset(grown + _nlanes, 0, (n - _nlanes) * sizeof(LaneState*))
+        _lanes = grown
+        _nlanes = n
+    if _lanes[ls.fd] != NULL:  # (never: one lane per connection, stopped before it closes)
+        return False
+    _lanes[ls.fd] = ls
+    return True
+
+
+cdef bint _lane_alive(LaneState* ls) noexcept nogil:
+    """The upstream transport still holds the very handle the lane reads, and it is open."""
+    cdef void* h = gw_uvhandle_of(ls.transport)
+    return h != NULL and h == ls.up and not gw_uv_is_closing(h)
+
+
+cdef void _lane_forget(LaneState* ls) noexcept:
+    """Unhook the lane's callbacks (if the handle is still open) and its table entry."""
+    if ls.reading and _lane_alive(ls):
+        _lane_read_stop(ls.up)
+    ls.reading = False
+    ls.ready = False
+    ls.active = False
+    if 0 <= ls.fd < _nlanes and _lanes[ls.fd] == ls:
+        _lanes[ls.fd] = NULL
+
+
+cdef int _lane_read_start(void* up) noexcept nogil:
+    return gw_uv_read_start(up, _lane_alloc, _lane_read)
+
+
+cdef void _lane_read_stop(void* up) noexcept nogil:
+    gw_uv_read_stop(up)
+
+
+cdef void _lane_alloc(void* handle, size_t suggested, gw_uv_buf* buf) noexcept nogil:
+    buf.base = gw_lane_buf  # one buffer: each read is consumed before the loop reads again
+    buf.len = GW_LANE_BUF
+
+
+cdef void _lane_read(void* stream, Py_ssize_t nread, const gw_uv_buf* buf) noexcept nogil:
+    cdef int fd = _fileno(stream)
+    cdef LaneState* ls
+    cdef Py_ssize_t k, sent
+    cdef void* client
+    if fd < 0 or fd >= _nlanes or _lanes[fd] == NULL or _lanes[fd].up != stream:
+        _lane_read_stop(stream)  # (never: the callbacks and the entry come and go together)
+        return
+    ls = _lanes[fd]
+    if nread == 0:
+        return
+    if nread < 0:  # EOF or an error: the transport's to read again and report
+        with gil:
+            (<RelayPump>ls.pump)._lane_end()
+        return
+    if ls.ready:
+        k = _lane_scan(<const unsigned char*>buf.base, nread, ls.max)
+        if k > 0:
+            client = gw_uvhandle_of(ls.client)
+            if client != NULL and not gw_uv_is_closing(client):
+                ls.pieces[0] += 1
+                ls.events[0] += k
+                ls.fast += 1
+                sent = gw_send(ls.cfd, buf.base, nread)
+                if sent != nread:
+                    with gil:
+                        (<RelayPump>ls.pump)._lane_rest(buf.base, nread, sent)
+                return
+    with gil:
+        (<RelayPump>ls.pump)._lane_slow(buf.base, nread)
+
+
+cdef Py_ssize_t _lane_scan(
+    const unsigned char* d, Py_ssize_t n, Py_ssize_t max_event
+) noexcept nogil:
+    """The number of events in ``d[:n]`` when it is whole chunks, each one plain ``data:`` event
+    (what ``_whole_event`` takes and ``_analyze`` leaves as it is: one data line, LF LF, no
+    ``"usage"`` or ``"usageMetadata"`` key whose value is an object (``"usage":null`` is plain),
+    not ``[DONE]``, not an object whose first key is ``"error"``); else -1."""
+    cdef Py_ssize_t pos = 0, k = 0, j, size, s, e, vs, eol, i, p
+    cdef signed char v
+    while pos < n:
+        j = pos
+        size = 0
+        while j < n and j - pos < 15:
+            v = HEXV[d[j]]
+            if v < 0:
+                break
+            size = size * 16 + v
+            j += 1
+        if size == 0 or j + 1 >= n or d[j] != C_CR or d[j + 1] != C_LF:
+            return -1
+        s = j + 2
+        e = s + size
+        if e + 2 > n or d[e] != C_CR or d[e + 1] != C_LF:
+            return -1
+        if size < 7 or size > max_event or d[e - 1] != C_LF or d[e - 2] != C_LF:
+            return -1
+        if memcmp(d + s, b"data:", 5) != 0:
+            return -1
+        vs = s + 5
+        if d[vs] == C_SP:
+            vs += 1
+        p = gw_find_line(d, vs, e, b'"usage', 6, &eol)
+        if eol != e - 2:
+            return -1
+        while p >= 0:  # as _analyze reads them: only a key with an object value counts
+            i = p + 6
+            if d[i] == C_QUOTE:
+                i += 1
+            elif e - 2 - i >= 9 and memcmp(d + i, b'Metadata"', 9) == 0:
+                i += 9
+            else:
+                p = gw_find(d, p + 6, e - 2, b'"usage', 6)
+                continue
+            if key_value_at(d, i, e - 2, C_LBRACE) >= 0:
+                return -1
+            p = gw_find(d, p + 6, e - 2, b'"usage', 6)
+        if e - 2 - vs == 6 and memcmp(d + vs, b"[DONE]", 6) == 0:
+            return -1
+        i = skip_ws(d, vs, e - 2)
+        if i < e - 2 and d[i] == C_LBRACE:
+            i = skip_ws(d, i + 1, e - 2)
+            if e - 2 - i >= 7 and memcmp(d + i, b'"error"', 7) == 0:
+                return -1
+        k += 1
+        pos = e + 2
+    return k if k else -1
+
+
+def lane_scan(bytes data not None, Py_ssize_t max_event_size=8 * 1024 * 1024):
+    """``_lane_scan`` on ``data``: the events a lane would send on unseen (-1: it would not)."""
+    return _lane_scan(
+        <const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), max_event_size
+    )
 
 
 # ----------------------------------------------------------- plain HTTP/1.x heads, in one pass

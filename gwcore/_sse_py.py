@@ -29,6 +29,8 @@ __all__ = [
     "RelayPump",
     "SSEError",
     "StreamObserver",
+    "lane_available",
+    "lane_scan",
     "quick_request_head",
     "quick_response_head",
     "usage_counts",
@@ -975,6 +977,86 @@ class RelayPump:
         if self._observer.complete:
             self._over = True
             self._owner.pump_complete()
+
+    # The lane (the compiled pump's: reads sent on in C, without the GIL) needs libuv's read
+    # callbacks; in Python it would only be slower than ``data_received``. Never started here.
+
+    def lane_start(self, transport: Any) -> bool:
+        """Read the upstream ``transport`` in C from here on; False: not here (see the compiled
+        ``RelayPump.lane_start``)."""
+        return False
+
+    def lane_stop(self, resume: bool = True) -> None:
+        return None
+
+    def lane_pause(self) -> bool:
+        return False
+
+    def lane_resume(self) -> bool:
+        return False
+
+    @property
+    def lane_reads(self) -> int:
+        return 0
+
+    @property
+    def laned(self) -> bool:
+        return False
+
+
+def lane_available() -> bool:
+    """Whether this process can run relay lanes: never with the pure-Python scanner."""
+    return False
+
+
+def lane_scan(data: bytes, max_event_size: int = 8 * 1024 * 1024) -> int:
+    """The number of events in ``data`` when it is whole chunks, each one plain ``data:`` event
+    (what the observer takes whole and notes nothing of but its number: one data line ended by
+    LF LF, no ``"usage"`` or ``"usageMetadata"`` key whose value is an object (``"usage":null``
+    is plain), not ``[DONE]``, not an object whose first key is ``"error"``); else -1. A compiled lane sends such a read on without the observer seeing it."""
+    n = len(data)
+    pos = k = 0
+    while pos < n:
+        j = pos
+        size = 0
+        while j < n and j - pos < 15 and _HEX[data[j]] >= 0:
+            size = size * 16 + _HEX[data[j]]
+            j += 1
+        if size == 0 or j + 1 >= n or data[j] != _CR or data[j + 1] != _LF:
+            return -1
+        s = j + 2
+        e = s + size
+        if e + 2 > n or data[e] != _CR or data[e + 1] != _LF:
+            return -1
+        if size < 7 or size > max_event_size or data[e - 1] != _LF or data[e - 2] != _LF:
+            return -1
+        if not data.startswith(b"data:", s):
+            return -1
+        vs = s + 5
+        if data[vs] == _SP:
+            vs += 1
+        line = data[vs : e - 2]
+        if b"\r" in line or b"\n" in line or line == b"[DONE]":
+            return -1
+        p = line.find(b'"usage')
+        while p >= 0:  # as _analyze reads them: only a key with an object value counts
+            i = p + 6
+            if line.startswith(b'"', i):
+                i += 1
+            elif line.startswith(b'Metadata"', i):
+                i += 9
+            else:
+                p = line.find(b'"usage', p + 6)
+                continue
+            if _key_value_at(line, i, _LBRACE) >= 0:
+                return -1
+            p = line.find(b'"usage', p + 6)
+        i = _skip_ws(line, 0)
+        if i < len(line) and line[i] == _LBRACE and line.startswith(b'"error"', _skip_ws(line, i + 1)):
+            return -1
+        k += 1
+        pos = e + 2
+    return k if k else -1
 
 
 # ----------------------------------------------------------- plain HTTP/1.x heads, in one pass

@@ -22,6 +22,7 @@ cdef class UpstreamPool
 
 cdef class UpstreamConnection:
     cdef public object _counted, _deadline, _diverted, _exchange, _head_buf, _head_fut, _keep_alive
+    cdef public object _laned
     cdef public object _listener, _loop, _method, _paused, _remaining, _rx, _rx_seen, _silent
     cdef public UpstreamPool _pool
     cdef public object _state, _transport, _until_close, got_bytes, origin, requests, reused

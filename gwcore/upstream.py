@@ -479,6 +479,7 @@ class UpstreamConnection:
         "_head_buf",
         "_head_fut",
         "_keep_alive",
+        "_laned",
         "_listener",
         "_loop",
         "_method",
@@ -521,6 +522,7 @@ class UpstreamConnection:
         self._silent = 0
         self._counted = False
         self._diverted: asyncio.BaseProtocol | None = None  # a RelayPump reading for us
+        self._laned = False  # ... through its lane: the transport's reads are the pump's
         self.got_bytes = False  # a byte of the current response arrived
         self.reused = False  # served a request before (came from the pool)
         self.requests = 0
@@ -560,6 +562,9 @@ class UpstreamConnection:
             return
         self._state = _CLOSED
         self._listener = None
+        if self._laned:
+            self._laned = False
+            self._diverted.lane_stop(False)  # type: ignore[union-attr]
         self._diverted = None
         self._pool._forget(self)
         if self._transport is not None:
@@ -568,21 +573,32 @@ class UpstreamConnection:
     def _divert(self, protocol: asyncio.BaseProtocol) -> None:
         if self._state in (_STREAM, _LENGTH) and self._transport is not None:
             self._diverted = protocol
+            if not self._paused:
+                # The compiled pump may read the transport itself from here on (its lane).
+                lane = getattr(protocol, "lane_start", None)
+                if lane is not None and lane(self._transport):
+                    self._laned = True
 
     def _undivert(self) -> None:
-        if self._diverted is not None:
-            self._rx += self._diverted.pieces  # type: ignore[attr-defined]
+        diverted = self._diverted
+        if diverted is not None:
+            if self._laned:
+                self._laned = False
+                diverted.lane_stop(not self._paused)  # type: ignore[attr-defined]
+            self._rx += diverted.pieces  # type: ignore[attr-defined]
             self._diverted = None
 
     def pause_reading(self) -> None:
         if not self._paused and self._state != _CLOSED and self._transport is not None:
             self._paused = True
-            self._transport.pause_reading()
+            if not (self._laned and self._diverted.lane_pause()):  # type: ignore[union-attr]
+                self._transport.pause_reading()
 
     def resume_reading(self) -> None:
         if self._paused and self._state != _CLOSED:
             self._paused = False
-            self._transport.resume_reading()
+            if not (self._laned and self._diverted.lane_resume()):  # type: ignore[union-attr]
+                self._transport.resume_reading()
 
     # ---- asyncio.Protocol
 
@@ -614,6 +630,9 @@ class UpstreamConnection:
         return None  # close the transport; connection_lost does the bookkeeping
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._laned:
+            self._laned = False
+            self._diverted.lane_stop(False)  # type: ignore[union-attr]
         state = self._state
         listener = self._listener
         self._state = _CLOSED
