@@ -1864,11 +1864,11 @@ cdef void _lane_read(void* stream, Py_ssize_t nread, const gw_uv_buf* buf) noexc
 cdef Py_ssize_t _lane_scan(
     const unsigned char* d, Py_ssize_t n, Py_ssize_t max_event
 ) noexcept nogil:
-    """The number of events in ``d[:n]`` when it is whole chunks, each one plain ``data:`` event
-    (what ``_whole_event`` takes and ``_analyze`` leaves as it is: one data line, LF LF, no
-    ``"usage"`` or ``"usageMetadata"`` key whose value is an object (``"usage":null`` is plain),
-    not ``[DONE]``, not an object whose first key is ``"error"``); else -1."""
-    cdef Py_ssize_t pos = 0, k = 0, j, size, s, e, vs, eol, i, p
+    """The number of events in ``d[:n]`` when it is whole chunks of whole plain events, else -1.
+    Plain: what the observer notes nothing of but its number: ``data:``, one line, LF LF; no
+    ``"usage"`` or ``"usageMetadata"`` key whose value is an object, as ``_analyze`` reads them
+    (``"usage":null`` is plain); not ``[DONE]``; not an object whose first key is ``"error"``."""
+    cdef Py_ssize_t pos = 0, k = 0, j, size, s, e
     cdef signed char v
     while pos < n:
         j = pos
@@ -1879,44 +1879,52 @@ cdef Py_ssize_t _lane_scan(
                 break
             size = size * 16 + v
             j += 1
-        if size == 0 or j + 1 >= n or d[j] != C_CR or d[j + 1] != C_LF:
+        if size == 0 or size > max_event or j + 1 >= n or d[j] != C_CR or d[j + 1] != C_LF:
             return -1
         s = j + 2
         e = s + size
         if e + 2 > n or d[e] != C_CR or d[e + 1] != C_LF:
             return -1
-        if size < 7 or size > max_event or d[e - 1] != C_LF or d[e - 2] != C_LF:
-            return -1
-        if memcmp(d + s, b"data:", 5) != 0:
-            return -1
-        vs = s + 5
-        if d[vs] == C_SP:
-            vs += 1
-        p = gw_find_line(d, vs, e, b'"usage', 6, &eol)
-        if eol != e - 2:
-            return -1
-        while p >= 0:  # as _analyze reads them: only a key with an object value counts
-            i = p + 6
-            if d[i] == C_QUOTE:
-                i += 1
-            elif e - 2 - i >= 9 and memcmp(d + i, b'Metadata"', 9) == 0:
-                i += 9
-            else:
-                p = gw_find(d, p + 6, e - 2, b'"usage', 6)
-                continue
-            if key_value_at(d, i, e - 2, C_LBRACE) >= 0:
+        while s < e:
+            s = _lane_event(d, s, e)
+            if s < 0:
                 return -1
-            p = gw_find(d, p + 6, e - 2, b'"usage', 6)
-        if e - 2 - vs == 6 and memcmp(d + vs, b"[DONE]", 6) == 0:
-            return -1
-        i = skip_ws(d, vs, e - 2)
-        if i < e - 2 and d[i] == C_LBRACE:
-            i = skip_ws(d, i + 1, e - 2)
-            if e - 2 - i >= 7 and memcmp(d + i, b'"error"', 7) == 0:
-                return -1
-        k += 1
+            k += 1
         pos = e + 2
     return k if k else -1
+
+
+cdef inline Py_ssize_t _lane_event(const unsigned char* d, Py_ssize_t s, Py_ssize_t e) noexcept nogil:
+    """Where the plain event at ``d[s:]`` ends (after its blank line, within ``e``), or -1."""
+    cdef Py_ssize_t vs, eol, i, p
+    if e - s < 7 or memcmp(d + s, b"data:", 5) != 0:
+        return -1
+    vs = s + 5
+    if d[vs] == C_SP:
+        vs += 1
+    p = gw_find_line(d, vs, e, b'"usage', 6, &eol)
+    if eol + 1 >= e or d[eol] != C_LF or d[eol + 1] != C_LF:
+        return -1
+    while p >= 0:  # only a key whose value is an object counts
+        i = p + 6
+        if d[i] == C_QUOTE:
+            i += 1
+        elif eol - i >= 9 and memcmp(d + i, b'Metadata"', 9) == 0:
+            i += 9
+        else:
+            p = gw_find(d, p + 6, eol, b'"usage', 6)
+            continue
+        if key_value_at(d, i, eol, C_LBRACE) >= 0:
+            return -1
+        p = gw_find(d, p + 6, eol, b'"usage', 6)
+    if eol - vs == 6 and memcmp(d + vs, b"[DONE]", 6) == 0:
+        return -1
+    i = skip_ws(d, vs, eol)
+    if i < eol and d[i] == C_LBRACE:
+        i = skip_ws(d, i + 1, eol)
+        if eol - i >= 7 and memcmp(d + i, b'"error"', 7) == 0:
+            return -1
+    return eol + 2
 
 
 def lane_scan(bytes data not None, Py_ssize_t max_event_size=8 * 1024 * 1024):

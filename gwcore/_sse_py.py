@@ -1010,10 +1010,11 @@ def lane_available() -> bool:
 
 
 def lane_scan(data: bytes, max_event_size: int = 8 * 1024 * 1024) -> int:
-    """The number of events in ``data`` when it is whole chunks, each one plain ``data:`` event
-    (what the observer takes whole and notes nothing of but its number: one data line ended by
-    LF LF, no ``"usage"`` or ``"usageMetadata"`` key whose value is an object (``"usage":null``
-    is plain), not ``[DONE]``, not an object whose first key is ``"error"``); else -1. A compiled lane sends such a read on without the observer seeing it."""
+    """The number of events in ``data`` when it is whole chunks of whole plain events, else -1.
+    Plain: what the observer notes nothing of but its number: ``data:``, one line, LF LF; no
+    ``"usage"`` or ``"usageMetadata"`` key whose value is an object, as ``_analyze`` reads them
+    (``"usage":null`` is plain); not ``[DONE]``; not an object whose first key is ``"error"``.
+    A compiled lane sends such a read on without the observer seeing it."""
     n = len(data)
     pos = k = 0
     while pos < n:
@@ -1022,41 +1023,52 @@ def lane_scan(data: bytes, max_event_size: int = 8 * 1024 * 1024) -> int:
         while j < n and j - pos < 15 and _HEX[data[j]] >= 0:
             size = size * 16 + _HEX[data[j]]
             j += 1
-        if size == 0 or j + 1 >= n or data[j] != _CR or data[j + 1] != _LF:
+        if size == 0 or size > max_event_size or j + 1 >= n or data[j : j + 2] != b"\r\n":
             return -1
         s = j + 2
         e = s + size
-        if e + 2 > n or data[e] != _CR or data[e + 1] != _LF:
+        if e + 2 > n or data[e : e + 2] != b"\r\n":
             return -1
-        if size < 7 or size > max_event_size or data[e - 1] != _LF or data[e - 2] != _LF:
-            return -1
-        if not data.startswith(b"data:", s):
-            return -1
-        vs = s + 5
-        if data[vs] == _SP:
-            vs += 1
-        line = data[vs : e - 2]
-        if b"\r" in line or b"\n" in line or line == b"[DONE]":
-            return -1
-        p = line.find(b'"usage')
-        while p >= 0:  # as _analyze reads them: only a key with an object value counts
-            i = p + 6
-            if line.startswith(b'"', i):
-                i += 1
-            elif line.startswith(b'Metadata"', i):
-                i += 9
-            else:
-                p = line.find(b'"usage', p + 6)
-                continue
-            if _key_value_at(line, i, _LBRACE) >= 0:
+        chunk = data[s:e]
+        while chunk:
+            rest = _lane_event(chunk)
+            if rest is None:
                 return -1
-            p = line.find(b'"usage', p + 6)
-        i = _skip_ws(line, 0)
-        if i < len(line) and line[i] == _LBRACE and line.startswith(b'"error"', _skip_ws(line, i + 1)):
-            return -1
-        k += 1
+            chunk = rest
+            k += 1
         pos = e + 2
     return k if k else -1
+
+
+def _lane_event(d: bytes) -> bytes | None:
+    """What follows the plain event at the start of ``d`` (after its blank line), or None."""
+    if len(d) < 7 or not d.startswith(b"data:"):
+        return None
+    vs = 6 if d[5] == _SP else 5
+    cr, lf = d.find(b"\r", vs), d.find(b"\n", vs)
+    eol = lf if cr < 0 else cr if lf < 0 else min(cr, lf)
+    if eol < 0 or eol + 1 >= len(d) or d[eol : eol + 2] != b"\n\n":
+        return None
+    line = d[vs:eol]
+    p = line.find(b'"usage')
+    while p >= 0:  # only a key whose value is an object counts
+        i = p + 6
+        if line.startswith(b'"', i):
+            i += 1
+        elif line.startswith(b'Metadata"', i):
+            i += 9
+        else:
+            p = line.find(b'"usage', p + 6)
+            continue
+        if _key_value_at(line, i, _LBRACE) >= 0:
+            return None
+        p = line.find(b'"usage', p + 6)
+    if line == b"[DONE]":
+        return None
+    i = _skip_ws(line, 0)
+    if i < len(line) and line[i] == _LBRACE and line.startswith(b'"error"', _skip_ws(line, i + 1)):
+        return None
+    return d[eol + 2 :]
 
 
 # ----------------------------------------------------------- plain HTTP/1.x heads, in one pass
