@@ -13,6 +13,8 @@ direct nginx gwcore floor, ...), each at every concurrency:
 - ``gwcore_noledger`` (only when named in ``--targets``): gwcore with ``GWCORE_LEDGER=off``, which
   prices the ledger (usage records still made, priced and counted in the metrics; not stored).
   Information only: the issue's targets are with usage accounting on.
+- ``gwcore_nolane`` (only when named in ``--targets``): gwcore with ``GWCORE_LANE=off``: every
+  upstream read through ``data_received`` (the relay lane off), which prices the lane.
 
 The relay under test runs on CPU 0; the mock, the load generator (this process) and wrk on CPU 1.
 Per target and concurrency: full streams per second, relay CPU per stream (utime+stime from
@@ -59,6 +61,13 @@ from gwcore.benchmark.services import (
 BODY = chat_body(MODEL, True)
 REQUEST = http_request("/v1/chat/completions", BODY)
 PIN = Pinning(False)  # set by main()
+
+
+# What the information-only gwcore targets switch off.
+OFF_SWITCHES = {
+    "gwcore_noledger": {"GWCORE_LEDGER": "off"},
+    "gwcore_nolane": {"GWCORE_LANE": "off"},
+}
 
 
 def exchange(events: int) -> Exchange:
@@ -397,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--targets",
         default="direct,nginx,gwcore,floor",
-        help="also: gwcore_quiet (gwcore --log-level WARNING), gwcore_noledger (GWCORE_LEDGER=off)",
+        help="also: gwcore_quiet (gwcore --log-level WARNING), gwcore_noledger (GWCORE_LEDGER=off),"
+        " gwcore_nolane (GWCORE_LANE=off)",
     )
     p.add_argument("--events", type=int, default=33, help="SSE events per answer")
     p.add_argument("--out", type=Path, help="write report.md and results.json into this directory")
@@ -433,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
                     print("nginx is not installed: skipping it", file=sys.stderr)
                 else:
                     services["nginx"] = svc
-            for name in ("gwcore", "gwcore_quiet", "gwcore_noledger"):
+            for name in ("gwcore", "gwcore_quiet", "gwcore_noledger", "gwcore_nolane"):
                 if name in args.targets:
                     services[name] = start_gwcore(
                         args.tmp,
@@ -442,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
                         name=name,
                         # the usage log line off, to price it; "gwcore" keeps the default
                         log_level="WARNING" if name == "gwcore_quiet" else None,
-                        env={"GWCORE_LEDGER": "off"} if name == "gwcore_noledger" else None,
+                        env=OFF_SWITCHES.get(name),
                     )
             if "floor" in args.targets:
                 services["floor"] = start_floor(args.tmp, services["mock"].port, PIN)

@@ -84,6 +84,8 @@ def _run(tmp: Path, target: str, mock_port: int, n: int) -> tuple[int, int]:
             env["GWCORE_NO_EXTENSIONS"] = "1"
         if target == "gwcore_noledger":  # prices the ledger (and what it alone needs)
             env["GWCORE_LEDGER"] = "off"
+        if target == "gwcore_nolane":  # prices the relay lane
+            env["GWCORE_LANE"] = "off"
         env["GWCORE_DATABASE_URL"] = f"sqlite:///{tmp / 'ledger.db'}"
         cmd = [sys.executable, "-m", "gwcore.cli", "serve", "--host", "127.0.0.1"]
         cmd += ["--port", str(port), "--config", str(config), "--log-level", "WARNING"]

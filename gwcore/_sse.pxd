@@ -17,9 +17,11 @@ cdef struct LaneState:
     Py_ssize_t* pieces  # the pump's
     Py_ssize_t max  # the observer's max_event_size
     Py_ssize_t fast  # reads sent on by the lane itself
+    void* old_alloc  # uvloop's read callbacks, whose place the lane took (swapped)
+    void* old_read
     int fd  # the upstream socket's (the lanes' table index)
     int cfd  # the client socket's
-    bint active, reading, ready
+    bint active, reading, ready, swapped
 
 
 cdef class RelayPump:
@@ -37,3 +39,8 @@ cdef class RelayPump:
     cdef void _lane_end(self) noexcept
 
     cpdef data_received(self, bytes data)
+    # Once per relayed response, from the upstream connection: C calls.
+    cpdef bint lane_start(self, transport)
+    cpdef lane_stop(self, bint resume=*)
+    cpdef bint lane_pause(self)
+    cpdef bint lane_resume(self)

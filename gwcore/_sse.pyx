@@ -1496,7 +1496,7 @@ cdef class RelayPump:
 
     # ---- the lane: the upstream's reads straight to the client, in C, without the GIL
 
-    def lane_start(self, transport):
+    cpdef bint lane_start(self, transport):
         """Read the upstream ``transport`` (uvloop's, plain TCP or Unix) from here on: each read
         that is whole chunks of whole plain events (no usage, no ``[DONE]``, no error: nothing for
         the observer to note but their number) goes to the client's socket from the event loop's
@@ -1531,30 +1531,43 @@ cdef class RelayPump:
         Py_INCREF(self._client)
         Py_INCREF(transport)
         ls.active = True
-        transport.pause_reading()  # uvloop stops reading (and holds its state: paused)
-        if _lane_read_start(up) != 0:  # (never: uvloop has just stopped reading it)
-            self.lane_stop(True)
-            return False
+        ls.swapped = False
+        if _swap == 1 and gw_stream_read_cb(up) != NULL:
+            # uvloop reads it: the lane's callbacks take the place of its own until the end (no
+            # stop and restart of the reading, which would cost epoll_ctl calls both times).
+            ls.old_alloc = gw_stream_alloc_cb(up)
+            ls.old_read = gw_stream_read_cb(up)
+            gw_stream_set_cbs(up, <void*>_lane_alloc, <void*>_lane_read)
+            ls.swapped = True
+        else:
+            transport.pause_reading()  # uvloop stops reading (and holds its state: paused)
+            _check_swap(up, True)
+            if _lane_read_start(up) != 0:  # (never: uvloop has just stopped reading it)
+                self.lane_stop(True)
+                return False
+            _check_swap(up, False)
         ls.reading = True
         ls.ready = self._lane_ready()
         return True
 
-    def lane_stop(self, bint resume=True):
+    cpdef lane_stop(self, bint resume=True):
         """Hand the upstream's reads back to its transport (``resume``: and resume them there).
         Idempotent; safe on a closing or closed transport."""
         cdef LaneState* ls = &self._lane
         cdef object transport
+        cdef bint swapped
         if not ls.active:
             return
         transport = <object>ls.transport
-        _lane_forget(ls)
-        if resume and not transport.is_closing():
+        swapped = ls.swapped
+        _lane_forget(ls)  # (swapped: uvloop's callbacks are back, as if they had never left)
+        if resume and not swapped and not transport.is_closing():
             transport.resume_reading()
         Py_DECREF(transport)  # the lane's own references, taken in lane_start
         Py_DECREF(<object>ls.client)
         ls.transport = ls.client = NULL
 
-    def lane_pause(self):
+    cpdef bint lane_pause(self):
         """The client reads too slowly: stop reading the upstream. False when the lane is off."""
         cdef LaneState* ls = &self._lane
         if not ls.active:
@@ -1564,7 +1577,7 @@ cdef class RelayPump:
         ls.reading = False
         return True
 
-    def lane_resume(self):
+    cpdef bint lane_resume(self):
         cdef LaneState* ls = &self._lane
         if not ls.active:
             return False
@@ -1683,6 +1696,19 @@ cdef extern from *:
         gw_uv_is_closing = (int (*)(const void *))c;
         gw_uv_fileno = (int (*)(const void *, int *))d;
     }
+    /* uv_stream_t's public alloc_cb and read_cb, after uv_handle_t (12 pointer-sized fields on
+       Unix) and write_queue_size; checked on the first lane before any is written. */
+    #define GW_ALLOC_OFF (12 * sizeof(void *) + sizeof(size_t))
+    static void *gw_stream_alloc_cb(const void *s) {
+        return *(void *const *)((const char *)s + GW_ALLOC_OFF);
+    }
+    static void *gw_stream_read_cb(const void *s) {
+        return *(void *const *)((const char *)s + GW_ALLOC_OFF + sizeof(void *));
+    }
+    static void gw_stream_set_cbs(void *s, void *alloc_cb, void *read_cb) {
+        *(void **)((char *)s + GW_ALLOC_OFF) = alloc_cb;
+        *(void **)((char *)s + GW_ALLOC_OFF + sizeof(void *)) = read_cb;
+    }
     /* The uv_handle_t* field of a uvloop UVHandle: after PyObject_HEAD and the vtable pointer. */
     static void *gw_uvhandle_of(PyObject *o) {
         return *(void **)((char *)o + sizeof(PyObject) + sizeof(void *));
@@ -1704,6 +1730,9 @@ cdef extern from *:
     void* gw_uv_handle_get_data(const void*) noexcept nogil
     void gw_lane_bind(size_t, size_t, size_t, size_t) noexcept
     void* gw_uvhandle_of(PyObject*) noexcept nogil
+    void* gw_stream_alloc_cb(const void*) noexcept nogil
+    void* gw_stream_read_cb(const void*) noexcept nogil
+    void gw_stream_set_cbs(void*, void*, void*) noexcept nogil
 
 cdef int _UV_NAMED_PIPE = 7, _UV_TCP = 12  # libuv 1.x's handle types (its ABI)
 cdef int _lane_state = 0  # 0: not tried yet, 1: bound, -1: off
@@ -1743,6 +1772,18 @@ def _bind_libuv():
     if not all(a):
         raise RuntimeError("libuv functions not found")
     gw_lane_bind(a[0], a[1], a[2], a[3])
+    global _TCP_T, _UNIX_T
+    _TCP_T = uvloop.loop.TCPTransport
+    _UNIX_T = uvloop.loop.UnixTransport
+
+
+def _lane_swap(value=None):
+    """Tests: how a lane takes over a stream's reads (1: in place of uvloop's callbacks, -1:
+    through uvloop's pause and resume, 0: to be checked at the next lane); sets it if given."""
+    global _swap
+    if value is not None:
+        _swap = value
+    return _swap
 
 
 def lane_available():
@@ -1750,9 +1791,12 @@ def lane_available():
     return _lane_on()
 
 
+cdef object _TCP_T = None, _UNIX_T = None  # uvloop's plain stream transports (once bound)
+
+
 cdef bint _uvloop_stream(transport):
     cdef object kind = type(transport)
-    return kind.__module__ == "uvloop.loop" and kind.__name__ in ("TCPTransport", "UnixTransport")
+    return kind is _TCP_T or kind is _UNIX_T
 
 
 cdef void* _handle_for(transport, int fd):
@@ -1805,15 +1849,42 @@ cdef bint _lane_alive(LaneState* ls) noexcept nogil:
     return h != NULL and h == ls.up and not gw_uv_is_closing(h)
 
 
-cdef void _lane_forget(LaneState* ls) noexcept:
-    """Unhook the lane's callbacks (if the handle is still open) and its table entry."""
-    if ls.reading and _lane_alive(ls):
-        _lane_read_stop(ls.up)
+cdef void _lane_forget(LaneState* ls) noexcept nogil:
+    """Unhook the lane's callbacks (if the handle is still open) and its table entry: uvloop's
+    own callbacks back in place when the lane took theirs (``swapped``), reading as uvloop
+    believes it does; else stopped (the caller resumes uvloop's reading)."""
+    if _lane_alive(ls):
+        if not ls.swapped:
+            if ls.reading:
+                _lane_read_stop(ls.up)
+        elif gw_stream_read_cb(ls.up) == <void*>_lane_read:
+            gw_stream_set_cbs(ls.up, ls.old_alloc, ls.old_read)
+        elif gw_stream_read_cb(ls.up) == NULL:  # paused by the lane: uvloop reads again
+            gw_uv_read_start(ls.up, <gw_alloc_cb>ls.old_alloc, <gw_read_cb>ls.old_read)
+    ls.swapped = False
     ls.reading = False
     ls.ready = False
     ls.active = False
     if 0 <= ls.fd < _nlanes and _lanes[ls.fd] == ls:
         _lanes[ls.fd] = NULL
+
+
+cdef int _swap = 0  # the callback fields checked: 0 not yet, 1 where expected, -1 elsewhere
+
+
+cdef void _check_swap(void* up, bint stopped) noexcept:
+    """On the first lane: uvloop's stopped stream has NULL callbacks where libuv's public
+    ``uv_stream_t`` layout puts them, and, once the lane starts reading, the lane's own."""
+    global _swap
+    if _swap != 0:
+        return
+    if stopped:
+        if gw_stream_read_cb(up) != NULL or gw_stream_alloc_cb(up) != NULL:
+            _swap = -1
+    elif gw_stream_read_cb(up) == <void*>_lane_read and gw_stream_alloc_cb(up) == <void*>_lane_alloc:
+        _swap = 1
+    else:
+        _swap = -1
 
 
 cdef int _lane_read_start(void* up) noexcept nogil:
@@ -1831,6 +1902,7 @@ cdef void _lane_alloc(void* handle, size_t suggested, gw_uv_buf* buf) noexcept n
 
 cdef void _lane_read(void* stream, Py_ssize_t nread, const gw_uv_buf* buf) noexcept nogil:
     cdef int fd = _fileno(stream)
+    cdef gw_read_cb old
     cdef LaneState* ls
     cdef Py_ssize_t k, sent
     cdef void* client
@@ -1840,8 +1912,14 @@ cdef void _lane_read(void* stream, Py_ssize_t nread, const gw_uv_buf* buf) noexc
     ls = _lanes[fd]
     if nread == 0:
         return
-    if nread < 0:  # EOF or an error: the transport's to read again and report
-        with gil:
+    if nread < 0:  # EOF or an error: for the transport to report
+        if ls.swapped:  # libuv has consumed it: uvloop's own callback hears it from here
+            old = <gw_read_cb>ls.old_read
+            with gil:
+                (<RelayPump>ls.pump)._lane_end()  # (its callbacks back in place)
+            old(stream, nread, buf)
+            return
+        with gil:  # uvloop resumes reading and reads it again (EOF and errors stay)
             (<RelayPump>ls.pump)._lane_end()
         return
     if ls.ready:
@@ -1870,6 +1948,10 @@ cdef Py_ssize_t _lane_scan(
     (``"usage":null`` is plain); not ``[DONE]``; not an object whose first key is ``"error"``."""
     cdef Py_ssize_t pos = 0, k = 0, j, size, s, e
     cdef signed char v
+    # A read that does not end like a plain event's chunk (LF LF CR LF) is not taken: the common
+    # refusal (a read that ends inside a chunk) costs four compares, not a scan.
+    if n < 4 or d[n - 1] != C_LF or d[n - 2] != C_CR or d[n - 3] != C_LF or d[n - 4] != C_LF:
+        return -1
     while pos < n:
         j = pos
         size = 0

@@ -42,6 +42,7 @@ cdef class UpstreamConnection:
     @cython.locals(size=Py_ssize_t)
     cpdef _on_head(self, status, version, headers, buf, end)
     cpdef _start_idle_timer(self)
+    @cython.locals(pump=_CPump)
     cpdef _divert(self, protocol)
     cpdef _undivert(self)
 

@@ -575,9 +575,12 @@ class UpstreamConnection:
             self._diverted = protocol
             if not self._paused:
                 # The compiled pump may read the transport itself from here on (its lane).
-                lane = getattr(protocol, "lane_start", None)
-                if lane is not None and lane(self._transport):
-                    self._laned = True
+                if type(protocol) is _Pump:
+                    pump = protocol  # compiled: typed (upstream.pxd), a C call
+                    self._laned = pump.lane_start(self._transport)
+                else:
+                    lane = getattr(protocol, "lane_start", None)
+                    self._laned = lane is not None and lane(self._transport)
 
     def _undivert(self) -> None:
         diverted = self._diverted

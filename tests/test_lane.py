@@ -127,8 +127,21 @@ needs_lane = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def pumps(monkeypatch):
+@pytest.fixture(params=[1, -1], ids=["swapped", "paused"])
+def pumps(request, monkeypatch):
+    """The pumps the relay makes, with the lane taking the upstream's reads either way: in place
+    of uvloop's read callbacks, or through uvloop's pause and resume (the way the first lane of a
+    process goes, while it checks where the callbacks are)."""
+    from gwcore import _sse
+
+    was = _sse._lane_swap()
+    if request.param == 1 and was == 0:  # the first lane of this process checks the fields
+        run(_one_stream(), use_uvloop=True)
+        was = _sse._lane_swap()
+    if request.param == 1 and was != 1:
+        pytest.skip("uvloop's read callbacks are not where libuv's public layout puts them")
+    _sse._lane_swap(request.param)
+    request.addfinalizer(lambda: _sse._lane_swap(was))
     made = []
     real = gwcore.relay.RelayPump
 
@@ -165,6 +178,12 @@ def test_the_lane_carries_a_stream_byte_for_byte(pumps, ask):
         assert not p.laned  # handed back to the transport at the end
         assert p.lane_reads >= 40  # paced: most events a read of their own, sent on by the lane
         assert p.pieces >= p.lane_reads
+
+
+async def _one_stream() -> None:
+    async with gateway_with_mock(events=3) as h:
+        resp = await raw_post(h.host, h.port, chat_body(True))
+        assert resp.status == 200 and resp.complete
 
 
 def _usage_event(resp) -> bytes:
