@@ -24,6 +24,7 @@ from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
 from cpython.unicode cimport Py_UCS1, PyUnicode_1BYTE_DATA, PyUnicode_DecodeLatin1, PyUnicode_New
+from cpython.pythread cimport PyThread_get_thread_ident
 from libc.string cimport memchr, memcmp, memcpy, memset
 
 from gwcore._sse_py import FIELD_SLACK, HOLD_LIMIT, MAX_FRAMING_LINE, SSEError
@@ -1510,6 +1511,8 @@ cdef class RelayPump:
         cdef void* client
         if ls.active or self._over or self._fd < 0 or self._client is None or not _lane_on():
             return False
+        if PyThread_get_thread_ident() != _lane_thread:  # another event loop's thread
+            return False
         if not (_uvloop_stream(transport) and _uvloop_stream(self._client)):
             return False
         up = _handle_for(transport, -1)
@@ -1736,12 +1739,15 @@ cdef extern from *:
 
 cdef int _UV_NAMED_PIPE = 7, _UV_TCP = 12  # libuv 1.x's handle types (its ABI)
 cdef int _lane_state = 0  # 0: not tried yet, 1: bound, -1: off
+# The one thread whose event loop runs lanes (the first to ask): the read buffer and the table
+# below are its own, used from libuv's callbacks without the GIL. (A worker runs one loop.)
+cdef unsigned long _lane_thread = 0
 cdef LaneState** _lanes = NULL  # by the upstream socket's fd: the lane reading it
 cdef int _nlanes = 0
 
 
 cdef bint _lane_on():
-    global _lane_state
+    global _lane_state, _lane_thread
     if _lane_state == 0:
         _lane_state = -1
         if not GW_LANE_OS or os.environ.get("GWCORE_LANE", "").strip().lower() in (
@@ -1754,6 +1760,7 @@ cdef bint _lane_on():
             _lane_log.debug("relay lane off: %s", exc)
             return False
         _lane_state = 1
+        _lane_thread = PyThread_get_thread_ident()
     return _lane_state == 1
 
 
