@@ -299,3 +299,35 @@ def test_the_twin_never_starts_a_lane():
     assert pump.lane_start(object()) is False and not pump.laned and pump.lane_reads == 0
     assert pump.lane_pause() is False and pump.lane_resume() is False
     assert _sse_py.lane_available() is False
+
+
+@needs_lane
+def test_lanes_run_on_one_event_loop_thread_only(pumps):
+    """The lane's read buffer and table belong to the first thread whose loop asked: a gateway on
+    a loop in another thread relays the same bytes without one."""
+    import threading
+
+    async def paced(out: list) -> None:
+        async with gateway_with_mock(events=40, pace_ms=2) as h:
+            resp = await raw_post(h.host, h.port, chat_body(True, include_usage=True))
+            assert resp.status == 200 and resp.complete
+            out.append(resp.payload())
+
+    here: list = []
+    run(paced(here), use_uvloop=True)  # this thread's loop asks first (if none did before)
+    assert pumps[-1].lane_reads > 20
+    there: list = []
+    failures = []
+
+    def other():
+        try:
+            run(paced(there), use_uvloop=True)
+        except BaseException as exc:  # reported below, in the test's thread
+            failures.append(exc)
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join(30)
+    assert not failures and not t.is_alive()
+    assert there == here
+    assert len(pumps) == 2 and pumps[-1].lane_reads == 0 and pumps[-1].pieces > 20
