@@ -1922,12 +1922,10 @@ cdef void _lane_read(void* stream, Py_ssize_t nread, const gw_uv_buf* buf) noexc
     if nread < 0:  # EOF or an error: for the transport to report
         if ls.swapped:  # libuv has consumed it: uvloop's own callback hears it from here
             old = <gw_read_cb>ls.old_read
-            with gil:
-                (<RelayPump>ls.pump)._lane_end()  # (its callbacks back in place)
+            _lane_call(ls, _END, NULL, 0, 0)  # (its callbacks back in place)
             old(stream, nread, buf)
             return
-        with gil:  # uvloop resumes reading and reads it again (EOF and errors stay)
-            (<RelayPump>ls.pump)._lane_end()
+        _lane_call(ls, _END, NULL, 0, 0)  # uvloop reads again: EOF and errors stay
         return
     if ls.ready:
         k = _lane_scan(<const unsigned char*>buf.base, nread, ls.max)
@@ -1939,11 +1937,30 @@ cdef void _lane_read(void* stream, Py_ssize_t nread, const gw_uv_buf* buf) noexc
                 ls.fast += 1
                 sent = gw_send(ls.cfd, buf.base, nread)
                 if sent != nread:
-                    with gil:
-                        (<RelayPump>ls.pump)._lane_rest(buf.base, nread, sent)
+                    _lane_call(ls, _REST, buf.base, nread, sent)
                 return
-    with gil:
-        (<RelayPump>ls.pump)._lane_slow(buf.base, nread)
+    _lane_call(ls, _SLOW, buf.base, nread, 0)  # not the lane's: the usual way
+
+
+cdef enum:
+    _SLOW = 0
+    _REST = 1
+    _END = 2
+
+
+cdef void _lane_call(
+    LaneState* ls, int what, const char* d, Py_ssize_t n, Py_ssize_t sent
+) noexcept with gil:
+    """The pump's side of a read, with the GIL. The pump is held across the call (a reference of
+    this frame): the stream may end inside it, and whoever held the pump let it go, which frees
+    it (and ``ls`` in it) when this returns. Nothing reads ``ls`` after this call."""
+    cdef RelayPump pump = <RelayPump>ls.pump
+    if what == _SLOW:
+        pump._lane_slow(d, n)
+    elif what == _REST:
+        pump._lane_rest(d, n, sent)
+    else:
+        pump._lane_end()
 
 
 cdef Py_ssize_t _lane_scan(

@@ -331,3 +331,47 @@ def test_lanes_run_on_one_event_loop_thread_only(pumps):
     assert not failures and not t.is_alive()
     assert there == here
     assert len(pumps) == 2 and pumps[-1].lane_reads == 0 and pumps[-1].pieces > 20
+
+
+_STRESS = """
+import asyncio, sys
+sys.path.insert(0, {tests!r})
+from gateway_harness import chat_body, gateway_with_mock, raw_post
+from gwcore.testing import run
+
+
+async def client(h, n, want):
+    for _ in range(n):
+        resp = await raw_post(h.host, h.port, chat_body(True, include_usage=True))
+        assert resp.status == 200 and resp.complete
+        assert resp.payload() == want
+
+
+async def main():
+    async with gateway_with_mock(events=30, pace_ms=1) as h:
+        direct = await raw_post(h.mock.host, h.mock.port, chat_body(True, include_usage=True))
+        await asyncio.gather(*(client(h, 12, direct.payload()) for _ in range(8)))
+        assert len(h.sink.records) == 96
+        assert all(r.status == 200 and not r.aborted for r in h.sink.records)
+
+
+run(main(), use_uvloop=True)
+from gwcore.sse import lane_available
+print("lanes", lane_available())
+"""
+
+
+@needs_lane
+def test_many_concurrent_streams_through_lanes_nothing_held():
+    """No test reference keeps the pumps alive here, and Python's debug allocator overwrites what
+    is freed: a pump that finishes inside the lane's own callback is freed there, and the callback
+    must hold it until it returns (reading a freed pump crashed the process)."""
+    from pathlib import Path
+
+    code = _STRESS.format(tests=str(Path(__file__).parent))
+    env = {**os.environ, "PYTHONMALLOC": "debug", "PYTHONFAULTHANDLER": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "lanes True" in out.stdout
