@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -106,6 +107,24 @@ def dechunk(raw: bytes) -> bytes:
             return b"".join(out)
         out.append(raw[pos : pos + size])
         pos += size + 2
+
+
+async def read_stream_to_end(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """(status line, de-chunked body) of a chunked response read to its last chunk (10 s per
+    read at most; a connection closed before the end fails the test)."""
+    raw = bytearray()
+    while not raw.endswith(b"\r\n0\r\n\r\n"):
+        got = await asyncio.wait_for(reader.read(1 << 20), 10)
+        assert got, "the gateway closed the connection before the end of the body"
+        raw += got
+    head, _, payload = bytes(raw).partition(b"\r\n\r\n")
+    return head.split(b"\r\n")[0], dechunk(payload)
+
+
+def front_buffers(http_module: Any) -> list[int]:
+    """What each live front-door connection (of ``http_module``) holds in its transport."""
+    fronts = [o for o in gc.get_objects() if isinstance(o, http_module.HttpProtocol)]
+    return [p.transport.get_write_buffer_size() for p in fronts if p.transport]
 
 
 def _chunked_done(raw: bytes) -> bool:

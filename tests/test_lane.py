@@ -15,7 +15,14 @@ import sys
 
 import orjson
 import pytest
-from gateway_harness import chat_body, dechunk, disconnect_after, gateway_with_mock, raw_post
+from gateway_harness import (
+    chat_body,
+    disconnect_after,
+    front_buffers,
+    gateway_with_mock,
+    raw_post,
+    read_stream_to_end,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -220,20 +227,14 @@ def test_the_lane_pauses_the_upstream_for_a_client_that_stops_reading(pumps):
             assert not h.sink.records  # (still streaming)
             from gwcore.server import _http
 
-            fronts = [o for o in gc.get_objects() if isinstance(o, _http.HttpProtocol)]
-            buffered = [p.transport.get_write_buffer_size() for p in fronts if p.transport]
             # ...and what the gateway holds for the client stays under its high-water mark
             # plus one read.
+            buffered = front_buffers(_http)
             assert buffered and max(buffered) <= 256 * 1024 + 64 * 1024
             writer.transport.resume_reading()
-            raw = bytearray()
-            while not raw.endswith(b"\r\n0\r\n\r\n"):
-                got = await asyncio.wait_for(reader.read(1 << 20), 10)
-                assert got, "the gateway closed the connection before the end of the body"
-                raw += got
-            head, _, payload = bytes(raw).partition(b"\r\n\r\n")
-            assert b" 200 " in head.split(b"\r\n")[0]
-            assert dechunk(payload) == body
+            status, payload = await read_stream_to_end(reader)
+            assert b" 200 " in status
+            assert payload == body
             writer.close()
             (rec,) = h.sink.records
             assert rec.status == 200 and not rec.aborted
