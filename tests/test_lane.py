@@ -376,3 +376,61 @@ def test_many_concurrent_streams_through_lanes_nothing_held():
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "lanes True" in out.stdout
+
+
+MIXED = [
+    event_block(PLAIN[1], True, b"\n"),
+    b": ping\n\n",
+    event_block(PLAIN[0], False, b"\n"),
+    b"event: note\ndata: {}\n\n",
+    event_block(PLAIN[2], True, b"\n"),
+    b"data: a\ndata: b\n\n",
+    event_block(PLAIN[3], True, b"\r\n"),
+    event_block(PLAIN[4], True, b"\n"),
+    b"id: 7\ndata: x\n\n",
+]
+MIXED_PLAIN = {0, 2, 4, 7}  # the indexes of the plain ones (6 ends its lines with CR LF)
+
+
+@needs_lane
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(order=st.lists(st.integers(0, len(MIXED) - 1), min_size=20, max_size=60))
+def test_the_lane_hands_any_other_event_back_and_takes_the_next_plain_one(order):
+    """Plain events and others (comments, typed, multi-line, CRLF, with an id) in any order, one
+    write each, paced: every byte reaches the client as sent, the others go through
+    data_received, and the lane takes the plain ones around them."""
+    usage = (
+        b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,'
+        b'"total_tokens":7}}\n\n'
+    )
+    body = b"".join(MIXED[i] for i in order) + usage + b"data: [DONE]\n\n"
+    cuts, pos = [], 0
+    for i in order:
+        pos += len(MIXED[i])
+        cuts.append(pos)
+    made = []
+    real = gwcore.relay.RelayPump
+
+    def pump(*args):
+        made.append(real(*args))
+        return made[-1]
+
+    async def main():
+        async with gateway_with_mock() as h:
+            h.mock.scenarios.append(Scenario.replay(body, split_at=cuts, pace_ms=1))
+            resp = await raw_post(h.host, h.port, chat_body(True, include_usage=True))
+            assert resp.status == 200 and resp.complete
+            assert resp.payload() == body
+            (rec,) = h.sink.records
+            assert (rec.prompt_tokens, rec.completion_tokens) == (3, 4)
+
+    gwcore.relay.RelayPump = pump
+    try:
+        run(main(), use_uvloop=True)
+    finally:
+        gwcore.relay.RelayPump = real
+    (p,) = made
+    plain = sum(1 for i in order if i in MIXED_PLAIN)
+    assert p.lane_reads <= plain  # never one of the others
+    if plain > 6:  # (the first two reads go through data_received: the head, the socket check)
+        assert p.lane_reads > 0
