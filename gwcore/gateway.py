@@ -98,6 +98,7 @@ class Gateway:
                 self.registry.start_refresher(self.pool)
 
     async def shutdown(self) -> None:
+        await self.registry.stop_refresher()
         await self.pool.aclose()
 
     # ---- handlers

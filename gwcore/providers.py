@@ -15,6 +15,7 @@ fetched in the background, a failed fetch keeps the previous list.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -443,3 +444,13 @@ class ProviderRegistry:
             refresh_forever(), name="gwcore-model-lists"
         )
         return self._refresher
+
+    async def stop_refresher(self) -> None:
+        """Cancel the refresher (if any) and wait until it is gone: a task still pending when
+        the loop closes is reported as an error ("Task was destroyed but it is pending")."""
+        task, self._refresher = self._refresher, None
+        if task is None or task.done():
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -389,3 +389,28 @@ def test_resolved_names_remembered_within_a_bound():
     for bad in ("", None, 3, ["m"]):  # never remembered, never a TypeError
         with pytest.raises(GatewayError):
             reg.resolve(bad)
+
+
+def test_gateway_shutdown_stops_the_model_list_refresher():
+    """A refresher left pending when the loop closes is logged as an error at every stop."""
+    from gwcore.gateway import Gateway
+    from gwcore.usage import MemorySink
+
+    async def main():
+        async with MockUpstream() as mock:
+            provider = {
+                "name": "mock",
+                "type": "openai_compatible",
+                "base_url": mock.base_url,
+                "models": ["gpt-test"],
+            }
+            config = parse_config({"from_env": False, "providers": [provider]}, {})
+            gateway = Gateway(config, sink=MemorySink())
+            await gateway.startup()
+            task = gateway.registry._refresher
+            assert task is not None and not task.done()
+            await gateway.shutdown()
+            assert task.cancelled()
+            await gateway.shutdown()  # twice: nothing left to stop
+
+    run(main())
