@@ -10,11 +10,13 @@ Owns the byte-level reading of an upstream event stream, in two modes:
   the end of the chunked body, in one pass over each piece with memchr/memmem.
 
 ``gwcore._sse_py`` is the executable spec: same names, results and exceptions, tested side by side;
-change both together. This module must never touch the event loop or read a socket (the relay
-pump may write a piece to the client's socket, which the front door hands it: see ``RelayPump``),
-never create a Python object per event in observe mode (only the rare usage/error bytes), never
-call back into Python per byte or per event, and never buffer more than what straddles two pieces
-(bounded).
+change both together. This module must never touch the event loop or read a socket, with one
+exception, the relay pump: it may write a piece to the client's socket, which the front door
+hands it, and its lane takes the upstream stream's read callbacks from uvloop for a response's
+plain reads (see ``RelayPump.lane_start``; the twin has the same API and never starts one). It
+must never create a Python object per event in observe mode (only the rare usage/error bytes),
+never call back into Python per byte or per event, and never buffer more than what straddles two
+pieces (bounded).
 """
 
 cimport cython
