@@ -535,6 +535,23 @@ cdef inline Py_ssize_t key_value_at(
     return k
 
 
+cdef inline Py_ssize_t usage_value_at(
+    const unsigned char* d, Py_ssize_t p, Py_ssize_t n, bint* meta
+) noexcept nogil:
+    """At ``'"usage'`` (``d[p]``): where the object value of a ``"usage"`` or ``"usageMetadata"``
+    key opens (``meta``: the latter), or -1 when it is neither key or its value no object."""
+    cdef Py_ssize_t k = p + 6
+    meta[0] = False
+    if k < n and d[k] == C_QUOTE:
+        k += 1
+    elif n - k >= 9 and memcmp(d + k, b'Metadata"', 9) == 0:
+        meta[0] = True
+        k += 9
+    else:
+        return -1
+    return key_value_at(d, k, n, C_LBRACE)
+
+
 cdef bint has_empty_choices(const unsigned char* d, Py_ssize_t start, Py_ssize_t n) noexcept nogil:
     """True when the object has a top-level ``"choices":[]`` (the OpenAI usage-only chunk)."""
     cdef Nesting nest
@@ -1101,17 +1118,7 @@ cdef class _Scanner:
         nest.in_str = False
         nest.esc = False
         while p >= 0:
-            k = p + 6
-            meta = False
-            if k < n and d[k] == C_QUOTE:
-                k += 1
-            elif n - k >= 9 and memcmp(d + k, b'Metadata"', 9) == 0:
-                meta = True
-                k += 9
-            else:
-                p = gw_find(d, p + 6, n, b'"usage', 6)  # p+1..p+5 hold 'usage'
-                continue
-            o = key_value_at(d, k, n, C_LBRACE)
+            o = usage_value_at(d, p, n, &meta)
             if o < 0:
                 p = gw_find(d, p + 6, n, b'"usage', 6)  # p+1..p+5 hold 'usage'
                 continue
@@ -2005,6 +2012,7 @@ cdef Py_ssize_t _lane_scan(
 cdef inline Py_ssize_t _lane_event(const unsigned char* d, Py_ssize_t s, Py_ssize_t e) noexcept nogil:
     """Where the plain event at ``d[s:]`` ends (after its blank line, within ``e``), or -1."""
     cdef Py_ssize_t vs, eol, i, p
+    cdef bint meta
     if e - s < 7 or memcmp(d + s, b"data:", 5) != 0:
         return -1
     vs = s + 5
@@ -2013,16 +2021,8 @@ cdef inline Py_ssize_t _lane_event(const unsigned char* d, Py_ssize_t s, Py_ssiz
     p = gw_find_line(d, vs, e, b'"usage', 6, &eol)
     if eol + 1 >= e or d[eol] != C_LF or d[eol + 1] != C_LF:
         return -1
-    while p >= 0:  # only a key whose value is an object counts
-        i = p + 6
-        if d[i] == C_QUOTE:
-            i += 1
-        elif eol - i >= 9 and memcmp(d + i, b'Metadata"', 9) == 0:
-            i += 9
-        else:
-            p = gw_find(d, p + 6, eol, b'"usage', 6)
-            continue
-        if key_value_at(d, i, eol, C_LBRACE) >= 0:
+    while p >= 0:  # only a key whose value is an object counts, as _analyze reads them
+        if usage_value_at(d, p, eol, &meta) >= 0:
             return -1
         p = gw_find(d, p + 6, eol, b'"usage', 6)
     if eol - vs == 6 and memcmp(d + vs, b"[DONE]", 6) == 0:

@@ -165,6 +165,20 @@ def _key_value_at(d: bytes, k: int, opener: int) -> int:
     return k
 
 
+def _usage_value_at(d: bytes, p: int) -> tuple[int, bool]:
+    """At ``'"usage'`` (``d[p]``): where the object value of a ``"usage"`` or ``"usageMetadata"``
+    key opens, and whether it is the latter; -1 when it is neither key or its value no object."""
+    k = p + 6
+    meta = d.startswith(b'Metadata"', k)
+    if meta:
+        k += 9
+    elif k < len(d) and d[k] == _QUOTE:
+        k += 1
+    else:
+        return -1, False
+    return _key_value_at(d, k, _LBRACE), meta
+
+
 def _has_empty_choices(d: bytes, start: int) -> bool:
     """True when the object has a top-level ``"choices":[]`` (the OpenAI usage-only chunk)."""
     nest = _Nesting(d, start)
@@ -654,16 +668,7 @@ class _Scanner:
         first = last = None
         top_usage = False
         while p >= 0:
-            k = p + 6
-            meta = d.startswith(b'Metadata"', k)
-            if meta:
-                k += 9
-            elif k < n and d[k] == _QUOTE:
-                k += 1
-            else:
-                p = d.find(b'"usage', p + 1)
-                continue
-            o = _key_value_at(d, k, _LBRACE)
+            o, meta = _usage_value_at(d, p)
             if o < 0:
                 p = d.find(b'"usage', p + 1)
                 continue
@@ -1051,16 +1056,8 @@ def _lane_event(d: bytes) -> bytes | None:
         return None
     line = d[vs:eol]
     p = line.find(b'"usage')
-    while p >= 0:  # only a key whose value is an object counts
-        i = p + 6
-        if line.startswith(b'"', i):
-            i += 1
-        elif line.startswith(b'Metadata"', i):
-            i += 9
-        else:
-            p = line.find(b'"usage', p + 6)
-            continue
-        if _key_value_at(line, i, _LBRACE) >= 0:
+    while p >= 0:  # only a key whose value is an object counts, as _analyze reads them
+        if _usage_value_at(line, p)[0] >= 0:
             return None
         p = line.find(b'"usage', p + 6)
     if line == b"[DONE]":

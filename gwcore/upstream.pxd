@@ -45,6 +45,7 @@ cdef class UpstreamConnection:
     @cython.locals(pump=_CPump)
     cpdef _divert(self, protocol)
     cpdef _undivert(self)
+    cpdef _unlane(self, bint resume)
 
 # Per-request helpers: cpdef, so that the calls inside this module are C calls (they stay
 # callable from Python with the same signatures).

@@ -562,9 +562,7 @@ class UpstreamConnection:
             return
         self._state = _CLOSED
         self._listener = None
-        if self._laned:
-            self._laned = False
-            self._diverted.lane_stop(False)  # type: ignore[union-attr]
+        self._unlane(False)
         self._diverted = None
         self._pool._forget(self)
         if self._transport is not None:
@@ -578,18 +576,21 @@ class UpstreamConnection:
                 if type(protocol) is _Pump:
                     pump = protocol  # compiled: typed (upstream.pxd), a C call
                     self._laned = pump.lane_start(self._transport)
-                else:
-                    lane = getattr(protocol, "lane_start", None)
-                    self._laned = lane is not None and lane(self._transport)
+                else:  # a twin's pump (tests): the same API
+                    self._laned = protocol.lane_start(self._transport)  # type: ignore[attr-defined]
 
     def _undivert(self) -> None:
         diverted = self._diverted
         if diverted is not None:
-            if self._laned:
-                self._laned = False
-                diverted.lane_stop(not self._paused)  # type: ignore[attr-defined]
+            self._unlane(not self._paused)
             self._rx += diverted.pieces  # type: ignore[attr-defined]
             self._diverted = None
+
+    def _unlane(self, resume: bool) -> None:
+        """The pump's lane (if any) hands the transport's reads back (``resume``: resumed)."""
+        if self._laned:
+            self._laned = False
+            self._diverted.lane_stop(resume)  # type: ignore[union-attr]
 
     def pause_reading(self) -> None:
         if not self._paused and self._state != _CLOSED and self._transport is not None:
@@ -633,9 +634,7 @@ class UpstreamConnection:
         return None  # close the transport; connection_lost does the bookkeeping
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._laned:
-            self._laned = False
-            self._diverted.lane_stop(False)  # type: ignore[union-attr]
+        self._unlane(False)
         state = self._state
         listener = self._listener
         self._state = _CLOSED

@@ -7,11 +7,13 @@ lane engaged (flow control, disconnects, upstream drops), checking the bytes and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -135,7 +137,7 @@ needs_lane = pytest.mark.skipif(
 
 
 @pytest.fixture(params=[1, -1], ids=["swapped", "paused"])
-def pumps(request, monkeypatch):
+def pumps(request):
     """The pumps the relay makes, with the lane taking the upstream's reads either way: in place
     of uvloop's read callbacks, or through uvloop's pause and resume (the way the first lane of a
     process goes, while it checks where the callbacks are)."""
@@ -149,15 +151,25 @@ def pumps(request, monkeypatch):
         pytest.skip("uvloop's read callbacks are not where libuv's public layout puts them")
     _sse._lane_swap(request.param)
     request.addfinalizer(lambda: _sse._lane_swap(was))
-    made = []
+    with recorded_pumps() as made:
+        yield made
+
+
+@contextlib.contextmanager
+def recorded_pumps() -> Iterator[list]:
+    """Every pump the relay makes meanwhile, kept (and so kept alive) in the list."""
+    made: list = []
     real = gwcore.relay.RelayPump
 
     def pump(*args):
         made.append(real(*args))
         return made[-1]
 
-    monkeypatch.setattr("gwcore.relay.RelayPump", pump)
-    return made
+    gwcore.relay.RelayPump = pump
+    try:
+        yield made
+    finally:
+        gwcore.relay.RelayPump = real
 
 
 @needs_lane
@@ -408,12 +420,6 @@ def test_the_lane_hands_any_other_event_back_and_takes_the_next_plain_one(order)
     for i in order:
         pos += len(MIXED[i])
         cuts.append(pos)
-    made = []
-    real = gwcore.relay.RelayPump
-
-    def pump(*args):
-        made.append(real(*args))
-        return made[-1]
 
     async def main():
         async with gateway_with_mock() as h:
@@ -424,11 +430,8 @@ def test_the_lane_hands_any_other_event_back_and_takes_the_next_plain_one(order)
             (rec,) = h.sink.records
             assert (rec.prompt_tokens, rec.completion_tokens) == (3, 4)
 
-    gwcore.relay.RelayPump = pump
-    try:
+    with recorded_pumps() as made:
         run(main(), use_uvloop=True)
-    finally:
-        gwcore.relay.RelayPump = real
     (p,) = made
     plain = sum(1 for i in order if i in MIXED_PLAIN)
     assert p.lane_reads <= plain  # never one of the others
