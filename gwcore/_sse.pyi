@@ -12,6 +12,7 @@ __all__ = [
     "RelayPump",
     "SSEError",
     "StreamObserver",
+    "chat_request_fields",
     "lane_available",
     "lane_scan",
     "quick_request_head",
@@ -94,6 +95,10 @@ def lane_available() -> bool:
 
 def lane_scan(data: bytes, max_event_size: int = ...) -> int:
     """The number of events in ``data`` when it is whole chunks of plain ``data:`` events, or -1."""
+
+def chat_request_fields(raw: bytes) -> tuple[str, bool, bool] | None:
+    """``(model, stream, usage_asked)`` of a plain OpenAI chat request body (the whole body
+    checked as JSON; what orjson would read from it), or None (read it with orjson then)."""
 
 def quick_request_head(
     data: bytes,

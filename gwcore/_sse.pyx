@@ -39,6 +39,7 @@ __all__ = [
     "RelayPump",
     "SSEError",
     "StreamObserver",
+    "chat_request_fields",
     "lane_available",
     "lane_scan",
     "quick_request_head",
@@ -2496,4 +2497,293 @@ def usage_counts(bytes raw not None):
         v[2] if has[2] else None,
         v[3] if has[3] else None,
         v[4] if has[4] else None,
+    )
+
+
+# ---------------------------------------------------------- the members of a chat request body
+# chat_request_fields: what the gateway reads of a chat request (model, messages, stream,
+# stream_options) from the bytes, with the whole body checked as JSON, without orjson building
+# the document. Conservative: a result only for a body orjson is sure to read the same way; None
+# for anything else (then the gateway reads it with orjson, errors and all). The twin documents
+# what is plain; the two give the same answer (tests/test_chat_fields.py holds both to orjson).
+
+cdef extern from *:
+    """
+    /* The end of the run of bytes from p[i] that a JSON string holds as they are (0x20-0x7e
+       but the quote and the backslash), at most up to n. 16 at a time with SSE2. */
+    static Py_ssize_t gw_json_run(const unsigned char *p, Py_ssize_t i, Py_ssize_t n,
+                                  const unsigned char *plain) {
+    #ifdef GW_SSE2
+        const __m128i lo = _mm_set1_epi8(0x20), q = _mm_set1_epi8(0x22),
+                      b = _mm_set1_epi8(0x5c), del = _mm_set1_epi8(0x7f);
+        while (n - i >= 16) {
+            __m128i v = _mm_loadu_si128((const __m128i *)(p + i));
+            /* signed: the bytes from 0x80 up are negative, below 0x20 as the controls are */
+            __m128i bad = _mm_or_si128(
+                _mm_or_si128(_mm_cmplt_epi8(v, lo), _mm_cmpeq_epi8(v, q)),
+                _mm_or_si128(_mm_cmpeq_epi8(v, b), _mm_cmpeq_epi8(v, del)));
+            unsigned m = (unsigned)_mm_movemask_epi8(bad);
+            if (m) return i + (Py_ssize_t)gw_ctz(m);
+            i += 16;
+        }
+    #endif
+        while (i < n && plain[p[i]]) i++;
+        return i;
+    }
+    """
+    Py_ssize_t gw_json_run(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
+                           const unsigned char* plain) noexcept nogil
+
+cdef enum:
+    J_MAX_DEPTH = 32  # deeper containers: not plain (orjson's limit is 1024)
+    J_MAX_NUMBER = 24  # a longer number token: not plain
+
+
+cdef inline Py_ssize_t _j_utf8(const unsigned char* p, Py_ssize_t i) noexcept nogil:
+    """The end of the UTF-8 sequence whose lead byte (>= 0x80) is at ``i``, or -1: RFC 3629
+    (no overlong form, no surrogate, nothing above U+10FFFF), as orjson and Python check it.
+    A continuation byte is never NUL: the NUL after a bytes object stops the reading."""
+    cdef unsigned char c = p[i], c1 = p[i + 1]
+    if 0xC2 <= c <= 0xDF:
+        return i + 2 if 0x80 <= c1 <= 0xBF else -1
+    if 0xE0 <= c <= 0xEF:
+        if c == 0xE0:
+            if not 0xA0 <= c1 <= 0xBF:
+                return -1
+        elif c == 0xED:
+            if not 0x80 <= c1 <= 0x9F:
+                return -1
+        elif not 0x80 <= c1 <= 0xBF:
+            return -1
+        return i + 3 if 0x80 <= p[i + 2] <= 0xBF else -1
+    if 0xF0 <= c <= 0xF4:
+        if c == 0xF0:
+            if not 0x90 <= c1 <= 0xBF:
+                return -1
+        elif c == 0xF4:
+            if not 0x80 <= c1 <= 0x8F:
+                return -1
+        elif not 0x80 <= c1 <= 0xBF:
+            return -1
+        if not 0x80 <= p[i + 2] <= 0xBF or not 0x80 <= p[i + 3] <= 0xBF:
+            return -1
+        return i + 4
+    return -1
+
+
+cdef inline bint _j_hex(unsigned char c) noexcept nogil:
+    return 48 <= c <= 57 or 65 <= c <= 70 or 97 <= c <= 102
+
+
+cdef Py_ssize_t _j_string(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
+                          bint* simple) noexcept nogil:
+    """The end (past the closing quote) of the plain string whose opening quote is at ``i``, or
+    -1; ``simple``: no escape and no byte above 0x7e in it."""
+    cdef unsigned char c
+    cdef unsigned int u
+    simple[0] = True
+    i += 1
+    while True:
+        i = gw_json_run(p, i, n, _U_PLAIN)
+        c = p[i]
+        if c == 34:
+            return i + 1
+        if c == 92:  # an escape
+            simple[0] = False
+            c = p[i + 1]
+            if c == 117:  # \uXXXX, not a surrogate (a pair is left to orjson)
+                if not (_j_hex(p[i + 2]) and _j_hex(p[i + 3]) and _j_hex(p[i + 4])
+                        and _j_hex(p[i + 5])):
+                    return -1
+                c = p[i + 2] | 0x20
+                if c == 100 and (p[i + 3] | 0x20) >= 56:  # d8-df: a surrogate
+                    return -1
+                i += 6
+            elif c == 34 or c == 92 or c == 47 or c == 98 or c == 102 or c == 110 or c == 114 \
+                    or c == 116:
+                i += 2
+            else:
+                return -1
+        elif c >= 0x80:
+            simple[0] = False
+            i = _j_utf8(p, i)
+            if i < 0:
+                return -1
+        else:  # a control character, DEL, or the end
+            return -1
+
+
+cdef Py_ssize_t _j_number(const unsigned char* p, Py_ssize_t i) noexcept nogil:
+    """The end of the plain number at ``i``, or -1: JSON's grammar, at most J_MAX_NUMBER
+    bytes and a two-digit exponent (no infinity, which orjson refuses)."""
+    cdef Py_ssize_t start = i, e
+    if p[i] == 45:  # "-"
+        i += 1
+    if p[i] == 48:
+        i += 1
+    elif 49 <= p[i] <= 57:
+        while 48 <= p[i] <= 57:
+            i += 1
+    else:
+        return -1
+    if p[i] == 46:  # "."
+        i += 1
+        if not 48 <= p[i] <= 57:
+            return -1
+        while 48 <= p[i] <= 57:
+            i += 1
+    if p[i] == 101 or p[i] == 69:  # "e", "E"
+        i += 1
+        if p[i] == 43 or p[i] == 45:
+            i += 1
+        e = i
+        while 48 <= p[i] <= 57:
+            i += 1
+        if i == e or i - e > 2:
+            return -1
+    return i if i - start <= J_MAX_NUMBER else -1
+
+
+cdef Py_ssize_t _j_value(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
+                         int depth) noexcept nogil:
+    """The end of the plain JSON value at ``i`` (no blank before it), or -1."""
+    cdef unsigned char c = p[i]
+    cdef bint simple
+    if c == 34:
+        return _j_string(p, i, n, &simple)
+    if c == 123 or c == 91:  # "{", "["
+        if depth >= J_MAX_DEPTH:
+            return -1
+        i = _u_ws(p, i + 1)
+        if p[i] == c + 2:  # "}" or "]": empty
+            return i + 1
+        while True:
+            if c == 123:
+                if p[i] != 34:
+                    return -1
+                i = _j_string(p, i, n, &simple)
+                if i < 0:
+                    return -1
+                i = _u_ws(p, i)
+                if p[i] != 58:  # ":"
+                    return -1
+                i = _u_ws(p, i + 1)
+            i = _j_value(p, i, n, depth + 1)
+            if i < 0:
+                return -1
+            i = _u_ws(p, i)
+            if p[i] == c + 2:
+                return i + 1
+            if p[i] != 44:
+                return -1
+            i = _u_ws(p, i + 1)
+    if c == 116:  # true
+        return i + 4 if p[i + 1] == 114 and p[i + 2] == 117 and p[i + 3] == 101 else -1
+    if c == 110:  # null
+        return i + 4 if p[i + 1] == 117 and p[i + 2] == 108 and p[i + 3] == 108 else -1
+    if c == 102:  # false
+        if p[i + 1] == 97 and p[i + 2] == 108 and p[i + 3] == 115 and p[i + 4] == 101:
+            return i + 5
+        return -1
+    return _j_number(p, i)
+
+
+cdef Py_ssize_t _j_options(const unsigned char* p, Py_ssize_t i, Py_ssize_t n,
+                           int* asked) noexcept nogil:
+    """The end of the plain ``stream_options`` object at ``i``, or -1; ``asked``: whether its
+    last ``include_usage`` member is ``true``."""
+    cdef Py_ssize_t start
+    cdef bint simple
+    asked[0] = 0
+    i = _u_ws(p, i + 1)
+    if p[i] == 125:
+        return i + 1
+    while True:
+        if p[i] != 34:
+            return -1
+        start = i + 1
+        i = _j_string(p, i, n, &simple)
+        if i < 0 or not simple:  # (an escaped key could spell include_usage)
+            return -1
+        if i - 1 - start == 13 and memcmp(p + start, b"include_usage", 13) == 0:
+            start = -2
+        i = _u_ws(p, i)
+        if p[i] != 58:
+            return -1
+        i = _u_ws(p, i + 1)
+        if start == -2:
+            asked[0] = p[i] == 116  # true (checked as a value below)
+        i = _j_value(p, i, n, 2)
+        if i < 0:
+            return -1
+        i = _u_ws(p, i)
+        if p[i] == 125:
+            return i + 1
+        if p[i] != 44:
+            return -1
+        i = _u_ws(p, i + 1)
+
+
+def chat_request_fields(bytes raw not None):
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(raw)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(raw)
+    cdef Py_ssize_t i, j, start, size, model_at = -1, model_end = -1
+    cdef int stream = 0, options = 0, asked = 0  # options: 0 absent, 1 asks for usage, 2 not
+    cdef bint messages = False, simple
+    i = _u_ws(p, 0)
+    if p[i] != 123:
+        return None
+    i = _u_ws(p, i + 1)
+    if p[i] != 125:
+        while True:
+            if p[i] != 34:
+                return None
+            start = i + 1
+            i = _j_string(p, i, n, &simple)
+            if i < 0 or not simple:  # (an escaped key could spell one read here)
+                return None
+            size = i - 1 - start
+            i = _u_ws(p, i)
+            if p[i] != 58:
+                return None
+            i = _u_ws(p, i + 1)
+            if size == 5 and memcmp(p + start, b"model", 5) == 0:
+                j = _j_string(p, i, n, &simple) if p[i] == 34 else -1
+                if j < 0 or not simple or j - i == 2:  # not a plain non-empty string
+                    return None
+                model_at = i + 1
+                model_end = j - 1
+                i = j
+            elif size == 8 and memcmp(p + start, b"messages", 8) == 0:
+                if p[i] != 91 or p[_u_ws(p, i + 1)] == 93:  # not a non-empty array
+                    return None
+                messages = True
+                i = _j_value(p, i, n, 1)
+            elif size == 6 and memcmp(p + start, b"stream", 6) == 0:
+                if p[i] == 116 or p[i] == 102 or p[i] == 110:  # true, false, null
+                    stream = p[i] == 116
+                    i = _j_value(p, i, n, 1)
+                else:
+                    return None
+            elif size == 14 and memcmp(p + start, b"stream_options", 14) == 0:
+                if p[i] != 123:
+                    return None
+                i = _j_options(p, i, n, &asked)
+                options = 1 if asked else 2
+            else:
+                i = _j_value(p, i, n, 1)
+            if i < 0:
+                return None
+            i = _u_ws(p, i)
+            if p[i] == 125:
+                break
+            if p[i] != 44:
+                return None
+            i = _u_ws(p, i + 1)
+    if _u_ws(p, i + 1) != n or model_at < 0 or not messages or options == 2:
+        return None
+    return (
+        PyUnicode_DecodeLatin1(<const char*>p + model_at, model_end - model_at, NULL),
+        stream == 1,
+        options == 1,
     )

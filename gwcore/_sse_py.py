@@ -19,6 +19,7 @@ because upstreams omit it; a trailing line without a line end counts as a comple
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "RelayPump",
     "SSEError",
     "StreamObserver",
+    "chat_request_fields",
     "lane_available",
     "lane_scan",
     "quick_request_head",
@@ -1422,3 +1424,201 @@ def _simd(level: int | None = None) -> int:
     """The compiled scanner's line-search width (tests switch it); the twin searches byte by
     byte: always 0, and ``level`` changes nothing."""
     return 0
+
+
+# ---------------------------------------------------------- the members of a chat request body
+
+_J_MAX_DEPTH = 32  # deeper containers: not plain (orjson's limit is 1024)
+_J_MAX_NUMBER = 24  # a longer number token: not plain
+_J_RUN = re.compile(rb"[\x20\x21\x23-\x5b\x5d-\x7e]*").match  # what _PLAIN_STRING holds
+_J_HIGH = re.compile(rb"[\x80-\xff]+").match
+_J_NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?([0-9]*))?").match
+_J_ESCAPES = frozenset(b'"\\/bfnrt')
+_J_HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+def _j_string(buf: bytes, i: int) -> tuple[int, bool] | None:
+    """``(end, simple)`` of the plain string whose opening quote is at ``i`` (``end`` past the
+    closing quote; ``simple``: no escape and no byte above 0x7e), or None. Plain: bytes 0x20 to
+    0x7e but the quote and the backslash, the escapes of JSON (``\\u`` not for a surrogate: a
+    pair is left to orjson), and whole UTF-8 sequences (RFC 3629: no overlong form, no
+    surrogate, nothing above U+10FFFF)."""
+    simple = True
+    i += 1
+    while True:
+        i = _J_RUN(buf, i).end()
+        c = buf[i]
+        if c == _QUOTE:
+            return i + 1, simple
+        if c == _BSLASH:
+            simple = False
+            c = buf[i + 1]
+            if c == 0x75:  # \uXXXX
+                digits = buf[i + 2 : i + 6]
+                if len(digits) != 4 or not all(d in _J_HEX for d in digits):
+                    return None
+                if digits[0] | 0x20 == 0x64 and digits[1] | 0x20 >= 0x38:  # d8-df: a surrogate
+                    return None
+                i += 6
+            elif c in _J_ESCAPES:
+                i += 2
+            else:
+                return None
+        elif c >= 0x80:
+            simple = False
+            end = _J_HIGH(buf, i).end()
+            try:
+                buf[i:end].decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+            i = end
+        else:  # a control character, DEL, or the end
+            return None
+
+
+def _j_value(buf: bytes, i: int, depth: int) -> int:
+    """The end of the plain JSON value at ``i`` (no blank before it), or -1. Plain: strings as
+    ``_j_string`` reads them, ``true``, ``false``, ``null``, numbers of JSON's grammar of at most
+    24 bytes with an exponent of at most two digits (orjson refuses an infinite one), and objects
+    and arrays of these, nested at most 32 deep."""
+    c = buf[i]
+    if c == _QUOTE:
+        got = _j_string(buf, i)
+        return -1 if got is None else got[0]
+    if c == _LBRACE or c == 0x5B:
+        if depth >= _J_MAX_DEPTH:
+            return -1
+        close = c + 2  # "}" or "]"
+        i = _ws(buf, i + 1)
+        if buf[i] == close:
+            return i + 1
+        while True:
+            if c == _LBRACE:
+                if buf[i] != _QUOTE:
+                    return -1
+                got = _j_string(buf, i)
+                if got is None:
+                    return -1
+                i = _ws(buf, got[0])
+                if buf[i] != _COLON:
+                    return -1
+                i = _ws(buf, i + 1)
+            i = _j_value(buf, i, depth + 1)
+            if i < 0:
+                return -1
+            i = _ws(buf, i)
+            if buf[i] == close:
+                return i + 1
+            if buf[i] != 0x2C:
+                return -1
+            i = _ws(buf, i + 1)
+    for word in (b"true", b"null", b"false"):
+        if c == word[0]:
+            return i + len(word) if buf.startswith(word, i) else -1
+    m = _J_NUMBER(buf, i)
+    if m is None:
+        return -1
+    exponent = m.group(1)
+    if exponent is not None and not 1 <= len(exponent) <= 2:
+        return -1
+    return m.end() if m.end() - i <= _J_MAX_NUMBER else -1
+
+
+def _j_options(buf: bytes, i: int) -> tuple[int, bool]:
+    """``(end, asked)`` of the plain ``stream_options`` object at ``i`` (end -1 when it is not
+    one); ``asked``: whether its last ``include_usage`` member is ``true``."""
+    asked = False
+    i = _ws(buf, i + 1)
+    if buf[i] == _RBRACE:
+        return i + 1, asked
+    while True:
+        if buf[i] != _QUOTE:
+            return -1, asked
+        got = _j_string(buf, i)
+        if got is None or not got[1]:  # (an escaped key could spell include_usage)
+            return -1, asked
+        hit = buf[i + 1 : got[0] - 1] == b"include_usage"
+        i = _ws(buf, got[0])
+        if buf[i] != _COLON:
+            return -1, asked
+        i = _ws(buf, i + 1)
+        if hit:
+            asked = buf[i] == 0x74  # true (checked as a value below)
+        i = _j_value(buf, i, 2)
+        if i < 0:
+            return -1, asked
+        i = _ws(buf, i)
+        if buf[i] == _RBRACE:
+            return i + 1, asked
+        if buf[i] != 0x2C:
+            return -1, asked
+        i = _ws(buf, i + 1)
+
+
+def chat_request_fields(raw: bytes) -> tuple[str, bool, bool] | None:
+    """``(model, stream, usage_asked)`` of an OpenAI chat request body when it is a plain one,
+    else None, and the caller reads it with orjson (whose errors the client then gets).
+
+    Plain: one JSON object, all of it plain as ``_j_value`` reads it, JSON blanks around its
+    tokens and nothing after it, its keys without an escape or a byte above 0x7e; ``model`` a
+    non-empty string without either; ``messages`` a non-empty array; ``stream`` absent, ``true``,
+    ``false`` or ``null``; ``stream_options`` absent, or an object whose ``include_usage`` is
+    ``true`` (then ``usage_asked``), with no escaped key. A later duplicate key replaces an
+    earlier one, as in orjson. Whatever this returns, orjson reads the same from the body: a
+    document, an object, these members' values (``stream`` as ``bool()`` of them).
+    """
+    buf = raw + b"\0"  # the compiled function stops at the NUL that ends every bytes object
+    model = None
+    messages = False
+    stream = False
+    options = 0  # 0 absent, 1 asks for usage, 2 does not
+    i = _ws(buf, 0)
+    if buf[i] != _LBRACE:
+        return None
+    i = _ws(buf, i + 1)
+    if buf[i] != _RBRACE:
+        while True:
+            if buf[i] != _QUOTE:
+                return None
+            got = _j_string(buf, i)
+            if got is None or not got[1]:  # (an escaped key could spell one read here)
+                return None
+            key = buf[i + 1 : got[0] - 1]
+            i = _ws(buf, got[0])
+            if buf[i] != _COLON:
+                return None
+            i = _ws(buf, i + 1)
+            if key == b"model":
+                got = _j_string(buf, i) if buf[i] == _QUOTE else None
+                if got is None or not got[1] or got[0] - i == 2:  # not a plain non-empty string
+                    return None
+                model = buf[i + 1 : got[0] - 1].decode("latin-1")
+                i = got[0]
+            elif key == b"messages":
+                if buf[i] != 0x5B or buf[_ws(buf, i + 1)] == 0x5D:  # not a non-empty array
+                    return None
+                messages = True
+                i = _j_value(buf, i, 1)
+            elif key == b"stream":
+                if buf[i] not in b"tfn":  # true, false, null
+                    return None
+                stream = buf[i] == 0x74
+                i = _j_value(buf, i, 1)
+            elif key == b"stream_options":
+                if buf[i] != _LBRACE:
+                    return None
+                i, asked = _j_options(buf, i)
+                options = 1 if asked else 2
+            else:
+                i = _j_value(buf, i, 1)
+            if i < 0:
+                return None
+            i = _ws(buf, i)
+            if buf[i] == _RBRACE:
+                break
+            if buf[i] != 0x2C:
+                return None
+            i = _ws(buf, i + 1)
+    if _ws(buf, i + 1) != len(raw) or model is None or not messages or options == 2:
+        return None
+    return model, stream, options == 1

@@ -13,9 +13,10 @@ cdef class Gateway:
     cdef public object config, registry, pool, memory, usage, sink, refresh_models
     cdef public dict _blocks
     cdef object __weakref__
-    @cython.locals(body=dict, record=UsageRecord, relay=RelayedResponse, blocks=dict)
+    @cython.locals(body=dict, record=UsageRecord, relay=RelayedResponse, blocks=dict, fields=tuple)
     cpdef chat_completions(self, Request request, channel)
 
+cpdef dict _chat_body(raw)
 cpdef dict _json_object(raw)
 cpdef bytes _with_member(raw, member)
 @cython.locals(out=list, name=str, value=str, low=str)

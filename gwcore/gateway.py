@@ -30,6 +30,7 @@ from gwcore.errors import GatewayError
 from gwcore.ledger import UsagePipeline
 from gwcore.providers import CREDENTIAL_HEADERS, ProviderRegistry
 from gwcore.relay import new_relay, stream_headers
+from gwcore.sse import chat_request_fields
 from gwcore.translated import translated_completion
 from gwcore.upstream import HOP_BY_HOP, UpstreamPool, header_block
 from gwcore.usage import MemorySink, UsageRecord, UsageSink, new_record, usage_from_openai
@@ -117,21 +118,23 @@ class Gateway:
         connection goes out before this returns ``DEFERRED`` (no task); every other way returns a
         coroutine for the front door's task."""
         started = perf_counter()
-        body = _json_object(request.body)
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise GatewayError(
-                400, "you must provide a model parameter", code="missing_model", param="model"
-            )
-        if not isinstance(body.get("messages"), list) or not body["messages"]:
-            raise GatewayError(
-                400, "messages must be a non-empty array", code="invalid_messages", param="messages"
-            )
-        stream = body.get("stream", False)
-        if stream is not None and not isinstance(stream, bool):
-            raise GatewayError(400, "stream must be a boolean", param="stream")
-        stream = bool(stream)
+        raw = request.body
+        # A plain body's three members read in C with the whole body checked as JSON; orjson
+        # builds the document only for the rest, and for what rewrites or translates it.
+        fields = chat_request_fields(raw)
+        if fields is None:
+            body = _chat_body(raw)
+            model = body["model"]
+            stream = bool(body.get("stream", False))
+        else:
+            body = None
+            model = fields[0]
+            stream = fields[1]
         provider, upstream_model, rewritten = self.registry.resolve(model)
+        if body is None and (
+            rewritten or provider.kind == "demo" or provider.dialect != "openai_chat"
+        ):
+            body = _chat_body(raw)
         if provider.kind == "demo":
             return self._demo(request, channel, body, model, stream, started)
         if provider.dialect != "openai_chat":
@@ -149,7 +152,10 @@ class Gateway:
             )
 
         elide = splice = False
-        if stream:
+        if body is None:
+            if stream and not fields[2]:  # no stream_options: ask for usage, hide the answer
+                elide = splice = True
+        elif stream:
             options = body.get("stream_options")
             if options is not None and not isinstance(options, dict):
                 raise GatewayError(400, "stream_options must be an object", param="stream_options")
@@ -166,11 +172,11 @@ class Gateway:
                 body["stream_options"] = {"include_usage": True}
             payload = orjson.dumps(body)
         elif splice:  # the common case: the client's bytes and one member more, not re-encoded
-            payload = _with_member(request.body, _INCLUDE_USAGE)
+            payload = _with_member(raw, _INCLUDE_USAGE)
         elif elide:
             payload = orjson.dumps(body)
         else:
-            payload = request.body
+            payload = raw
 
         record = new_record(
             request.request_id,
@@ -264,6 +270,24 @@ def _with_member(raw: bytes, member: bytes) -> bytes:
         return b"".join((raw[:-1], b",", member, b"}"))
     end = raw.rstrip(b" \t\r\n")
     return end[:-1] + b"," + member + b"}" + raw[len(end) :]
+
+
+def _chat_body(raw: bytes) -> dict:
+    """The chat request body, read with orjson and checked: the errors a client gets."""
+    body = _json_object(raw)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise GatewayError(
+            400, "you must provide a model parameter", code="missing_model", param="model"
+        )
+    if not isinstance(body.get("messages"), list) or not body["messages"]:
+        raise GatewayError(
+            400, "messages must be a non-empty array", code="invalid_messages", param="messages"
+        )
+    stream = body.get("stream", False)
+    if stream is not None and not isinstance(stream, bool):
+        raise GatewayError(400, "stream must be a boolean", param="stream")
+    return body
 
 
 def _json_object(raw: bytes) -> dict:
