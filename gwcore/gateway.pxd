@@ -19,5 +19,5 @@ cdef class Gateway:
 cpdef dict _chat_body(raw)
 cpdef dict _json_object(raw)
 cpdef bytes _with_member(raw, member)
-@cython.locals(out=list, name=str, value=str, low=str)
+@cython.locals(out=list, name=str, value=str, low=str, verdicts=dict)
 cpdef list _forwarded(headers, frozenset dropped)

@@ -302,17 +302,36 @@ def _json_object(raw: bytes) -> dict:
     return body
 
 
+# Per set of dropped names: a client's header name (exact str) -> the lowercase name it is forwarded
+# under, or "" when it is not forwarded. Names repeat, and the front door's are the same objects
+# each time (their hashes made once): one lookup where lowering, hashing and two tests were.
+# Bounded.
+_VERDICTS: dict = {}
+
+
 def _forwarded(headers: Mapping[str, str], dropped: frozenset[str]) -> list[tuple[str, str]]:
     """The client's end-to-end headers, in one pass: none named in ``dropped`` (what the gateway
     sets itself, credentials, the fixed hop-by-hop set, the provider's own headers), no
     ``Proxy-*``, and none the client's ``Connection`` names (the upstream request never carries
     that ``Connection`` header, so it is resolved here)."""
+    verdicts = _VERDICTS.get(dropped)
+    if verdicts is None:
+        if len(_VERDICTS) >= 64:
+            _VERDICTS.clear()
+        verdicts = _VERDICTS[dropped] = {}
     out = []
     nominated = None
     for name, value in headers.items():
-        low = name.lower()  # the front door's names are lowercase already; a handler's may not be
-        if low in dropped or low.startswith("proxy-"):
-            if low == "connection":
+        low = verdicts.get(name)
+        if low is None:
+            low = name.lower()  # the front door's names are lowercase already; a handler's may not
+            if low in dropped or low.startswith("proxy-"):
+                low = ""
+            if len(verdicts) >= 1024:  # names come from clients: start over
+                verdicts.clear()
+            verdicts[name] = low
+        if not low:
+            if len(name) == 10 and name.lower() == "connection":
                 nominated = {token.strip().lower() for token in value.split(",")}
             continue
         out.append((low, value))

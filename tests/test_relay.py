@@ -330,6 +330,13 @@ def test_forwarded_headers_are_the_end_to_end_ones_only():
     }
     assert _forwarded(headers, dropped) == [("x-keep", "k"), ("user-agent", "ua")]
     assert _forwarded({"x-keep": "k"}, dropped) == [("x-keep", "k")]
+    # Again (each name's verdict remembered per dropped set), and for another provider's set.
+    assert _forwarded(headers, dropped) == [("x-keep", "k"), ("user-agent", "ua")]
+    assert _forwarded(headers, _NOT_FORWARDED | HOP_BY_HOP) == [
+        ("openai-beta", "own"),
+        ("x-keep", "k"),
+        ("user-agent", "ua"),
+    ]
 
 
 def test_request_on_an_idle_pooled_connection_needs_no_task():
