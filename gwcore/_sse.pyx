@@ -2067,14 +2067,17 @@ cdef Py_ssize_t _line_end(const unsigned char* p, Py_ssize_t i) noexcept nogil:
 cdef list _header_fields(const unsigned char* p, Py_ssize_t i, Py_ssize_t last):
     cdef const unsigned char* tchar = <const unsigned char*>PyBytes_AS_STRING(_TCHAR_C)
     cdef Py_ssize_t start, end
+    cdef unsigned long long h
     cdef list headers = []
     while i < last:
         start = i
+        h = 0
         while tchar[p[i]]:
+            h = h * 31 + p[i]
             i += 1
         if i == start or p[i] != 58:  # an empty name, or not a colon right after the name
             return None
-        name = PyBytes_FromStringAndSize(<const char*>p + start, i - start)
+        name = _raw_name(p + start, i - start, h)
         i += 1
         while p[i] == 32 or p[i] == 9:
             i += 1
@@ -2141,6 +2144,36 @@ cdef struct _NameSlot:
     unsigned char raw[_NAME_MAX]
 
 cdef _NameSlot _name_slots[2 << _NAME_SET_BITS]
+
+
+# The same for the names of response heads, as bytes in the upstream's own case: the header
+# names of one provider's responses repeat, and a name from here has its hash made (the relay
+# looks each one up in its bounded dict of names).
+cdef _NameSlot _raw_slots[2 << _NAME_SET_BITS]
+
+
+cdef inline bytes _raw_name(const unsigned char* p, Py_ssize_t n, unsigned long long h):
+    """``p[:n]`` as bytes, from the cache when it holds them (``h`` their hash)."""
+    cdef _NameSlot* first
+    cdef _NameSlot* second
+    cdef bytes raw
+    if n > _NAME_MAX:
+        return PyBytes_FromStringAndSize(<const char*>p, n)
+    first = &_raw_slots[2 * <Py_ssize_t>((h * 0x9E3779B97F4A7C15ULL) >> (64 - _NAME_SET_BITS))]
+    if first.n == n and memcmp(first.raw, p, n) == 0:
+        return <bytes>first.text
+    second = first + 1
+    if second.n == n and memcmp(second.raw, p, n) == 0:
+        return <bytes>second.text
+    raw = PyBytes_FromStringAndSize(<const char*>p, n)
+    hash(raw)
+    Py_XDECREF(second.text)  # the older of the two goes; the newest takes the first way
+    second[0] = first[0]
+    Py_INCREF(raw)
+    first.text = <PyObject*>raw
+    first.n = n
+    memcpy(first.raw, p, n)
+    return raw
 
 
 cdef inline str _name_text(const unsigned char* p, Py_ssize_t n, unsigned long long h):

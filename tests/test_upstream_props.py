@@ -4,6 +4,7 @@ boundaries, the listener gets the right head and, after it, the very bytes objec
 from __future__ import annotations
 
 import asyncio
+import random
 
 import httptools
 from hypothesis import assume, example, given, settings
@@ -429,6 +430,26 @@ def test_quick_head_takes_the_plain_heads(sse):
         "1.0",
         [(b"Content-Length", b"17")],
     )
+
+
+def test_quick_head_names_from_its_cache_are_the_names_received(sse_pair):
+    """The compiled parser hands out a response's header names from a small cache (the same
+    object for a name seen before, its hash made once): over many heads whose names collide,
+    evict each other, differ only in case or are longer than a slot, every answer is the
+    twin's, byte for byte."""
+    compiled, twin = sse_pair
+    rnd = random.Random(7)
+    pool = [b"X-H%d" % k for k in range(300)] + [b"x-h%d" % k for k in range(40)]
+    pool += [b"X-" + b"n" * k for k in range(25, 45)] + [b"Content-Type", b"content-type"]
+    for _ in range(400):
+        names = rnd.sample(pool, rnd.randint(1, 12))
+        head = b"HTTP/1.1 200 OK\r\n" + b"".join(n + b": v\r\n" for n in names) + b"\r\n"
+        got = compiled.quick_response_head(head, len(head))
+        assert got == twin.quick_response_head(head, len(head))
+        assert [n for n, _ in got[2]] == names
+    head = b"HTTP/1.1 200 OK\r\nopenai-version: 2020-10-01\r\n\r\n"
+    first = compiled.quick_response_head(head, len(head))[2][0][0]
+    assert compiled.quick_response_head(head, len(head))[2][0][0] is first
 
 
 # ------------------------------------------------------------- request bytes against the reference
