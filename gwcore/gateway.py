@@ -30,7 +30,7 @@ from gwcore.errors import GatewayError
 from gwcore.ledger import UsagePipeline
 from gwcore.providers import CREDENTIAL_HEADERS, ProviderRegistry
 from gwcore.relay import new_relay, stream_headers
-from gwcore.sse import chat_request_fields
+from gwcore.sse import IMPLEMENTATION, chat_request_fields
 from gwcore.translated import translated_completion
 from gwcore.upstream import HOP_BY_HOP, UpstreamPool, header_block
 from gwcore.usage import MemorySink, UsageRecord, UsageSink, new_record, usage_from_openai
@@ -121,7 +121,7 @@ class Gateway:
         raw = request.body
         # A plain body's three members read in C with the whole body checked as JSON; orjson
         # builds the document only for the rest, and for what rewrites or translates it.
-        fields = chat_request_fields(raw)
+        fields = chat_request_fields(raw) if _READ_FIELDS else None
         if fields is None:
             body = _chat_body(raw)
             model = body["model"]
@@ -260,6 +260,9 @@ def _send_json(channel: Any, body: bytes, headers: list[tuple[str, str]] | None 
     channel.end()
 
 
+# chat_request_fields only where it is compiled: the twin (its spec) walks the bytes in Python,
+# about ten times orjson's time (bench/bench_chat_fields.py).
+_READ_FIELDS = IMPLEMENTATION == "cython"
 _INCLUDE_USAGE = b'"stream_options":{"include_usage":true}'
 
 

@@ -446,6 +446,26 @@ def test_other_bench_scripts_import(script):
     assert "usage:" in proc.stdout
 
 
+def test_chat_fields_bench_reports_every_size():
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "bench_chat_fields.py"),
+            "--repeat",
+            "1",
+            "--number",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if re.match(r"\| [\d,]+ \|", line)]
+    assert len(rows) == 3
+    assert all(float(row.split(" | ")[1]) > 0 for row in rows)
+
+
 def test_unknown_workload_is_a_usage_error():
     proc = subprocess.run(
         [sys.executable, "-m", "gwcore.cli", "bench", "--workloads", "stream,bogus"],

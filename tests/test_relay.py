@@ -254,6 +254,54 @@ def test_request_forwarded_unchanged_when_nothing_must_change():
     run(main(), use_uvloop=True)
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"model":"gpt-test","messages":[{"role":"user","content":"hi"}],"stream":true}',
+        # not plain (a surrogate pair): orjson reads it
+        b'{"model":"gpt-test","messages":[{"role":"user","content":"\\ud83d\\ude00"}],"stream":true}',
+        b'{"model":"gpt-test","messages":[1],"stream":true,"stream_options":{"include_usage":true}}',
+        b'{"model":"gpt-test","messages":[1],"stream":true,"stream_options":{"x":1}}',
+    ],
+)
+def test_body_read_in_c_or_by_orjson_alike(raw, monkeypatch):
+    """The gateway reads a plain chat body in C (``chat_request_fields``, compiled build) and
+    any other with orjson; switched off, orjson reads every body. Either way the upstream gets
+    the same bytes and the client the same stream, and the record is the same."""
+    import gwcore.gateway
+
+    async def once():
+        async with gateway_with_mock() as h:
+            resp = await raw_post(h.host, h.port, raw)
+            assert resp.status == 200
+            (rec,) = h.sink.records
+            return (
+                h.mock.requests[-1].body,
+                resp.body,
+                (rec.requested_model, rec.stream, rec.total_tokens),
+            )
+
+    calls = []
+    real = gwcore.gateway.chat_request_fields
+
+    def spy(body):
+        calls.append(real(body))
+        return calls[-1]
+
+    monkeypatch.setattr(gwcore.gateway, "chat_request_fields", spy)
+    first = run(once(), use_uvloop=True)
+    assert len(calls) == (1 if gwcore.gateway._READ_FIELDS else 0)
+    monkeypatch.setattr(gwcore.gateway, "_READ_FIELDS", False)
+    assert run(once(), use_uvloop=True) == first
+    assert len(calls) <= 1
+    if "x" in raw.decode() or "ud83d" in raw.decode():
+        assert not calls or calls[0] is None
+    else:
+        assert not calls or calls[0] is not None
+    sent = orjson.loads(first[0])
+    assert sent["stream_options"] == {"include_usage": True} or "x" in sent["stream_options"]
+
+
 def test_qualified_model_rewritten_other_fields_kept():
     async def main():
         async with gateway_with_mock() as h:
