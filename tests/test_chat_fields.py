@@ -168,8 +168,9 @@ def test_every_prefix_of_a_body(sse_pair):
 
 # ---- generated documents -----------------------------------------------------------------------
 
-# Text plain in either encoding: no DEL (not plain, though orjson takes it), no surrogate (json.dumps writes an astral character as a
-# surrogate pair when ensure_ascii), no control character (escaped by json.dumps: plain too).
+# Text plain in either encoding: no DEL (not plain, though orjson takes it), no surrogate
+# (json.dumps writes an astral character as a surrogate pair when ensure_ascii); a control
+# character is escaped by json.dumps, plain too.
 TEXT = st.text(
     st.characters(blacklist_categories=["Cs"], blacklist_characters="\x7f", max_codepoint=0xFFFF),
     max_size=40,
