@@ -1418,9 +1418,10 @@ cdef class RelayPump:
 
     ``owner`` hears once: ``pump_complete()`` when the chunked body ended, ``pump_failed(exc)`` on
     broken framing. Connection events stay with the upstream connection. ``pieces`` counts what
-    was received (the connection's idle timer reads it). ``first``, when given, takes the first
-    bytes written instead of ``write`` (a write that puts the held response head in front of
-    them: one system call, one segment to the client).
+    was received (the connection's idle timer reads it). ``first``, when given, is called once
+    with the first bytes to write and returns what to write in their place
+    (``ResponseChannel.held_with``: the held response head in front of them, one system call,
+    one segment to the client; b"" for nothing), which goes out as every piece does.
 
     ``fd`` (with ``transport``, the client transport that owns it): the client's socket, which
     the pump then writes to itself, one non-blocking ``send`` a piece, whenever nothing waits in
@@ -1492,15 +1493,16 @@ cdef class RelayPump:
             self._owner.pump_failed(exc)
             return
         if PyBytes_GET_SIZE(out):
-            if self._first is None:
-                if self._fd >= 0:
-                    self._send(out)
-                else:
-                    self._write(out)
-            else:
+            if self._first is not None:
                 first = self._first
                 self._first = None
-                first(out)
+                out = first(out)
+            if not out:
+                pass
+            elif self._fd >= 0:
+                self._send(out)
+            else:
+                self._write(out)
         if observer._complete:
             self._over = True
             self._owner.pump_complete()

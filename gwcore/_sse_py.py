@@ -889,9 +889,10 @@ class RelayPump:
 
     ``owner`` hears once: ``pump_complete()`` when the chunked body ended, ``pump_failed(exc)`` on
     broken framing. Connection events stay with the upstream connection. ``pieces`` counts what
-    was received (the connection's idle timer reads it). ``first``, when given, takes the first
-    bytes written instead of ``write`` (a write that puts the held response head in front of
-    them: one system call, one segment to the client).
+    was received (the connection's idle timer reads it). ``first``, when given, is called once
+    with the first bytes to write and returns what to write in their place
+    (``ResponseChannel.held_with``: the held response head in front of them, one system call,
+    one segment to the client; b"" for nothing), which goes out as every piece does.
 
     ``fd`` (with ``transport``, the client transport that owns it): the client's socket, which
     the pump then writes to itself, one non-blocking write a piece, whenever nothing waits in the
@@ -973,14 +974,15 @@ class RelayPump:
             return
         if out:
             first = self._first
-            if first is None:
-                if self._fd >= 0:
-                    self._send(out)
-                else:
-                    self._write(out)
-            else:
+            if first is not None:
                 self._first = None
-                first(out)
+                out = first(out)
+            if not out:
+                pass
+            elif self._fd >= 0:
+                self._send(out)
+            else:
+                self._write(out)
         if self._observer.complete:
             self._over = True
             self._owner.pump_complete()

@@ -404,12 +404,20 @@ class RelayedResponse(ExchangeResponse):
                 write_held = getattr(channel, "write_held")  # noqa: B009
                 self._write = write_held
                 # From the next piece on, the connection hands each piece to the pump (C): its
-                # first write carries the held head, the others go to the transport, or to the
-                # client's socket itself while the transport holds nothing back (direct_fd).
+                # first write carries the held head (held_with), and each goes to the transport,
+                # or to the client's socket itself while the transport holds nothing back
+                # (direct_fd): the first too, so that the relay lane can take the next read.
                 fd = channel.direct_fd()
                 transport = channel.transport if fd >= 0 else None
                 exchange.divert(
-                    RelayPump(self.observer, channel.write_raw, self, write_held, fd, transport)
+                    RelayPump(
+                        self.observer,
+                        channel.write_raw,
+                        self,
+                        getattr(channel, "held_with"),  # noqa: B009 (as above)
+                        fd,
+                        transport,
+                    )
                 )
             else:
                 self._mode = _FRAMED

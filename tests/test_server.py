@@ -118,6 +118,20 @@ def no_response(request, channel):
     return None
 
 
+def held_probe(request, channel):
+    """A head kept back, then taken with held_with twice: the bytes to write in front of the
+    first chunk, the second chunk alone after it."""
+    channel.start(200, [("content-type", "text/plain")], chunked=True, hold=True)
+    first = channel.held_with(b"5\r\nhello\r\n")
+    again = channel.held_with(b"1\r\n!\r\n")
+    PROBE["held"] = (first, again)
+    for out in (first, again):
+        if out:
+            channel.transport.write(out)
+    channel.write_raw(b"0\r\n\r\n")
+    channel.end(terminator_sent=True)
+
+
 def size_probe(request, channel):
     PROBE.setdefault("pipeline_buffers", []).append(channel.transport.get_write_buffer_size())
     return Response(200, b"z" * 2048)
@@ -177,6 +191,7 @@ def make_app() -> App:
     app.route("GET", "/gateway-error", gateway_error)
     app.route("GET", "/none", no_response)
     app.route("GET", "/size", size_probe)
+    app.route("GET", "/held", held_probe)
     app.route("GET", "/disconnect", disconnect_probe)
     return app
 
@@ -445,6 +460,24 @@ def test_head_sends_headers_only(port):
     r = c.response(head_only=True)
     assert r.headers["transfer-encoding"] == "chunked"
     c.send(get("/health"))
+    assert c.response().json() == {"status": "ok"}
+
+
+def test_held_head_taken_by_the_writer(port):
+    """``held_with``: the held head in front of the first bytes (once), the bytes alone after;
+    for HEAD the channel writes the head itself and hands back nothing to write."""
+    c = Conn(port)
+    c.send(get("/held"))
+    r = c.response()
+    assert r.status == 200 and r.body == b"hello!"
+    first, again = PROBE["held"]
+    assert first.startswith(b"HTTP/1.1 200 OK\r\n") and first.endswith(b"\r\n\r\n5\r\nhello\r\n")
+    assert again == b"1\r\n!\r\n"
+    c.send(b"HEAD /held HTTP/1.1\r\n\r\n")
+    r = c.response(head_only=True)
+    assert r.status == 200 and r.headers["transfer-encoding"] == "chunked"
+    assert PROBE["held"] == (b"", b"")
+    c.send(get("/health"))  # nothing but the head was sent: the next response parses cleanly
     assert c.response().json() == {"status": "ok"}
 
 

@@ -752,6 +752,44 @@ def test_pump_writes_to_the_socket_itself_when_nothing_waits(sse):
         assert pump.pieces == len(pieces)
 
 
+def test_pump_first_write_is_what_first_returns_sent_as_any_piece(sse):
+    """``first`` (the channel's ``held_with``) gets the first bytes to write and returns what
+    goes out in their place (the held head in front): through the socket itself like every
+    piece, so the transport holds nothing from the start; each ``first`` is called once."""
+    pieces = _pump_pieces(6, 80)
+    expected = _pump_reference(sse, pieces)
+    head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+    seen = []
+
+    def held_with(data):
+        seen.append(data)
+        return head + data
+
+    a, b = socket.socketpair()
+    with a, b:
+        a.setblocking(False)
+        t = _Transport(a)
+        owner = _Owner()
+        pump = sse.RelayPump(
+            sse.StreamObserver(True, True), t.write, owner, held_with, a.fileno(), t
+        )
+        for piece in pieces:
+            pump.data_received(piece)
+        assert t.writes == 0  # the first write too went to the socket
+        assert len(seen) == 1 and expected.startswith(seen[0])
+        assert _read_all(b, len(head) + len(expected)) == head + expected
+    # Without a socket: what ``first`` returns goes to ``write``; b"" (the client is gone, or
+    # the channel wrote a HEAD response's head itself) writes nothing.
+    for returned in (b"", b"HEAD"):
+        out: list[bytes] = []
+        pump = sse.RelayPump(
+            sse.StreamObserver(True, True), out.append, _Owner(), lambda d, r=returned: r
+        )
+        for piece in pieces:
+            pump.data_received(piece)
+        assert b"".join(out) == returned + expected[len(seen[0]) :]
+
+
 def test_pump_writes_behind_what_the_transport_holds(sse):
     pieces = _pump_pieces(5, 50)
     expected = _pump_reference(sse, pieces)

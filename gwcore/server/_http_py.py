@@ -302,6 +302,23 @@ class ResponseChannel:
         else:
             self._proto.transport.write(held + data)  # type: ignore[union-attr]
 
+    def held_with(self, data: bytes) -> bytes:
+        """What ``write_held(data)`` would write, for a caller that writes it to the client
+        itself: the head ``start(hold=True)`` kept back in front of ``data`` (counted as written
+        from now on), or ``data`` alone when no head is held; b"" when there is nothing to write
+        (the client is gone). For a HEAD request the held head is written here (the caller's
+        ``write_raw`` would drop it) and b"" returned."""
+        held = self._held
+        if held is None:
+            return b"" if self.disconnected or self.request._head else data
+        self._held = None
+        if self.disconnected:
+            return b""
+        if self.request._head:
+            self._proto.transport.write(held)  # type: ignore[union-attr]
+            return b""
+        return held + data
+
     def flush_head(self) -> None:
         """Write the head ``start(hold=True)`` kept back, if it is still held."""
         held = self._held
