@@ -15,6 +15,9 @@ direct nginx gwcore floor, ...), each at every concurrency:
   Information only: the issue's targets are with usage accounting on.
 - ``gwcore_nolane`` (only when named in ``--targets``): gwcore with ``GWCORE_LANE=off``: every
   upstream read through ``data_received`` (the relay lane off), which prices the lane.
+- ``gwcore_base`` (with ``--base DIR``): gwcore from another checkout, ``DIR``, whose extensions
+  are built in place there (``python setup.py build_ext --inplace``), e.g. a ``git worktree`` of
+  the commit before a change: the change's effect in the same run, rounds interleaved.
 
 The relay under test runs on CPU 0; the mock, the load generator (this process) and wrk on CPU 1.
 Per target and concurrency: full streams per second, relay CPU per stream (utime+stime from
@@ -24,7 +27,7 @@ Every response is checked (status 200, complete chunked framing, 33 ``data:`` ev
 ``data: [DONE]``); anything else is counted as an error per target and reported.
 
     python bench/bench_relay.py [--duration 5] [--rounds 3] [--concurrency 1,32] [--out DIR]
-                                [--no-wrk] [--profile SECONDS]
+                                [--no-wrk] [--profile SECONDS] [--base DIR]
 
 The services, the load generator, the /proc accounting and the medians come from
 ``gwcore.benchmark`` (the harness of ``gwcore bench``); this script keeps its targets, its report
@@ -219,6 +222,13 @@ def report(args, summary, wrk, profile, notes) -> str:
             "gwcore req/s ÷ nginx req/s",
             "(info)",
             lambda c: ratio(get("gwcore", c, "rps"), get("nginx", c, "rps")),
+        ),
+        (
+            "gwcore CPU/req ÷ gwcore_base CPU/req",
+            "(info)",
+            lambda c: ratio(
+                get("gwcore", c, "relay_cpu_us"), get("gwcore_base", c, "relay_cpu_us")
+            ),
         ),
         (
             "gwcore CPU/req ÷ floor CPU/req",
@@ -419,9 +429,23 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECONDS",
         help="py-spy the gwcore process under the highest concurrency (0: off)",
     )
+    p.add_argument(
+        "--base",
+        type=Path,
+        metavar="DIR",
+        help="also gwcore_base: gwcore from the checkout DIR (extensions built in place there)",
+    )
     args = p.parse_args(argv)
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    if args.base is not None:
+        if not (args.base / "gwcore" / "__init__.py").is_file():
+            p.error(f"--base {args.base}: no gwcore package there")
+        args.base = args.base.resolve()
+        if "gwcore_base" not in args.targets:
+            args.targets.append("gwcore_base")
+    elif "gwcore_base" in args.targets:
+        p.error("gwcore_base needs --base DIR")
 
     PIN = Pinning.detect()
     notes = []
@@ -443,7 +467,13 @@ def main(argv: list[str] | None = None) -> int:
                     print("nginx is not installed: skipping it", file=sys.stderr)
                 else:
                     services["nginx"] = svc
-            for name in ("gwcore", "gwcore_quiet", "gwcore_noledger", "gwcore_nolane"):
+            for name in (
+                "gwcore",
+                "gwcore_quiet",
+                "gwcore_noledger",
+                "gwcore_nolane",
+                "gwcore_base",
+            ):
                 if name in args.targets:
                     services[name] = start_gwcore(
                         args.tmp,
@@ -452,7 +482,9 @@ def main(argv: list[str] | None = None) -> int:
                         name=name,
                         # the usage log line off, to price it; "gwcore" keeps the default
                         log_level="WARNING" if name == "gwcore_quiet" else None,
-                        env=OFF_SWITCHES.get(name),
+                        env={"PYTHONPATH": str(args.base)}
+                        if name == "gwcore_base"
+                        else OFF_SWITCHES.get(name),
                     )
             if "floor" in args.targets:
                 services["floor"] = start_floor(args.tmp, services["mock"].port, PIN)

@@ -446,6 +446,16 @@ def test_other_bench_scripts_import(script):
     assert "usage:" in proc.stdout
 
 
+def test_relay_bench_base_needs_a_checkout():
+    script = str(ROOT / "bench" / "bench_relay.py")
+    for args in (["--base", str(ROOT / "no-such-checkout")], ["--targets", "gwcore,gwcore_base"]):
+        proc = subprocess.run(
+            [sys.executable, script, *args], capture_output=True, text=True, timeout=30
+        )
+        assert proc.returncode == 2
+        assert "--base" in proc.stderr
+
+
 def test_chat_fields_bench_reports_every_size():
     proc = subprocess.run(
         [
