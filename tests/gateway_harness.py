@@ -123,6 +123,7 @@ async def read_stream_to_end(reader: asyncio.StreamReader) -> tuple[bytes, bytes
 
 def front_buffers(http_module: Any) -> list[int]:
     """What each live front-door connection (of ``http_module``) holds in its transport."""
+    gc.collect()  # (earlier tests' connections may be cyclic garbage not yet collected)
     fronts = [o for o in gc.get_objects() if isinstance(o, http_module.HttpProtocol)]
     return [p.transport.get_write_buffer_size() for p in fronts if p.transport]
 

@@ -234,6 +234,7 @@ def test_the_lane_pauses_the_upstream_for_a_client_that_stops_reading(pumps):
             await asyncio.sleep(1.5)
             # The upstream connection is paused, through its lane (the rest of the answer waits
             # in the upstream's socket buffers and the mock)...
+            gc.collect()  # (an earlier test's dropped stream may be garbage not yet collected)
             ups = [o for o in gc.get_objects() if isinstance(o, UpstreamConnection)]
             assert [(c._paused, c._laned) for c in ups if c._diverted is not None] == [(1, 1)]
             assert not h.sink.records  # (still streaming)
