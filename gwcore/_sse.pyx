@@ -1497,12 +1497,11 @@ cdef class RelayPump:
                 first = self._first
                 self._first = None
                 out = first(out)
-            if not out:
-                pass
-            elif self._fd >= 0:
-                self._send(out)
-            else:
-                self._write(out)
+            if out:  # (b"" from ``first``: nothing to write)
+                if self._fd >= 0:
+                    self._send(out)
+                else:
+                    self._write(out)
         if observer._complete:
             self._over = True
             self._owner.pump_complete()

@@ -977,12 +977,11 @@ class RelayPump:
             if first is not None:
                 self._first = None
                 out = first(out)
-            if not out:
-                pass
-            elif self._fd >= 0:
-                self._send(out)
-            else:
-                self._write(out)
+            if out:  # (b"" from ``first``: nothing to write)
+                if self._fd >= 0:
+                    self._send(out)
+                else:
+                    self._write(out)
         if self._observer.complete:
             self._over = True
             self._owner.pump_complete()
