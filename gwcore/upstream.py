@@ -660,6 +660,9 @@ class UpstreamConnection:
                     502, "upstream closed the connection mid-response", code="upstream_closed"
                 )
             )
+        # The pump, its relay and the exchange hold this connection: no cycle left behind.
+        self._diverted = None
+        self._exchange = None
 
     def pause_writing(self) -> None:  # requests are written once; nothing to hold back
         pass

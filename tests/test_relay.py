@@ -456,6 +456,38 @@ def test_a_relayed_request_leaves_no_cycles_behind(pooled):
     run(main(), use_uvloop=True)
 
 
+def test_a_stream_the_upstream_drops_leaves_no_cycles_behind():
+    """The same after an upstream that drops the connection mid-stream: the connection lets go
+    of the pump (which holds the relay, which holds the exchange, which holds the connection)."""
+
+    async def main():
+        async with gateway_with_mock(events=6) as h:
+            gc.collect()
+            gc.disable()
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            try:
+                for _ in range(3):
+                    h.mock.scenarios.append(Scenario(drop_at=400))
+                    resp = await raw_post(h.host, h.port, chat_body(True))
+                    assert resp.status == 200
+                    assert b"upstream_closed" in resp.body
+                gc.collect()
+                ours = [  # (the mock's connections that dropped are its own business)
+                    o
+                    for o in gc.garbage
+                    if type(o).__module__.startswith("gwcore")
+                    and not type(o).__module__.startswith("gwcore.testing")
+                ]
+            finally:
+                gc.set_debug(0)
+                gc.garbage.clear()
+                gc.enable()
+            assert ours == []
+            assert len(h.sink.records) == 3 and all(r.aborted for r in h.sink.records)
+
+    run(main(), use_uvloop=True)
+
+
 def test_upstream_keepalive_connection_reused():
     async def main():
         async with gateway_with_mock() as h:
