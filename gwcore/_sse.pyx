@@ -2577,32 +2577,30 @@ cdef inline Py_ssize_t _j_utf8(const unsigned char* p, Py_ssize_t i) noexcept no
     """The end of the UTF-8 sequence whose lead byte (>= 0x80) is at ``i``, or -1: RFC 3629
     (no overlong form, no surrogate, nothing above U+10FFFF), as orjson and Python check it.
     A continuation byte is never NUL: the NUL after a bytes object stops the reading."""
-    cdef unsigned char c = p[i], c1 = p[i + 1]
+    cdef unsigned char c = p[i], lo = 0x80, hi = 0xBF  # the second byte's range
+    cdef Py_ssize_t size, k
     if 0xC2 <= c <= 0xDF:
-        return i + 2 if 0x80 <= c1 <= 0xBF else -1
-    if 0xE0 <= c <= 0xEF:
+        size = 2
+    elif 0xE0 <= c <= 0xEF:
+        size = 3
         if c == 0xE0:
-            if not 0xA0 <= c1 <= 0xBF:
-                return -1
+            lo = 0xA0  # no overlong form
         elif c == 0xED:
-            if not 0x80 <= c1 <= 0x9F:
-                return -1
-        elif not 0x80 <= c1 <= 0xBF:
-            return -1
-        return i + 3 if 0x80 <= p[i + 2] <= 0xBF else -1
-    if 0xF0 <= c <= 0xF4:
+            hi = 0x9F  # no surrogate
+    elif 0xF0 <= c <= 0xF4:
+        size = 4
         if c == 0xF0:
-            if not 0x90 <= c1 <= 0xBF:
-                return -1
+            lo = 0x90  # no overlong form
         elif c == 0xF4:
-            if not 0x80 <= c1 <= 0x8F:
-                return -1
-        elif not 0x80 <= c1 <= 0xBF:
+            hi = 0x8F  # nothing above U+10FFFF
+    else:
+        return -1
+    if not lo <= p[i + 1] <= hi:
+        return -1
+    for k in range(i + 2, i + size):
+        if not 0x80 <= p[k] <= 0xBF:
             return -1
-        if not 0x80 <= p[i + 2] <= 0xBF or not 0x80 <= p[i + 3] <= 0xBF:
-            return -1
-        return i + 4
-    return -1
+    return i + size
 
 
 cdef inline bint _j_hex(unsigned char c) noexcept nogil:
