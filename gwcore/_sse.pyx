@@ -2153,52 +2153,41 @@ cdef _NameSlot _name_slots[2 << _NAME_SET_BITS]
 cdef _NameSlot _raw_slots[2 << _NAME_SET_BITS]
 
 
-cdef inline bytes _raw_name(const unsigned char* p, Py_ssize_t n, unsigned long long h):
-    """``p[:n]`` as bytes, from the cache when it holds them (``h`` their hash)."""
+cdef inline object _slot_name(
+    _NameSlot* sets, const unsigned char* p, Py_ssize_t n, unsigned long long h, bint text
+):
+    """The name ``p[:n]`` from the two-way sets ``sets`` when they hold these bytes (``h``
+    their hash), else made and put in: ``_lower_name(p, n)`` when ``text``, else the bytes."""
     cdef _NameSlot* first
     cdef _NameSlot* second
-    cdef bytes raw
+    cdef object made
     if n > _NAME_MAX:
-        return PyBytes_FromStringAndSize(<const char*>p, n)
-    first = &_raw_slots[2 * <Py_ssize_t>((h * 0x9E3779B97F4A7C15ULL) >> (64 - _NAME_SET_BITS))]
+        return _lower_name(p, n) if text else PyBytes_FromStringAndSize(<const char*>p, n)
+    first = &sets[2 * <Py_ssize_t>((h * 0x9E3779B97F4A7C15ULL) >> (64 - _NAME_SET_BITS))]
     if first.n == n and memcmp(first.raw, p, n) == 0:
-        return <bytes>first.text
+        return <object>first.text
     second = first + 1
     if second.n == n and memcmp(second.raw, p, n) == 0:
-        return <bytes>second.text
-    raw = PyBytes_FromStringAndSize(<const char*>p, n)
-    hash(raw)
+        return <object>second.text
+    made = _lower_name(p, n) if text else PyBytes_FromStringAndSize(<const char*>p, n)
+    hash(made)
     Py_XDECREF(second.text)  # the older of the two goes; the newest takes the first way
     second[0] = first[0]
-    Py_INCREF(raw)
-    first.text = <PyObject*>raw
+    Py_INCREF(made)
+    first.text = <PyObject*>made
     first.n = n
     memcpy(first.raw, p, n)
-    return raw
+    return made
+
+
+cdef inline bytes _raw_name(const unsigned char* p, Py_ssize_t n, unsigned long long h):
+    """``p[:n]`` as bytes, from the response names' cache."""
+    return <bytes>_slot_name(_raw_slots, p, n, h, False)
 
 
 cdef inline str _name_text(const unsigned char* p, Py_ssize_t n, unsigned long long h):
-    """``_lower_name(p, n)``, from the cache when it holds these bytes (``h`` their hash)."""
-    cdef _NameSlot* first
-    cdef _NameSlot* second
-    cdef str text
-    if n > _NAME_MAX:
-        return _lower_name(p, n)
-    first = &_name_slots[2 * <Py_ssize_t>((h * 0x9E3779B97F4A7C15ULL) >> (64 - _NAME_SET_BITS))]
-    if first.n == n and memcmp(first.raw, p, n) == 0:
-        return <str>first.text
-    second = first + 1
-    if second.n == n and memcmp(second.raw, p, n) == 0:
-        return <str>second.text
-    text = _lower_name(p, n)
-    hash(text)
-    Py_XDECREF(second.text)  # the older of the two goes; the newest takes the first way
-    second[0] = first[0]
-    Py_INCREF(text)
-    first.text = <PyObject*>text
-    first.n = n
-    memcpy(first.raw, p, n)
-    return text
+    """``_lower_name(p, n)``, from the request names' cache."""
+    return <str>_slot_name(_name_slots, p, n, h, True)
 
 
 def quick_request_head(bytes data not None):
