@@ -485,12 +485,22 @@ cdef Py_ssize_t object_end(const unsigned char* d, Py_ssize_t i, Py_ssize_t n) n
 cdef struct Nesting:
     Py_ssize_t pos
     Py_ssize_t depth
+    Py_ssize_t closed  # index after the bracket that first brought depth back to 0; -1: none yet
     bint in_str
     bint esc
 
 
+cdef inline void nest_start(Nesting* t, Py_ssize_t pos) noexcept nogil:
+    t.pos = pos
+    t.depth = 0
+    t.closed = -1
+    t.in_str = False
+    t.esc = False
+
+
 cdef void nest_advance(Nesting* t, const unsigned char* d, Py_ssize_t target) noexcept nogil:
-    """Walk JSON text forward to ``target``, tracking container depth and string state."""
+    """Walk JSON text forward to ``target``, tracking container depth, string state and where the
+    value the walk started at closed (what ``object_end`` from there returns)."""
     cdef Py_ssize_t i = t.pos, depth = t.depth
     cdef bint in_str = t.in_str, esc = t.esc
     cdef unsigned char c
@@ -516,6 +526,8 @@ cdef void nest_advance(Nesting* t, const unsigned char* d, Py_ssize_t target) no
             depth += 1
         elif c == C_RBRACE or c == C_RBRACKET:
             depth -= 1
+            if depth == 0 and t.closed < 0:
+                t.closed = i + 1
         i += 1
     t.pos = i
     t.depth = depth
@@ -553,25 +565,23 @@ cdef inline Py_ssize_t usage_value_at(
     return key_value_at(d, k, n, C_LBRACE)
 
 
-cdef bint has_empty_choices(const unsigned char* d, Py_ssize_t start, Py_ssize_t n) noexcept nogil:
-    """True when the object has a top-level ``"choices":[]`` (the OpenAI usage-only chunk)."""
-    cdef Nesting nest
-    cdef Py_ssize_t p, k
-    nest.pos = start
-    nest.depth = 0
-    nest.in_str = False
-    nest.esc = False
-    p = gw_find(d, start, n, b'"choices"', 9)
-    while p >= 0:
-        k = key_value_at(d, p + 9, n, C_LBRACKET)
-        if k >= 0:
-            k = skip_ws(d, k + 1, n)
-            if k < n and d[k] == C_RBRACKET:
-                nest_advance(&nest, d, p)
-                if not nest.in_str and nest.depth == 1:
-                    return True
-        p = gw_find(d, p + 1, n, b'"choices"', 9)
-    return False
+cdef Py_ssize_t find_choices(const unsigned char* d, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    """Where ``'"choices"'`` first occurs in ``d[i:n]``, or -1. (Searched for without its first
+    quote, checked after: a needle that starts and ends with a quote matches at every pair of
+    quotes eight bytes apart, which JSON text is full of.)"""
+    cdef Py_ssize_t p = gw_find(d, i + 1, n, b'choices"', 8)
+    while p >= 0 and d[p - 1] != C_QUOTE:
+        p = gw_find(d, p + 1, n, b'choices"', 8)
+    return p - 1 if p >= 0 else -1
+
+
+cdef inline bint empty_array_at(const unsigned char* d, Py_ssize_t p, Py_ssize_t n) noexcept nogil:
+    """At ``'"choices"'`` (``d[p]``): True when the key's value is an empty array."""
+    cdef Py_ssize_t k = key_value_at(d, p + 9, n, C_LBRACKET)
+    if k < 0:
+        return False
+    k = skip_ws(d, k + 1, n)
+    return k < n and d[k] == C_RBRACKET
 
 
 # ---- the scanner ----------------------------------------------------------------------------------
@@ -1094,9 +1104,15 @@ cdef class _Scanner:
     cdef int _analyze(self, const unsigned char* d, Py_ssize_t n, Py_ssize_t first) except -1:
         """Note [DONE], an error, the usage object; 1 when the event is to be elided. ``first``:
         where ``'"usage'`` first occurs in ``d`` (-1: nowhere), found by the caller's pass over
-        the bytes, or -2 to search here."""
-        cdef Py_ssize_t i, j, k, p, o, q, first_o = -1, first_q = -1, last_o = -1, last_q = -1
-        cdef bint meta, top_usage = False
+        the bytes, or -2 to search here.
+
+        One walk over the object (the twin's spec walks it up to four times): it stops at each
+        usage key in turn, steps over each usage object found (balanced: depth and string state
+        are the same after it), and, when the event may be elided, at each ``"choices":[]`` on
+        the way; where the whole object closes comes from the same walk."""
+        cdef Py_ssize_t i, j, k, p, o, q, c, first_o = -1, first_q = -1, last_o = -1, last_q = -1
+        cdef bint meta, top_usage = False, empty_choices = False
+        cdef bint elidable = self._elide and not self._blk_disq
         cdef Nesting nest
         if n == 6 and memcmp(d, b"[DONE]", 6) == 0:
             self._done = True
@@ -1114,15 +1130,17 @@ cdef class _Scanner:
         p = gw_find(d, i, n, b'"usage', 6) if first == -2 else first
         if p < 0:
             return 0
-        nest.pos = i
-        nest.depth = 0
-        nest.in_str = False
-        nest.esc = False
+        nest_start(&nest, i)
+        c = -2  # the next "choices" key to look at; -1: none or no longer needed, -2: not yet
         while p >= 0:
             o = usage_value_at(d, p, n, &meta)
             if o < 0:
                 p = gw_find(d, p + 6, n, b'"usage', 6)  # p+1..p+5 hold 'usage'
                 continue
+            if c == -2:  # (not for events whose usage is null: most of a stream's)
+                c = find_choices(d, i, n) if elidable else -1
+            while 0 <= c < p:
+                c = self._choices_step(&nest, d, n, c, &empty_choices)
             nest_advance(&nest, d, p)
             if nest.in_str or nest.depth > 2:
                 p = gw_find(d, p + 6, n, b'"usage', 6)  # p+1..p+5 hold 'usage'
@@ -1137,6 +1155,11 @@ cdef class _Scanner:
                 first_q = q
             if not meta and nest.depth == 1:
                 top_usage = True
+            # Step over the usage object: a "choices" key inside it is at depth 2 or more. The
+            # depth there is 1 or more unless the object already closed before it (nest.closed).
+            nest.pos = q
+            if 0 <= c < q:
+                c = find_choices(d, q, n)
             p = gw_find(d, q, n, b'"usage', 6)
         if last_o < 0:
             return 0
@@ -1145,11 +1168,28 @@ cdef class _Scanner:
             self._first_usage = PyBytes_FromStringAndSize(
                 <const char*>d + first_o, first_q - first_o
             )
-        if not (self._elide and top_usage and not self._blk_disq):
+        if not (elidable and top_usage):
             return 0
         # Elide only an event whose data is exactly one object with an empty top-level choices.
-        q = object_end(d, i, n)
-        return q > 0 and skip_ws(d, q, n) == n and has_empty_choices(d, i, n)
+        while c >= 0:
+            c = self._choices_step(&nest, d, n, c, &empty_choices)
+        if not empty_choices:
+            return 0
+        nest_advance(&nest, d, n)
+        return nest.closed > 0 and skip_ws(d, nest.closed, n) == n
+
+    @cython.final
+    cdef inline Py_ssize_t _choices_step(
+        self, Nesting* nest, const unsigned char* d, Py_ssize_t n, Py_ssize_t c, bint* found
+    ) noexcept nogil:
+        """The walk to the ``"choices"`` key at ``c``: ``found`` when it is a top-level one whose
+        value is an empty array. The next key to look at, -1 once found or when none is left."""
+        if empty_array_at(d, c, n):
+            nest_advance(nest, d, c)
+            if not nest.in_str and nest.depth == 1:
+                found[0] = True
+                return -1
+        return find_choices(d, c + 1, n)
 
 
 @cython.final

@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -370,3 +371,91 @@ def test_compiled_agrees_with_twin_on_json_with_long_strings(sse_pair, objs, cut
         ):
             for pieces in (split(data, cuts), [data]):
                 assert run(compiled, "observe", kw, pieces) == run(twin, "observe", kw, pieces)
+
+
+# One event's data as a run of JSON fragments: usage and choices keys, brackets closing early or
+# never, strings holding brackets, quotes and backslashes, objects side by side. The compiled
+# scanner reads usage and decides elision in one walk over the object; the twin walks it several
+# times: every such event must give the same usage and the same elision.
+_FRAGMENTS = [
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b",",
+    b" ",
+    b"1",
+    b"null",
+    b'"usage":{',
+    b'"usage":{}',
+    b'"usage":null',
+    b'"usage" : {"t":1}',
+    b'"usageMetadata":{',
+    b'"choices":[]',
+    b'"choices" : [ ]',
+    b'"choices":[',
+    b'"x"',
+    b'"x":',
+    b'"}{]["',
+    b'"\\""',
+    b'"\\\\"',
+    b'"',
+    b"\\",
+]
+
+
+@settings(max_examples=4 * EXAMPLES, deadline=None)
+@given(
+    parts=st.lists(st.sampled_from(_FRAGMENTS), max_size=30),
+    head=st.sampled_from([b"{", b' {"choices":[],', b'{"usage":{"a":{}},', b""]),
+)
+def test_compiled_agrees_with_twin_on_usage_and_choices_fragments(sse_pair, parts, head):
+    compiled, twin = sse_pair
+    data = head + b"".join(parts)
+    event = b"data: " + data + b"\n\n"
+    for elide in (False, True):
+        kw = {"chunked": False, "elide_injected_usage": elide}
+        assert run(compiled, "observe", kw, [event]) == run(twin, "observe", kw, [event])
+    # ... and the well-formed usage-only chunk with those fragments as extra members is elided
+    # by both exactly when it is still one object with an empty top-level choices
+    whole = b'{"choices":[],"usage":{"n":1},"k":[' + b"".join(parts) + b"]}"
+    event = b"data: " + whole + b"\n\n"
+    kw = {"chunked": False, "elide_injected_usage": True}
+    got = run(compiled, "observe", kw, [event])
+    assert got == run(twin, "observe", kw, [event])
+    try:
+        obj = json.loads(whole)
+    except ValueError:
+        return
+    assert got[0] == b""  # the usage-only chunk, still valid JSON: elided
+    assert obj["choices"] == []
+
+
+@pytest.mark.parametrize(
+    ("data", "elided", "usage"),
+    [
+        (b'{"choices":[],"usage":{"n":1}}', True, b'{"n":1}'),
+        (b'{ "choices" : [ ] , "usage" : { } } ', True, b"{ }"),
+        (b'{"usage":{"a":"}"},"choices":[]}', True, b'{"a":"}"}'),
+        (b'{"choices":[],"usage":{"n":1},"usage":{"n":2}}', True, b'{"n":2}'),
+        (b'{"usage":{"choices":[]},"choices":[]}', True, b'{"choices":[]}'),
+        (b'{"usage":{"choices":[]}}', False, b'{"choices":[]}'),
+        (b'{"a":{"choices":[]},"usage":{}}', False, b"{}"),
+        (b'{"x":"\\"choices\\":[]","usage":{"n":1}}', False, b'{"n":1}'),
+        (b'{"choices":[{"a":1}],"usage":{"n":1}}', False, b'{"n":1}'),
+        (b'{"choices":[],"usage":{"n":1}}{}', False, b'{"n":1}'),
+        (b'{}"choices":[],"usage":{"n":1}', False, b'{"n":1}'),
+        (b'{"choices":[],"usage":{"n":1}', False, b'{"n":1}'),
+        (b'{"choices":[],"usage":{"n":1', False, None),
+        (b'{"usageMetadata":{"a":1},"choices":[]}', False, b'{"a":1}'),
+        (b'{"choices":[],"a":{"usage":{"n":1}}}', False, b'{"n":1}'),
+        (b'{"choices":[],"a":[{"usage":{"n":1}}]}', False, None),
+        (b'{"choices":[],"a":{"b":{"usage":{"n":1}}}}', False, None),
+    ],
+)
+def test_usage_only_chunk_elided_only_when_it_is_one_object_with_top_level_empty_choices(
+    sse, data, elided, usage
+):
+    o = sse.StreamObserver(chunked=False, elide_injected_usage=True)
+    out = o.feed(b"data: " + data + b"\n\n")
+    assert (out == b"", o.elided, o.usage) == (elided, int(elided), usage)
