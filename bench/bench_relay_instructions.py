@@ -7,7 +7,10 @@ once for N2 streamed requests after the same warm-up, and reports (Ir(N2) - Ir(N
 start-up and warm-up cancel out. One-time work that can still fall into one run only is taken
 out of both: SQLite's statement preparation (``sqlite3_prepare_v2``; the ledger prepares each
 statement once per process, and whether its 100-row INSERT is first prepared in the N1 run, the
-N2 run or neither depends on how the writer's batches fall), reported beside. Kernel work (the
+N2 run or neither depends on how the writer's batches fall), and a Python process's exit
+(``Py_FinalizeEx``: it frees what is still alive, and the N2 run's heap holds more usage records
+in the in-memory sink, which a long-running server replaces one for one), both reported beside.
+Kernel work (the
 read and write system calls, the same count for every relay here) is not in these figures;
 ``bench_relay.py`` measures whole CPU time.
 
@@ -59,8 +62,9 @@ def _stream(sock: socket.socket) -> None:
         raise RuntimeError(f"not a complete stream: {buf[-200:]!r}")
 
 
-def _run(tmp: Path, target: str, mock_port: int, n: int) -> tuple[int, int]:
-    """(instructions, of which statement preparation) of one run of ``target``."""
+def _run(tmp: Path, target: str, mock_port: int, n: int) -> tuple[int, int, int]:
+    """(instructions, of which statement preparation, of which the exit) of one run of
+    ``target``."""
     tmp = tmp / f"{target}-{n}"
     tmp.mkdir()
     out = tmp / f"{target}.{n}.callgrind"
@@ -125,25 +129,26 @@ def _run(tmp: Path, target: str, mock_port: int, n: int) -> tuple[int, int]:
     match = re.search(r"^(?:summary|totals):\s+(\d+)", text, re.M)
     if match is None:
         raise RuntimeError(f"no instruction total in {out}")
-    return int(match.group(1)), _prepare_cost(out)
+    prepare, finalize = _inclusive_costs(out, ("sqlite3_prepare_v2", "Py_FinalizeEx"))
+    return int(match.group(1)), prepare, finalize
 
 
-def _prepare_cost(path: Path) -> int:
-    """Instructions spent in ``sqlite3_prepare_v2`` (with what it calls) in one callgrind file."""
+def _inclusive_costs(path: Path, functions: tuple[str, ...]) -> list[int]:
+    """Instructions spent in each of ``functions`` (with what they call) in one callgrind file."""
+    totals = dict.fromkeys(functions, 0)
     if shutil.which("callgrind_annotate") is None:
-        return 0
+        return list(totals.values())
     out = subprocess.run(
         ["callgrind_annotate", "--inclusive=yes", "--threshold=100", "--auto=no", str(path)],
         capture_output=True,
         text=True,
         check=False,
     ).stdout
-    total = 0
     for line in out.splitlines():
-        m = re.match(r"\s*([\d,]+)\s+(?:\([^)]*\)\s+)?\S*:sqlite3_prepare_v2\s", line)
-        if m:
-            total += int(m.group(1).replace(",", ""))
-    return total
+        m = re.match(r"\s*([\d,]+)\s+(?:\([^)]*\)\s+)?\S*:(\w+)\s", line)
+        if m and m.group(2) in totals:
+            totals[m.group(2)] += int(m.group(1).replace(",", ""))
+    return list(totals.values())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             for target in args.targets.split(","):
                 t0 = time.monotonic()
                 try:
-                    (a, a_prep), (b, b_prep) = (
+                    (a, a_prep, a_exit), (b, b_prep, b_exit) = (
                         _run(tmp, target, mock.port, args.n1),
                         _run(tmp, target, mock.port, args.n2),
                     )
@@ -199,10 +204,14 @@ def main(argv: list[str] | None = None) -> int:
                     Path(args.keep).mkdir(parents=True, exist_ok=True)
                     for f in tmp.glob(f"{target}-*/*.callgrind"):
                         shutil.copy(f, Path(args.keep) / f.name)
-                per = ((b - b_prep) - (a - a_prep)) / (args.n2 - args.n1)
-                prep = (b_prep - a_prep) / (args.n2 - args.n1)
+                span = args.n2 - args.n1
+                per = ((b - b_prep - b_exit) - (a - a_prep - a_exit)) / span
+                prep = (b_prep - a_prep) / span
+                exits = (b_exit - a_exit) / span
                 rows.append((target, per))
                 note = f", statement preparation taken out: {prep:+,.0f}" if a_prep + b_prep else ""
+                if a_exit + b_exit:
+                    note += f", the exit taken out: {exits:+,.0f}"
                 print(
                     f"{target}: {per:,.0f} instructions/request "
                     f"({time.monotonic() - t0:.0f} s{note})"
