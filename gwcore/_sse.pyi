@@ -17,6 +17,7 @@ __all__ = [
     "lane_scan",
     "quick_request_head",
     "quick_response_head",
+    "send_direct",
     "usage_counts",
 ]
 
@@ -92,6 +93,10 @@ class RelayPump:
 
 def lane_available() -> bool:
     """Whether this process can run relay lanes (compiled, uvloop, not switched off)."""
+
+def send_direct(fd: int, data: bytes) -> int:
+    """One non-blocking ``send`` of ``data`` to the socket ``fd`` (no SIGPIPE): the bytes the
+    socket took, or -1 for none; the rest is for the transport, which nothing waits in."""
 
 def lane_scan(data: bytes, max_event_size: int = ...) -> int:
     """The number of events in ``data`` when it is whole chunks of plain ``data:`` events, or -1."""

@@ -44,6 +44,7 @@ __all__ = [
     "lane_scan",
     "quick_request_head",
     "quick_response_head",
+    "send_direct",
     "usage_counts",
 ]
 
@@ -1847,6 +1848,17 @@ def _lane_swap(value=None):
 def lane_available():
     """Whether this process can run relay lanes (compiled, uvloop, not switched off)."""
     return _lane_on()
+
+
+def send_direct(int fd, bytes data not None):
+    """One non-blocking ``send`` of ``data`` to the socket ``fd``, never raising SIGPIPE: the
+    number of bytes the socket took, or -1 for none (full, or an error, which the transport then
+    meets when it writes the rest). For a writer that owns the socket's transport and has checked
+    that nothing waits in it: the rest goes to ``transport.write``, in order."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    if n == 0:
+        return 0
+    return gw_send(fd, PyBytes_AS_STRING(data), n)
 
 
 cdef object _TCP_T = None, _UNIX_T = None  # uvloop's plain stream transports (once bound)

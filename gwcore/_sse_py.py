@@ -35,6 +35,7 @@ __all__ = [
     "lane_scan",
     "quick_request_head",
     "quick_response_head",
+    "send_direct",
     "usage_counts",
 ]
 
@@ -1015,6 +1016,21 @@ class RelayPump:
 def lane_available() -> bool:
     """Whether this process can run relay lanes: never with the pure-Python scanner."""
     return False
+
+
+def send_direct(fd: int, data: bytes) -> int:
+    """One non-blocking ``send`` of ``data`` to the socket ``fd``, never raising SIGPIPE: the
+    number of bytes the socket took, or -1 for none (full, or an error, which the transport then
+    meets when it writes the rest). For a writer that owns the socket's transport and has checked
+    that nothing waits in it: the rest goes to ``transport.write``, in order."""
+    if type(data) is not bytes:
+        raise TypeError(f"data must be bytes, not {type(data).__name__}")
+    if not data:
+        return 0
+    try:  # the socket is non-blocking (the event loop's); Python ignores SIGPIPE: EPIPE raises
+        return os.write(fd, data)
+    except OSError:
+        return -1
 
 
 def lane_scan(data: bytes, max_event_size: int = 8 * 1024 * 1024) -> int:

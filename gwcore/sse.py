@@ -23,6 +23,7 @@ if os.environ.get("GWCORE_NO_EXTENSIONS"):
         lane_scan,
         quick_request_head,
         quick_response_head,
+        send_direct,
         usage_counts,
     )
 
@@ -39,6 +40,7 @@ else:
             lane_scan,
             quick_request_head,
             quick_response_head,
+            send_direct,
             usage_counts,
         )
 
@@ -54,6 +56,7 @@ else:
             lane_scan,
             quick_request_head,
             quick_response_head,
+            send_direct,
             usage_counts,
         )
 
@@ -70,5 +73,6 @@ __all__ = [
     "lane_scan",
     "quick_request_head",
     "quick_response_head",
+    "send_direct",
     "usage_counts",
 ]

@@ -22,6 +22,7 @@ cdef class UpstreamPool
 
 cdef class UpstreamConnection:
     cdef public object _counted, _deadline, _diverted, _exchange, _head_buf, _head_fut, _keep_alive
+    cdef public int _fd
     cdef public object _laned
     cdef public object _listener, _loop, _method, _paused, _remaining, _rx, _rx_seen, _silent
     cdef public UpstreamPool _pool
@@ -36,6 +37,7 @@ cdef class UpstreamConnection:
     cpdef release(self)
     cpdef close(self)
     @cython.locals(exchange=UpstreamExchange)
+    @cython.locals(fd=int, sent=Py_ssize_t)
     cpdef _send(self, data, listener, method, await_head=*)
     cpdef _data_slow(self, data)
     cpdef _on_head_bytes(self, data)

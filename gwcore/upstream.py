@@ -42,9 +42,11 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from gwcore._transports import DIRECT_TRANSPORTS
 from gwcore.errors import GatewayError
 from gwcore.sse import RelayPump as _Pump
 from gwcore.sse import quick_response_head as _quick_head
+from gwcore.sse import send_direct as _send_direct
 
 __all__ = [
     "HOP_BY_HOP",
@@ -476,6 +478,7 @@ class UpstreamConnection:
         "_deadline",
         "_diverted",
         "_exchange",
+        "_fd",
         "_head_buf",
         "_head_fut",
         "_keep_alive",
@@ -503,6 +506,7 @@ class UpstreamConnection:
         self.origin = origin
         self._loop = loop
         self._transport: asyncio.Transport | None = None
+        self._fd = -1  # the socket, for writes that leave now (uvloop's plain transports only)
         self._state = _CONNECTING
         self._listener: UpstreamListener | None = None
         self._exchange: UpstreamExchange | None = None
@@ -612,6 +616,8 @@ class UpstreamConnection:
         if sock is not None:
             with contextlib.suppress(OSError, AttributeError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if type(transport) in DIRECT_TRANSPORTS:
+                self._fd = sock.fileno()
         with contextlib.suppress(AttributeError, NotImplementedError):
             transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)  # type: ignore[attr-defined]
 
@@ -634,6 +640,7 @@ class UpstreamConnection:
         return None  # close the transport; connection_lost does the bookkeeping
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._fd = -1  # (the number may soon be another socket's)
         self._unlane(False)
         state = self._state
         listener = self._listener
@@ -702,7 +709,17 @@ class UpstreamConnection:
         self._rx = self._rx_seen = self._silent = 0
         self.requests += 1
         fut = self._head_fut = self._loop.create_future() if await_head else None
-        self._transport.write(data)
+        transport = self._transport
+        fd = self._fd
+        # uvloop defers a write to the end of the loop's turn: the request leaves now instead,
+        # through the socket itself, when nothing waits in the transport (which then writes
+        # whatever the socket did not take, in order).
+        if fd >= 0 and not transport.get_write_buffer_size() and not transport.is_closing():
+            sent = _send_direct(fd, data)
+            if sent != len(data):
+                transport.write(data if sent <= 0 else data[sent:])
+        else:
+            transport.write(data)
         pool = self._pool
         timeout = pool.header_timeout
         self._deadline = 0.0 if timeout is None else self._loop.time() + timeout

@@ -887,3 +887,26 @@ def test_pump_never_writes_to_the_socket_of_a_closing_transport(sse):
         expected = _pump_reference(sse, pieces)
         assert sent + bytes(t.buf) == expected
         assert len(sent) < len(expected)
+
+
+def test_send_direct_sends_what_the_socket_takes_and_never_raises(sse):
+    a, b = socket.socketpair()
+    with a, b:
+        a.setblocking(False)
+        assert sse.send_direct(a.fileno(), b"") == 0
+        assert sse.send_direct(a.fileno(), b"hello") == 5
+        assert b.recv(16) == b"hello"
+        # a full socket takes part of a piece, then none: the rest is the caller's to queue
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        piece = b"x" * 65536
+        taken = []
+        while not taken or taken[-1] > 0:
+            taken.append(sse.send_direct(a.fileno(), piece))
+        assert taken[-1] == -1 and sum(taken[:-1]) > 0
+        b.close()
+        # the peer gone: an error, neither an exception nor SIGPIPE (Python ignores it; a
+        # compiled send never raises it)
+        assert sse.send_direct(a.fileno(), b"late") == -1
+    assert sse.send_direct(a.fileno(), b"closed") == -1  # no such socket any more
+    with pytest.raises(TypeError):
+        sse.send_direct(0, "text")

@@ -306,6 +306,50 @@ def test_keep_alive_reuses_one_connection(arun):
     arun(main())
 
 
+@pytest.mark.parametrize("socket_takes", ["all", "part", "none"])
+def test_the_request_leaves_through_the_socket_at_once(arun, monkeypatch, socket_takes):
+    """On uvloop's plain transport the request is sent through the socket itself (uvloop would
+    write it at the end of the loop's turn); what the socket does not take, the transport writes
+    after it, in order: the upstream reads the very request either way. The stdlib loop's
+    transport sends at once itself: no direct send there."""
+    import gwcore.upstream as upstream
+
+    sends = []
+    real = upstream._send_direct
+
+    def send(fd, data):
+        sends.append(len(data))
+        if socket_takes == "none":
+            return -1
+        if socket_takes == "part":
+            return real(fd, data[:7])
+        return real(fd, data)
+
+    monkeypatch.setattr(upstream, "_send_direct", send)
+    body = b'{"model":"m","stream":true,"pad":"' + b"x" * 3000 + b'"}'
+
+    async def main():
+        async with MockUpstream(events=5) as mock:
+            pool = UpstreamPool()
+            o = origin_of(mock)
+            for _ in range(2):  # a fresh connection, then the pooled one
+                rec = Recorder()
+                await pool.open_raw(o, "POST", CHAT, JSON, body, rec)
+                assert await asyncio.wait_for(rec.done, 2) == "complete"
+                assert mock.last_request.body == body
+                assert mock.last_request.path == CHAT
+            assert mock.connections_opened == 1
+            uv = type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+            await pool.aclose()
+            return uv
+
+    uv = arun(main())
+    expected = len(build_request(Origin("http", "127.0.0.1", 1), "POST", CHAT, JSON, body))
+    # (the Host line differs in length from the mock's: compare the sizes loosely)
+    assert len(sends) == (2 if uv else 0)
+    assert all(abs(n - expected) < 16 for n in sends)
+
+
 def test_bodiless_responses_end_at_the_head(arun):
     async def main():
         async with MockUpstream() as mock:

@@ -31,6 +31,7 @@ from urllib.parse import unquote
 
 import httptools
 
+from gwcore._transports import DIRECT_TRANSPORTS
 from gwcore.errors import GatewayError
 from gwcore.server.app import (
     DEFERRED,
@@ -69,18 +70,6 @@ _BIG_CHUNK = 16 * 1024  # write() frames smaller data by copying, larger by writ
 _LINGER = 2.0  # seconds a half-closed connection waits for the client's EOF
 
 
-def _direct_transports() -> frozenset[type]:
-    """uvloop's transports whose socket a relay pump may write to (see ``direct_fd``)."""
-    try:
-        import uvloop.loop as uvl
-    except ImportError:
-        return frozenset()
-    return frozenset(
-        getattr(uvl, name) for name in ("TCPTransport", "UnixTransport") if hasattr(uvl, name)
-    )
-
-
-_DIRECT_TRANSPORTS = _direct_transports()
 _NAMES: dict[bytes, str] = {}  # header name as received -> its lowercase text
 _MAX_NAMES = 512
 
@@ -481,7 +470,7 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
         if sock is not None:
             with contextlib.suppress(OSError):  # not TCP (a Unix socket)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if type(transport) in _DIRECT_TRANSPORTS:
+            if type(transport) in DIRECT_TRANSPORTS:
                 self._direct_fd = sock.fileno()
         transport.set_write_buffer_limits(high=state.write_high, low=state.write_low)  # type: ignore[attr-defined]
         peer = transport.get_extra_info("peername")
