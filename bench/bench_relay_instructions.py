@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from gwcore.benchmark.loadgen import DONE, chat_body, http_request
+from gwcore.benchmark.loadgen import DONE, SDK_HEADERS, chat_body, http_request
 from gwcore.benchmark.services import (
     MODEL,
     Pinning,
@@ -43,7 +43,7 @@ from gwcore.benchmark.services import (
     wait_listening,
 )
 
-REQUEST = http_request("/v1/chat/completions", chat_body(MODEL, True))
+REQUESTS = [http_request("/v1/chat/completions", chat_body(MODEL, True))]  # (--sdk-headers)
 NO_PIN = Pinning(False)  # callgrind runs one process at a time: no pinning
 
 WARMUP = 50
@@ -51,7 +51,7 @@ CALLGRIND_ARGS: list[str] = []  # --callgrind-arg, e.g. --toggle-collect=<functi
 
 
 def _stream(sock: socket.socket) -> None:
-    sock.sendall(REQUEST)
+    sock.sendall(REQUESTS[0])
     buf = b""
     while not buf.endswith(b"\r\n0\r\n\r\n"):
         chunk = sock.recv(65536)
@@ -180,8 +180,18 @@ def main(argv: list[str] | None = None) -> int:
         help="passed to valgrind, e.g. --callgrind-arg=--toggle-collect='__pyx_pw_*on_head' counts "
         "only inside that function (and what it calls)",
     )
+    parser.add_argument(
+        "--sdk-headers",
+        action="store_true",
+        help="send the headers the official openai Python SDK sends (a dozen: its name, "
+        "version, platform...), as a real client does",
+    )
     args = parser.parse_args(argv)
     CALLGRIND_ARGS[:] = args.callgrind_arg
+    if args.sdk_headers:
+        REQUESTS[0] = http_request(
+            "/v1/chat/completions", chat_body(MODEL, True), dict(SDK_HEADERS)
+        )
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install -y valgrind)")
         return 1

@@ -196,9 +196,15 @@ class Gateway:
                 provider.path("/chat/completions"),
             )
         block, dropped, path = known
-        headers = _forwarded(request.headers, dropped)
-        headers.append(("x-request-id", request.request_id))
         relay = new_relay(channel, record, self.sink, stream, elide, started)
+        headers = _forwarded(request.headers, dropped)
+        if headers:
+            try:
+                block, headers = _client_lines(block, headers)
+            except GatewayError as exc:  # a header upstream.header_block refuses
+                relay.record_failure(exc.status, exc.message)
+                raise
+        headers.append(("x-request-id", request.request_id))
         return relay.start_exchange(self.pool, provider.origin, path, headers, payload, block)
 
     async def _demo(
@@ -237,6 +243,57 @@ class Gateway:
             record.duration_ms = (perf_counter() - started) * 1000.0
             self.sink.record(record)
         return None
+
+
+# (a provider's block, the client's forwarded pairs whose values repeat...) -> the block with
+# their checked lines after it; bounded
+_CLIENT_LINES: dict[tuple, str] = {}
+# Forwarded header names whose value changed from one request to the next (trace ids, retry
+# counts): never part of a _CLIENT_LINES key (each request would be a new key); bounded
+_VOLATILE: set[str] = set()
+_LAST_VALUES: dict[str, str] = {}  # forwarded name -> the value it had last (misses only); bounded
+
+
+def _client_lines(block: str, forwarded: list) -> tuple:
+    """(``block`` with the checked lines of the client's forwarded headers after it, the pairs
+    left for ``build_request``): a client sends the same headers request after request (an SDK's
+    name, version, platform...), so their lines are checked and rendered once per combination,
+    not once per request. A name whose value changes between requests stays out (a new
+    combination each time): its pairs are returned, in order, for ``build_request`` to check.
+    Raises ``GatewayError`` for a header ``header_block`` refuses (as ``build_request`` would)."""
+    volatile = _VOLATILE
+    rest = []
+    stable = forwarded
+    if volatile:
+        stable = []
+        for pair in forwarded:
+            if pair[0] in volatile:
+                rest.append(pair)
+            else:
+                stable.append(pair)
+        if not stable:
+            return block, rest
+    key = (block, *stable)
+    cache = _CLIENT_LINES
+    known = cache.get(key)
+    if known is None:
+        last = _LAST_VALUES
+        changed = False
+        for name, value in stable:
+            before = last.get(name)
+            if before is not None and before != value and len(volatile) < 256:
+                volatile.add(name)
+                changed = True
+            if len(last) >= 1024:
+                last.clear()
+            last[name] = value
+        if changed:  # again, without the names just found volatile
+            return _client_lines(block, forwarded)
+        known = block + header_block(stable)
+        if len(cache) >= 1024:  # combinations come from clients: start over
+            cache.clear()
+        cache[key] = known
+    return known, rest
 
 
 def _relay_block(provider: Any, stream: bool) -> str:

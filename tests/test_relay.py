@@ -335,6 +335,61 @@ def test_client_credentials_never_forwarded():
     run(main(), use_uvloop=True)
 
 
+def test_client_headers_rendered_once_per_combination_and_changing_ones_each_time():
+    """The client's forwarded headers reach the upstream as sent, request after request: those
+    whose values repeat from a cache of checked lines (one entry for the combination), a header
+    whose value changes every request (a trace id) checked each time and kept out of the cache
+    key."""
+    from gwcore import gateway
+
+    async def main():
+        async with gateway_with_mock() as h:
+            sdk = {"User-Agent": "OpenAI/Python 1.0", "X-Stainless-Lang": "python"}
+            before = len(gateway._CLIENT_LINES)
+            for i in range(6):
+                trace = f"00-{i:032x}-{i:016x}-01"
+                resp = await raw_post(
+                    h.host, h.port, chat_body(False), headers={**sdk, "traceparent": trace}
+                )
+                assert resp.status == 200
+                req = h.mock.requests[-1]
+                assert req.header("user-agent") == "OpenAI/Python 1.0"
+                assert req.header("x-stainless-lang") == "python"
+                assert req.header("traceparent") == trace
+                assert req.header("x-request-id") == resp.headers["x-request-id"]
+                names = [name.lower() for name, _ in req.headers]
+                assert names.count("user-agent") == names.count("traceparent") == 1
+            assert "traceparent" in gateway._VOLATILE
+            assert "user-agent" not in gateway._VOLATILE
+            # the first request's combination (with its trace id), then the one without it
+            assert len(gateway._CLIENT_LINES) - before <= 2
+
+    run(main(), use_uvloop=True)
+
+
+def test_client_lines_refuse_what_build_request_refuses_and_keep_the_order():
+    """(The front door already refuses such headers: this is for a handler's own headers.)"""
+    from gwcore import gateway
+    from gwcore.errors import GatewayError
+
+    for pairs in ([("x-odd", "bad\x01value")], [("x-ok", "1"), ("bad name", "v")]):
+        before = dict(gateway._CLIENT_LINES)
+        with pytest.raises(GatewayError) as err:
+            gateway._client_lines("Block: b\r\n", pairs)
+        assert err.value.status == 400
+        assert err.value.message == f"invalid character in header {pairs[-1][0]!r}"
+        assert before == gateway._CLIENT_LINES
+    gateway._VOLATILE.add("x-changing")
+    try:
+        block, rest = gateway._client_lines(
+            "Block: b\r\n", [("x-a", "1"), ("x-changing", "2"), ("x-b", "3"), ("x-changing", "4")]
+        )
+        assert block == "Block: b\r\nx-a: 1\r\nx-b: 3\r\n"
+        assert rest == [("x-changing", "2"), ("x-changing", "4")]
+    finally:
+        gateway._VOLATILE.discard("x-changing")
+
+
 def test_headers_the_client_names_in_connection_are_not_forwarded():
     """RFC 9110 7.6.1: a header the client's Connection header nominates is hop-by-hop too."""
 

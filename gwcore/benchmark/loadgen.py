@@ -76,6 +76,26 @@ class Exchange:
         return not self.expect.json
 
 
+# What the official openai Python SDK (3.57, AsyncOpenAI) sends besides Host, Content-Type,
+# Content-Length and Connection, as captured from it: a real client's request carries a dozen
+# headers that a gateway forwards or drops, where the plain benchmark request carries none.
+SDK_HEADERS = {
+    "Accept-Encoding": "gzip, deflate",
+    "authorization": "Bearer sk-bench",
+    "accept": "application/json",
+    "user-agent": "AsyncOpenAI/Python 3.57.0",
+    "x-stainless-lang": "python",
+    "x-stainless-package-version": "3.57.0",
+    "x-stainless-os": "Linux",
+    "x-stainless-arch": "x64",
+    "x-stainless-runtime": "CPython",
+    "x-stainless-runtime-version": "3.11.7",
+    "x-stainless-async": "async:asyncio",
+    "x-stainless-retry-count": "0",
+    "x-stainless-read-timeout": "600",
+}
+
+
 def http_request(path: str, body: bytes, headers: dict[str, str] | None = None) -> bytes:
     lines = [
         f"POST {path} HTTP/1.1",
