@@ -2205,23 +2205,43 @@ cdef _NameSlot _name_slots[2 << _NAME_SET_BITS]
 cdef _NameSlot _raw_slots[2 << _NAME_SET_BITS]
 
 
+# And the short header values of requests, as text: an SDK sends the same values request after
+# request (its name and version, the platform, the content type), and a value from here is the
+# same string each time, its hash made once: the gateway's cache of forwarded header lines then
+# hashes and compares the same objects (equal by identity) instead of new ones.
+cdef _NameSlot _value_slots[2 << _NAME_SET_BITS]
+
+cdef enum:
+    _AS_BYTES = 0  # the bytes as received
+    _AS_LOWER = 1  # the lowercase text of a token
+    _AS_TEXT = 2  # the text, latin-1
+
+
+cdef inline object _slot_make(const unsigned char* p, Py_ssize_t n, int kind):
+    if kind == _AS_LOWER:
+        return _lower_name(p, n)
+    if kind == _AS_TEXT:
+        return PyUnicode_DecodeLatin1(<const char*>p, n, NULL)
+    return PyBytes_FromStringAndSize(<const char*>p, n)
+
+
 cdef inline object _slot_name(
-    _NameSlot* sets, const unsigned char* p, Py_ssize_t n, unsigned long long h, bint text
+    _NameSlot* sets, const unsigned char* p, Py_ssize_t n, unsigned long long h, int kind
 ):
-    """The name ``p[:n]`` from the two-way sets ``sets`` when they hold these bytes (``h``
-    their hash), else made and put in: ``_lower_name(p, n)`` when ``text``, else the bytes."""
+    """``p[:n]`` from the two-way sets ``sets`` when they hold these bytes (``h`` their hash),
+    else made (``_slot_make``: bytes, lowercase text or text) and put in."""
     cdef _NameSlot* first
     cdef _NameSlot* second
     cdef object made
     if n > _NAME_MAX:
-        return _lower_name(p, n) if text else PyBytes_FromStringAndSize(<const char*>p, n)
+        return _slot_make(p, n, kind)
     first = &sets[2 * <Py_ssize_t>((h * 0x9E3779B97F4A7C15ULL) >> (64 - _NAME_SET_BITS))]
     if first.n == n and memcmp(first.raw, p, n) == 0:
         return <object>first.text
     second = first + 1
     if second.n == n and memcmp(second.raw, p, n) == 0:
         return <object>second.text
-    made = _lower_name(p, n) if text else PyBytes_FromStringAndSize(<const char*>p, n)
+    made = _slot_make(p, n, kind)
     hash(made)
     Py_XDECREF(second.text)  # the older of the two goes; the newest takes the first way
     second[0] = first[0]
@@ -2234,12 +2254,23 @@ cdef inline object _slot_name(
 
 cdef inline bytes _raw_name(const unsigned char* p, Py_ssize_t n, unsigned long long h):
     """``p[:n]`` as bytes, from the response names' cache."""
-    return <bytes>_slot_name(_raw_slots, p, n, h, False)
+    return <bytes>_slot_name(_raw_slots, p, n, h, _AS_BYTES)
 
 
 cdef inline str _name_text(const unsigned char* p, Py_ssize_t n, unsigned long long h):
     """``_lower_name(p, n)``, from the request names' cache."""
-    return <str>_slot_name(_name_slots, p, n, h, True)
+    return <str>_slot_name(_name_slots, p, n, h, _AS_LOWER)
+
+
+cdef inline str _value_text(const unsigned char* p, Py_ssize_t n):
+    """``p[:n]`` as latin-1 text, from the request values' cache when it is short enough."""
+    cdef unsigned long long h = <unsigned long long>n
+    cdef Py_ssize_t k
+    if n > _NAME_MAX or n == 0:  # (an empty slot has n == 0: never looked up with it)
+        return PyUnicode_DecodeLatin1(<const char*>p, n, NULL)
+    for k in range(n):
+        h = h * 31 + p[k]
+    return <str>_slot_name(_value_slots, p, n, h, _AS_TEXT)
 
 
 def quick_request_head(bytes data not None):
@@ -2321,7 +2352,7 @@ def quick_request_head(bytes data not None):
                 or _lower_is(low, size, b"expect", 6)
             ):
                 return None
-        value = PyUnicode_DecodeLatin1(<const char*>p + i, vsize, NULL)
+        value = _value_text(p + i, vsize)
         # A repeated name gets its values joined, as on_header does. The dict's size tells a
         # new name from one seen (the object returned cannot: "" and one-character values are
         # strings CPython shares, which the repeated name may hold already).

@@ -229,3 +229,36 @@ def test_quick_request_head_names_many_long_and_evicted(sse):
             quick = sse.quick_request_head(data)
             assert quick is not None
             assert_headers_as_on_header(quick, pairs)
+
+
+def test_quick_request_head_values_many_empty_long_and_evicted(sse):
+    """Thousands of distinct values (more than any cache of values holds), empty ones, 32 and 33
+    bytes long, again and again, as repeated names: each request gets its own values; a short
+    value the request before had too is (compiled) that same string, its hash made."""
+    previous = None
+    for r in range(3):
+        for k in range(0, 900, 45):
+            pairs = []
+            for j in range(k, k + 45):
+                value = b"v%d" % (j % 300)
+                if j % 5 == 0:
+                    value = b""
+                elif j % 7 == 0:
+                    value = (b"w%d" % j).ljust(32 + j % 2, b"x")  # 32 (cached) or 33 bytes
+                pairs.append((b"X-V-%d" % (j % 40), value))
+            data = (
+                b"GET / HTTP/1.1\r\n"
+                + b"".join(name + b": " + value + b"\r\n" for name, value in pairs)
+                + b"\r\n"
+            )
+            quick = sse.quick_request_head(data)
+            assert quick is not None
+            assert_headers_as_on_header(quick, pairs)
+    sdk = b"GET / HTTP/1.1\r\nUser-Agent: AsyncOpenAI/Python 3.57.0\r\nAccept: */*\r\n\r\n"
+    for _ in range(2):
+        headers = sse.quick_request_head(sdk)[2]
+        if previous is not None and sse.__name__ == "gwcore._sse":
+            assert headers["user-agent"] is previous["user-agent"]
+            assert headers["accept"] is previous["accept"]
+        previous = headers
+    assert previous == {"user-agent": "AsyncOpenAI/Python 3.57.0", "accept": "*/*"}
