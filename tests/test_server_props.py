@@ -236,7 +236,7 @@ def test_quick_request_head_values_many_empty_long_and_evicted(sse):
     bytes long, again and again, as repeated names: each request gets its own values; a short
     value the request before had too is (compiled) that same string, its hash made."""
     previous = None
-    for r in range(3):
+    for _ in range(3):
         for k in range(0, 900, 45):
             pairs = []
             for j in range(k, k + 45):
