@@ -256,21 +256,25 @@ _LAST_VALUES: dict[str, str] = {}  # forwarded name -> the value it had last (mi
 
 def _client_lines(block: str, forwarded: list) -> tuple:
     """(``block`` with the checked lines of the client's forwarded headers after it, the pairs
-    left for ``build_request``): a client sends the same headers request after request (an SDK's
-    name, version, platform...), so their lines are checked and rendered once per combination,
-    not once per request. A name whose value changes between requests stays out (a new
-    combination each time): its pairs are returned, in order, for ``build_request`` to check.
-    Raises ``GatewayError`` for a header ``header_block`` refuses (as ``build_request`` would)."""
+    left for ``build_request``), of ``_forwarded``'s flat list: a client sends the same headers
+    request after request (an SDK's name, version, platform...), so their lines are checked and
+    rendered once per combination, not once per request (the key: the block and the flat list,
+    whose strings the front door hands out the same, hashes made, request after request). A name
+    whose value changes between requests stays out (a new combination each time): its pairs are
+    returned, in order, for ``build_request`` to check. Raises ``GatewayError`` for a header
+    ``header_block`` refuses (as ``build_request`` would)."""
     volatile = _VOLATILE
     rest = []
     stable = forwarded
     if volatile:
         stable = []
-        for pair in forwarded:
-            if pair[0] in volatile:
-                rest.append(pair)
+        for k in range(0, len(forwarded), 2):
+            name = forwarded[k]
+            if name in volatile:
+                rest.append((name, forwarded[k + 1]))
             else:
-                stable.append(pair)
+                stable.append(name)
+                stable.append(forwarded[k + 1])
         if not stable:
             return block, rest
     key = (block, *stable)
@@ -279,7 +283,11 @@ def _client_lines(block: str, forwarded: list) -> tuple:
     if known is None:
         last = _LAST_VALUES
         changed = False
-        for name, value in stable:
+        pairs = []
+        for k in range(0, len(stable), 2):
+            name = stable[k]
+            value = stable[k + 1]
+            pairs.append((name, value))
             before = last.get(name)
             if before is not None and before != value and len(volatile) < 256:
                 volatile.add(name)
@@ -289,7 +297,7 @@ def _client_lines(block: str, forwarded: list) -> tuple:
             last[name] = value
         if changed:  # again, without the names just found volatile
             return _client_lines(block, forwarded)
-        known = block + header_block(stable)
+        known = block + header_block(pairs)
         if len(cache) >= 1024:  # combinations come from clients: start over
             cache.clear()
         cache[key] = known
@@ -369,19 +377,23 @@ def _json_object(raw: bytes) -> dict:
 _VERDICTS: dict = {}
 
 
-def _forwarded(headers: Mapping[str, str], dropped: frozenset[str]) -> list[tuple[str, str]]:
-    """The client's end-to-end headers, in one pass: none named in ``dropped`` (what the gateway
-    sets itself, credentials, the fixed hop-by-hop set, the provider's own headers), no
-    ``Proxy-*``, and none the client's ``Connection`` names (the upstream request never carries
-    that ``Connection`` header, so it is resolved here)."""
-    verdicts = _VERDICTS.get(dropped)
+def _forwarded(headers: Mapping[str, str], dropped: frozenset[str]) -> list[str]:
+    """The client's end-to-end headers, in one pass, as one flat list ``[name, value, name,
+    value...]`` (names lowercase): none named in ``dropped`` (what the gateway sets itself,
+    credentials, the fixed hop-by-hop set, the provider's own headers), no ``Proxy-*``, and none
+    the client's ``Connection`` names (the upstream request never carries that ``Connection``
+    header, so it is resolved here). Flat: ``_client_lines`` makes its key of it as it is."""
+    sets = _VERDICTS
+    verdicts = sets.get(dropped)
     if verdicts is None:
-        if len(_VERDICTS) >= 64:
-            _VERDICTS.clear()
-        verdicts = _VERDICTS[dropped] = {}
+        if len(sets) >= 64:
+            sets.clear()
+        verdicts = sets[dropped] = {}
     out = []
     nominated = None
-    for name, value in headers.items():
+    # a dict, as the front door makes them: walked in C in the compiled build (typed in the .pxd)
+    items = headers if type(headers) is dict else dict(headers)
+    for name, value in items.items():
         low = verdicts.get(name)
         if low is None:
             low = name.lower()  # the front door's names are lowercase already; a handler's may not
@@ -394,7 +406,13 @@ def _forwarded(headers: Mapping[str, str], dropped: frozenset[str]) -> list[tupl
             if len(name) == 10 and name.lower() == "connection":
                 nominated = {token.strip().lower() for token in value.split(",")}
             continue
-        out.append((low, value))
+        out.append(low)
+        out.append(value)
     if nominated:
-        out = [pair for pair in out if pair[0] not in nominated]
+        kept = []
+        for k in range(0, len(out), 2):
+            if out[k] not in nominated:
+                kept.append(out[k])
+                kept.append(out[k + 1])
+        out = kept
     return out
