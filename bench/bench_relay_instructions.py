@@ -186,6 +186,12 @@ def main(argv: list[str] | None = None) -> int:
         help="send the headers the official openai Python SDK sends (a dozen: its name, "
         "version, platform...), as a real client does",
     )
+    parser.add_argument(
+        "--provider-headers",
+        action="store_true",
+        help="the mock answers with the two dozen response headers OpenAI's API sends (rate "
+        "limits, timings, ids, cookies; values that change per answer), as a real provider does",
+    )
     args = parser.parse_args(argv)
     CALLGRIND_ARGS[:] = args.callgrind_arg
     if args.sdk_headers:
@@ -198,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        mock = start_mock(tmp, args.events, NO_PIN, pace_ms=args.pace_ms)
+        mock = start_mock(
+            tmp, args.events, NO_PIN, pace_ms=args.pace_ms, provider_headers=args.provider_headers
+        )
         try:
             for target in args.targets.split(","):
                 t0 = time.monotonic()

@@ -60,6 +60,33 @@ def test_openai_chat_stream_and_usage_chunk():
     run(main())
 
 
+def test_provider_headers_change_from_one_answer_to_the_next():
+    """``provider_headers``: a chat stream carries the headers OpenAI's API sends, their
+    per-answer values (rate limits left, ids, cookies) changing; the body is the usual one."""
+
+    async def main():
+        async with (
+            MockUpstream(events=4, provider_headers=True) as mock,
+            httpx.AsyncClient(base_url=mock.base_url) as c,
+        ):
+            heads = []
+            for _ in range(2):
+                resp = await c.post("/chat/completions", json={"model": "m", "stream": True})
+                assert resp.status_code == 200
+                assert resp.content.endswith(b"data: [DONE]\n\n")
+                assert len(sse(resp.content)) == 4
+                heads.append(resp.headers)
+            first, second = heads
+            assert len(first.get_list("set-cookie")) == 2
+            for name in ("openai-version", "x-ratelimit-limit-tokens", "server"):
+                assert first[name] == second[name]
+            for name in ("x-request-id", "x-ratelimit-remaining-tokens", "cf-ray"):
+                assert first[name] != second[name]
+            assert first["content-type"] == "text/event-stream"
+
+    run(main())
+
+
 def test_default_stream_is_one_write_per_event():
     async def main():
         async with MockUpstream(events=33, pace_ms=15) as mock:

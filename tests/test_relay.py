@@ -335,12 +335,17 @@ def test_client_credentials_never_forwarded():
     run(main(), use_uvloop=True)
 
 
-def test_client_headers_rendered_once_per_combination_and_changing_ones_each_time():
+def test_client_headers_rendered_once_per_combination_and_changing_ones_each_time(monkeypatch):
     """The client's forwarded headers reach the upstream as sent, request after request: those
     whose values repeat from a cache of checked lines (one entry for the combination), a header
     whose value changes every request (a trace id) checked each time and kept out of the cache
     key."""
     from gwcore import gateway
+
+    # (fresh caches: earlier tests' clients sent other user agents, which made it volatile)
+    monkeypatch.setattr(gateway, "_CLIENT_LINES", {})
+    monkeypatch.setattr(gateway, "_VOLATILE", set())
+    monkeypatch.setattr(gateway, "_LAST_VALUES", {})
 
     async def main():
         async with gateway_with_mock() as h:

@@ -145,6 +145,7 @@ def start_mock(
     pace_ms: float = 0.0,
     text_deltas: int = 1,
     port: int | None = None,
+    provider_headers: bool = False,
 ) -> Service:
     """``python -m gwcore.testing.mock_upstream`` on the load generator's CPU."""
     port = port or free_port()
@@ -152,6 +153,8 @@ def start_mock(
     cmd = [*pin.prefix(pin.load_cpu), sys.executable, "-m", "gwcore.testing.mock_upstream"]
     cmd += ["--port", str(port), "--events", str(events), "--pace-ms", f"{pace_ms:g}"]
     cmd += ["--text-deltas", str(text_deltas)]
+    if provider_headers:
+        cmd.append("--provider-headers")
     proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     wait_listening(proc, port, f"the mock upstream ({name})")
     return Service(name, proc, port, proc.pid, log)

@@ -26,6 +26,7 @@ import sys
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
+from email.utils import formatdate
 from typing import Any
 
 import httptools
@@ -149,6 +150,46 @@ def _chat_usage(prompt: int, completion: int) -> dict:
             "rejected_prediction_tokens": 0,
         },
     }
+
+
+def provider_response_headers(n: int) -> list[tuple[str, str]]:
+    """The headers OpenAI's API sends with a chat stream (besides the content type and the
+    framing, which the mock writes itself), for its ``n``-th answer: the values that change per
+    answer (rate limits left, timings, ids, cookies, the date) change with ``n``."""
+    ms = 180 + n % 97
+    return [
+        ("date", formatdate(1_790_000_000 + n // 1000, usegmt=True)),
+        ("access-control-expose-headers", "X-Request-ID"),
+        ("openai-organization", "user-mockorganization0001"),
+        ("openai-processing-ms", str(ms)),
+        ("openai-project", "proj_mockproject00000000001"),
+        ("openai-version", "2020-10-01"),
+        ("x-envoy-upstream-service-time", str(ms - 4)),
+        ("x-ratelimit-limit-requests", "10000"),
+        ("x-ratelimit-limit-tokens", "30000000"),
+        ("x-ratelimit-remaining-requests", str(9999 - n % 5000)),
+        ("x-ratelimit-remaining-tokens", str(29_999_000 - n % 1_000_000)),
+        ("x-ratelimit-reset-requests", f"{6 + n % 50}ms"),
+        ("x-ratelimit-reset-tokens", "0s"),
+        ("x-request-id", f"req_{n:032x}"),
+        ("strict-transport-security", "max-age=31536000; includeSubDomains; preload"),
+        ("cf-cache-status", "DYNAMIC"),
+        (
+            "set-cookie",
+            f"__cf_bm=mock{n:040x}-1790000000-1.0.1.1-mock; path=/; "
+            "expires=Sat, 21-Sep-26 12:30:00 GMT; domain=.api.openai.com; HttpOnly; Secure; "
+            "SameSite=None",
+        ),
+        ("x-content-type-options", "nosniff"),
+        (
+            "set-cookie",
+            f"_cfuvid=mock{n:032x}-1790000000000-0.0.1.1-604800000; path=/; "
+            "domain=.api.openai.com; HttpOnly; Secure; SameSite=None",
+        ),
+        ("server", "cloudflare"),
+        ("cf-ray", f"{n:016x}-AMS"),
+        ("alt-svc", 'h3=":443"; ma=86400'),
+    ]
 
 
 def chat_stream_events(
@@ -457,8 +498,13 @@ class MockUpstream:
         record: bool = True,
         models: Sequence[str] = ("mock-model", "mock-model-mini"),
         ssl_context: ssl.SSLContext | None = None,
+        provider_headers: bool = False,
     ) -> None:
         self.host = host
+        # Chat streams carry the response headers a real provider sends (``provider_headers``):
+        # rate limits, timings, ids, cookies, values that change from one answer to the next.
+        self.provider_headers = provider_headers
+        self._answers = itertools.count(1)
         self.ssl_context = ssl_context
         self.port = port
         self.events = events
@@ -612,6 +658,11 @@ class MockUpstream:
         if stream is None:
             return self._anthropic_plan(req, keep_alive)
         model, include_usage = stream
+        if self.provider_headers:  # a head of its own for each answer: not cached
+            events = chat_stream_events(model, self.events, include_usage, self.prompt_tokens)
+            headers = provider_response_headers(next(self._answers))
+            scenario = Scenario(body=b"".join(events), headers=headers)
+            return self._scenario_plan(scenario, keep_alive, events)
         key = (model, include_usage, self.events, self.pace_ms, self.prompt_tokens, keep_alive)
         plan = self._cache.get(key)
         if plan is None:
@@ -849,6 +900,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pace-ms", type=float, default=0.0, help="pause between events")
     parser.add_argument("--record", action="store_true", help="keep received requests (memory)")
     parser.add_argument("--no-uvloop", action="store_true")
+    parser.add_argument(
+        "--provider-headers",
+        action="store_true",
+        help="chat streams carry the two dozen response headers OpenAI's API sends",
+    )
     args = parser.parse_args(argv)
 
     async def serve() -> None:
@@ -859,6 +915,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             text_deltas=args.text_deltas,
             pace_ms=args.pace_ms,
             record=args.record,
+            provider_headers=args.provider_headers,
         )
         await mock.start()
         print(f"mock upstream listening on {mock.base_url}", flush=True)
