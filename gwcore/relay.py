@@ -84,6 +84,37 @@ def stream_headers(route: str) -> list[tuple[str, str]]:
 
 # The head lines every relayed stream starts with, rendered and checked once.
 _RELAY_STREAM_LINES = header_lines(stream_headers("relay"))
+# An upstream header name as received -> "Name: " when it passes to the client, "" when not;
+# bounded (names come from upstreams)
+_PASS_PREFIXES: dict[bytes, str] = {}
+
+
+def _passed_lines(headers: list) -> str:
+    """The client's head lines for the upstream headers that pass (``_PASS_HEADERS``), as
+    ``header_lines`` renders them (``name: value`` in the upstream's case), "" for none. A
+    provider sends two dozen headers with values that change per response (rate limits left,
+    timings): each name's verdict comes from a cache, each passing value is checked and decoded
+    once. Raises ``ValueError`` for a CR or LF in a value, as ``header_lines``."""
+    prefixes = _PASS_PREFIXES
+    out = None
+    for pair in headers:
+        name = pair[0]
+        prefix = prefixes.get(name)
+        if prefix is None:
+            prefix = name.decode("latin-1") + ": " if _name(name)[0] in _PASS_HEADERS else ""
+            if len(prefixes) >= 1024:
+                prefixes.clear()
+            prefixes[name] = prefix
+        if prefix:
+            value = pair[1]
+            if b"\r" in value or b"\n" in value:
+                raise ValueError("CR or LF in a response header")
+            if out is None:
+                out = []
+            out.append(prefix)
+            out.append(value.decode("latin-1"))
+            out.append("\r\n")
+    return "" if out is None else "".join(out)
 
 
 def upstream_error(status: int, body: bytes) -> GatewayError:
@@ -383,15 +414,11 @@ class RelayedResponse(ExchangeResponse):
                 self._dechunker = Dechunker()
             return
         channel = self.channel
-        passed = [
-            (k.decode("latin-1"), v.decode("latin-1"))
-            for k, v in headers
-            if _name(k)[0] in _PASS_HEADERS  # lowercase, from the upstream's bounded cache
-        ]
+        passed = _passed_lines(headers)
         # The head is held back: it leaves in one write with the first body bytes of this read,
         # or alone at its end (``on_head_end``).
         if self.stream:
-            lines = _RELAY_STREAM_LINES + header_lines(passed) if passed else _RELAY_STREAM_LINES
+            lines = _RELAY_STREAM_LINES + passed if passed else _RELAY_STREAM_LINES
             channel.start(status, lines, chunked=True, content_length=None, hold=True)
             # positional: a keyword call builds and parses a dict
             self.observer = StreamObserver(chunked and channel.chunked, self.elide_usage)
@@ -427,7 +454,7 @@ class RelayedResponse(ExchangeResponse):
             for k, v in headers:
                 if _name(k)[0] == b"content-type":
                     ctype = v.decode("latin-1")
-            passed += [("content-type", ctype), ("x-gwcore-route", "relay")]
+            passed += header_lines([("content-type", ctype), ("x-gwcore-route", "relay")])
             if chunked:
                 channel.start(status, passed, chunked=True, content_length=None, hold=True)
             else:

@@ -1016,3 +1016,42 @@ def test_the_record_reaches_any_sink_once():
         response.record_failure(504, "again")  # one record per request
         got = sink.records if isinstance(sink, MemorySink) else sink.got
         assert got == [record] and (record.status, record.error) == (502, "upstream unreachable")
+
+
+_RESPONSE_NAMES = st.sampled_from(
+    [
+        b"x-ratelimit-remaining-tokens",
+        b"X-RateLimit-Remaining-Tokens",
+        b"openai-processing-ms",
+        b"Retry-After",
+        b"set-cookie",
+        b"server",
+        b"x-request-id",
+        b"cf-ray",
+    ]
+)
+_RESPONSE_VALUES = st.binary(max_size=12) | st.sampled_from([b"", b"0s", b"29999000", b"\xe9t\xe9"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(headers=st.lists(st.tuples(_RESPONSE_NAMES, _RESPONSE_VALUES), max_size=12))
+def test_passed_lines_are_header_lines_of_the_passing_headers(headers):
+    """The client's lines for an upstream head: exactly ``header_lines`` of the headers in
+    ``_PASS_HEADERS`` (names in the upstream's case, values decoded), the same error for a CR or
+    LF in a passing value; the verdicts cached per name (asked twice)."""
+    from gwcore.relay import _PASS_HEADERS, _passed_lines
+    from gwcore.server.protocol import header_lines
+
+    passing = [
+        (k.decode("latin-1"), v.decode("latin-1")) for k, v in headers if k.lower() in _PASS_HEADERS
+    ]
+    try:
+        expected = header_lines(passing)
+    except ValueError as exc:
+        expected = ("ValueError", str(exc))
+    for _ in range(2):
+        try:
+            got = _passed_lines(list(headers))
+        except ValueError as exc:
+            got = ("ValueError", str(exc))
+        assert got == expected
