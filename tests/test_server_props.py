@@ -262,3 +262,31 @@ def test_quick_request_head_values_many_empty_long_and_evicted(sse):
             assert headers["accept"] is previous["accept"]
         previous = headers
     assert previous == {"user-agent": "AsyncOpenAI/Python 3.57.0", "accept": "*/*"}
+
+
+def test_quick_heads_refuse_a_control_byte_anywhere_in_a_value(sse):
+    """Header values are checked 16 bytes at a time where compiled: a control byte (but HTAB) or
+    DEL at any position of a value of any length refuses the head, request or response; HTAB,
+    obs-text and the rest pass."""
+    bad = [c for c in range(32) if c != 9] + [127]
+    for n in range(0, 40):
+        # letters, HTAB and obs-text inside; a letter first and last
+        good = bytes(
+            (9 if k % 2 else 0xE9) if k % 5 == 2 and 0 < k < n - 1 else 65 + k % 26
+            for k in range(n)
+        )
+        request = b"GET / HTTP/1.1\r\nX-V: " + good + b"\r\nHost: h\r\n\r\n"
+        quick = sse.quick_request_head(request)
+        assert quick is not None and quick[2]["x-v"] == good.decode("latin-1")
+        response = b"HTTP/1.1 200 OK\r\nX-V: " + good + b"\r\nServer: s\r\n\r\n"
+        head = sse.quick_response_head(response, len(response))
+        assert head is not None and head[2][0][1] == good
+        for at in range(n):
+            for c in (bad[at % len(bad)], 127, 0, 10, 13):
+                value = good[:at] + bytes([c]) + good[at + 1 :]
+                if c == 13 and value[at + 1 : at + 2] == b"\n":
+                    continue  # (a line end: the value stops there)
+                request = b"GET / HTTP/1.1\r\nX-V: " + value + b"\r\nHost: h\r\n\r\n"
+                assert sse.quick_request_head(request) is None, (n, at, c)
+                response = b"HTTP/1.1 200 OK\r\nX-V: " + value + b"\r\nServer: s\r\n\r\n"
+                assert sse.quick_response_head(response, len(response)) is None, (n, at, c)
