@@ -22,6 +22,6 @@ cpdef bytes _with_member(raw, member)
 @cython.locals(out=list, kept=list, name=str, value=str, low=str, verdicts=dict, k=Py_ssize_t,
                items=dict, sets=dict)
 cpdef list _forwarded(headers, frozenset dropped)
-@cython.locals(volatile=set, rest=list, stable=list, key=tuple, cache=dict, known=str, last=dict,
-               pairs=list, k=Py_ssize_t)
+@cython.locals(volatile=set, rest=list, stable=list, key=tuple, cache=dict, known=str, seen=dict,
+               values=set, pairs=list, k=Py_ssize_t)
 cpdef tuple _client_lines(str block, list forwarded)

@@ -248,10 +248,13 @@ class Gateway:
 # (a provider's block, the client's forwarded pairs whose values repeat...) -> the block with
 # their checked lines after it; bounded
 _CLIENT_LINES: dict[tuple, str] = {}
-# Forwarded header names whose value changed from one request to the next (trace ids, retry
-# counts): never part of a _CLIENT_LINES key (each request would be a new key); bounded
+# Forwarded header names seen with more than _VALUES_KEPT values (trace ids, request ids): never
+# part of a _CLIENT_LINES key (nearly every request would be a new key); bounded. A name whose
+# value differs per client (user-agent, an SDK's version) has a few values: it stays in the key,
+# and each client's combination is an entry.
 _VOLATILE: set[str] = set()
-_LAST_VALUES: dict[str, str] = {}  # forwarded name -> the value it had last (misses only); bounded
+_VALUES_KEPT = 32
+_SEEN_VALUES: dict[str, set[str]] = {}  # forwarded name -> the values seen (on misses); bounded
 
 
 def _client_lines(block: str, forwarded: list) -> tuple:
@@ -260,9 +263,9 @@ def _client_lines(block: str, forwarded: list) -> tuple:
     request after request (an SDK's name, version, platform...), so their lines are checked and
     rendered once per combination, not once per request (the key: the block and the flat list,
     whose strings the front door hands out the same, hashes made, request after request). A name
-    whose value changes between requests stays out (a new combination each time): its pairs are
-    returned, in order, for ``build_request`` to check. Raises ``GatewayError`` for a header
-    ``header_block`` refuses (as ``build_request`` would)."""
+    seen with many values (``_VOLATILE``: a trace id, a new value nearly every request) stays
+    out: its pairs are returned, in order, for ``build_request`` to check. Raises
+    ``GatewayError`` for a header ``header_block`` refuses (as ``build_request`` would)."""
     volatile = _VOLATILE
     rest = []
     stable = forwarded
@@ -281,20 +284,23 @@ def _client_lines(block: str, forwarded: list) -> tuple:
     cache = _CLIENT_LINES
     known = cache.get(key)
     if known is None:
-        last = _LAST_VALUES
+        seen = _SEEN_VALUES
         changed = False
         pairs = []
         for k in range(0, len(stable), 2):
             name = stable[k]
             value = stable[k + 1]
             pairs.append((name, value))
-            before = last.get(name)
-            if before is not None and before != value and len(volatile) < 256:
-                volatile.add(name)
-                changed = True
-            if len(last) >= 1024:
-                last.clear()
-            last[name] = value
+            values = seen.get(name)
+            if values is None:
+                if len(seen) >= 1024:  # names come from clients: start over
+                    seen.clear()
+                values = seen[name] = set()
+            if value not in values:
+                values.add(value)
+                if len(values) > _VALUES_KEPT and len(volatile) < 256:
+                    volatile.add(name)
+                    changed = True
         if changed:  # again, without the names just found volatile
             return _client_lines(block, forwarded)
         known = block + header_block(pairs)
