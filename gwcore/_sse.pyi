@@ -13,6 +13,7 @@ __all__ = [
     "SSEError",
     "StreamObserver",
     "chat_request_fields",
+    "head_end",
     "lane_available",
     "lane_scan",
     "quick_request_head",
@@ -93,6 +94,9 @@ class RelayPump:
 
 def lane_available() -> bool:
     """Whether this process can run relay lanes (compiled, uvloop, not switched off)."""
+
+def head_end(buf: bytes, start: int = 0) -> int:
+    """Where the first ``\\r\\n\\r\\n`` at or after ``start`` in ``buf`` is, or -1."""
 
 def send_direct(fd: int, data: bytes) -> int:
     """One non-blocking ``send`` of ``data`` to the socket ``fd`` (no SIGPIPE): the bytes the

@@ -40,6 +40,7 @@ __all__ = [
     "SSEError",
     "StreamObserver",
     "chat_request_fields",
+    "head_end",
     "lane_available",
     "lane_scan",
     "quick_request_head",
@@ -1848,6 +1849,16 @@ def _lane_swap(value=None):
 def lane_available():
     """Whether this process can run relay lanes (compiled, uvloop, not switched off)."""
     return _lane_on()
+
+
+def head_end(bytes buf not None, Py_ssize_t start=0):
+    """Where the first ``\\r\\n\\r\\n`` at or after ``start`` in ``buf`` is (the end of an HTTP
+    head), or -1: ``buf.find(b"\\r\\n\\r\\n", start)``, 32 bytes a step. (A provider's head is a
+    kilobyte or more of lines, every CRLF of which is a partial match for CPython's search.)"""
+    if start < 0:
+        start = 0
+    return gw_find(<const unsigned char*>PyBytes_AS_STRING(buf), start, PyBytes_GET_SIZE(buf),
+                   b"\r\n\r\n", 4)
 
 
 def send_direct(int fd, bytes data not None):

@@ -31,6 +31,7 @@ __all__ = [
     "SSEError",
     "StreamObserver",
     "chat_request_fields",
+    "head_end",
     "lane_available",
     "lane_scan",
     "quick_request_head",
@@ -1016,6 +1017,14 @@ class RelayPump:
 def lane_available() -> bool:
     """Whether this process can run relay lanes: never with the pure-Python scanner."""
     return False
+
+
+def head_end(buf: bytes, start: int = 0) -> int:
+    """Where the first ``\\r\\n\\r\\n`` at or after ``start`` in ``buf`` is (the end of an HTTP
+    head), or -1."""
+    if type(buf) is not bytes:
+        raise TypeError(f"buf must be bytes, not {type(buf).__name__}")
+    return buf.find(b"\r\n\r\n", max(start, 0))
 
 
 def send_direct(fd: int, data: bytes) -> int:

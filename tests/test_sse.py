@@ -910,3 +910,17 @@ def test_send_direct_sends_what_the_socket_takes_and_never_raises(sse):
     assert sse.send_direct(a.fileno(), b"closed") == -1  # no such socket any more
     with pytest.raises(TypeError):
         sse.send_direct(0, "text")
+
+
+def test_head_end_is_bytes_find_of_the_blank_line(sse):
+    import random
+
+    rng = random.Random(7)
+    pieces = [b"\r", b"\n", b"\r\n", b"\r\n\r\n", b"a", b"HTTP/1.1 200 OK", b"x" * 40]
+    for _ in range(3000):
+        buf = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 30)))
+        start = rng.randrange(-5, len(buf) + 5)
+        assert sse.head_end(buf, start) == buf.find(b"\r\n\r\n", max(start, 0)), (buf, start)
+    assert sse.head_end(b"\r\n\r\n") == 0
+    with pytest.raises(TypeError):
+        sse.head_end("text")
