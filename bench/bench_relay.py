@@ -49,7 +49,7 @@ import tempfile
 from pathlib import Path
 
 from gwcore.benchmark import loadgen
-from gwcore.benchmark.loadgen import DONE, Exchange, Expect, chat_body, http_request
+from gwcore.benchmark.loadgen import DONE, SDK_HEADERS, Exchange, Expect, chat_body, http_request
 from gwcore.benchmark.report import fmt, pct, ratio, summarize
 from gwcore.benchmark.services import (
     MODEL,
@@ -62,7 +62,7 @@ from gwcore.benchmark.services import (
 )
 
 BODY = chat_body(MODEL, True)
-REQUEST = http_request("/v1/chat/completions", BODY)
+REQUESTS = [http_request("/v1/chat/completions", BODY)]  # (--sdk-headers: main() swaps it)
 PIN = Pinning(False)  # set by main()
 
 
@@ -74,7 +74,7 @@ OFF_SWITCHES = {
 
 
 def exchange(events: int) -> Exchange:
-    return Exchange(REQUEST, Expect(events, DONE))
+    return Exchange(REQUESTS[0], Expect(events, DONE))
 
 
 async def run_load(
@@ -435,7 +435,19 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="also gwcore_base: gwcore from the checkout DIR (extensions built in place there)",
     )
+    p.add_argument(
+        "--sdk-headers",
+        action="store_true",
+        help="send the headers the official openai Python SDK sends (a dozen), as a real client",
+    )
+    p.add_argument(
+        "--provider-headers",
+        action="store_true",
+        help="the mock answers with the two dozen response headers OpenAI's API sends",
+    )
     args = p.parse_args(argv)
+    if args.sdk_headers:
+        REQUESTS[0] = http_request("/v1/chat/completions", BODY, dict(SDK_HEADERS))
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     if args.base is not None:
@@ -459,7 +471,24 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gwcore-bench-relay-") as tmp:
         args.tmp = Path(tmp)
         try:
-            services["mock"] = start_mock(args.tmp, args.events, PIN)
+            services["mock"] = start_mock(
+                args.tmp, args.events, PIN, provider_headers=args.provider_headers
+            )
+            if args.sdk_headers or args.provider_headers:
+                notes.append(
+                    "real headers: "
+                    + ", ".join(
+                        what
+                        for what, on in (
+                            ("the SDK's request headers (--sdk-headers)", args.sdk_headers),
+                            (
+                                "a provider's response headers (--provider-headers)",
+                                args.provider_headers,
+                            ),
+                        )
+                        if on
+                    )
+                )
             if "nginx" in args.targets:
                 svc = start_nginx(args.tmp, services["mock"].port, PIN)
                 if svc is None:

@@ -432,6 +432,30 @@ def test_bench_relay_script_still_runs(tmp_path):
     assert all(sum(m["errors"].values()) == 0 for m in medians)
 
 
+def test_bench_relay_with_real_headers_streams_without_errors(tmp_path):
+    """--sdk-headers and --provider-headers: the SDK's request headers and a provider's response
+    headers through every target, each stream complete."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "bench_relay.py"),
+            *("--duration", "0.5", "--warmup", "0.2", "--rounds", "1", "--concurrency", "1"),
+            *("--targets", "direct,gwcore", "--no-wrk", "--out", str(tmp_path)),
+            *("--sdk-headers", "--provider-headers"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "probe gwcore: OK" in proc.stdout
+    assert "real headers: the SDK's request headers" in proc.stdout
+    medians = json.loads((tmp_path / "results.json").read_text())["medians"]
+    assert {m["target"] for m in medians} == {"direct", "gwcore"}
+    assert all(sum(m["errors"].values()) == 0 for m in medians)
+
+
 @pytest.mark.parametrize(
     "script", ["bench_translate.py", "bench_ledger.py", "bench_relay_instructions.py"]
 )
