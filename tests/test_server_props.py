@@ -209,6 +209,18 @@ def test_quick_request_head_takes_what_the_sdk_sends(sse):
     assert size == sum(len(line) - 2 for line in data[:end].split(b"\r\n")[1:-2])
 
 
+def assert_quick_head_of(sse, pairs: list[tuple[bytes, bytes]]) -> None:
+    """A GET head of ``pairs`` is taken, and its dict, count and bytes are the callbacks'."""
+    data = (
+        b"GET / HTTP/1.1\r\n"
+        + b"".join(name + b": " + value + b"\r\n" for name, value in pairs)
+        + b"\r\n"
+    )
+    quick = sse.quick_request_head(data)
+    assert quick is not None
+    assert_headers_as_on_header(quick, pairs)
+
+
 def test_quick_request_head_names_many_long_and_evicted(sse):
     """Hundreds of distinct names (more than any cache of names holds), in several cases, some
     longer than 32 bytes, again and again: each request still gets its own names, lowercased."""
@@ -221,14 +233,7 @@ def test_quick_request_head_names_many_long_and_evicted(sse):
                     name = b"X-A-Rather-Long-Header-Name-Number-%d" % j  # over 32 bytes
                 pairs.append((name, b"v%d-%d" % (r, j)))
             pairs.append((pairs[0][0].upper(), b"again"))  # the first name again, another case
-            data = (
-                b"GET / HTTP/1.1\r\n"
-                + b"".join(name + b": " + value + b"\r\n" for name, value in pairs)
-                + b"\r\n"
-            )
-            quick = sse.quick_request_head(data)
-            assert quick is not None
-            assert_headers_as_on_header(quick, pairs)
+            assert_quick_head_of(sse, pairs)
 
 
 def test_quick_request_head_values_many_empty_long_and_evicted(sse):
@@ -246,14 +251,7 @@ def test_quick_request_head_values_many_empty_long_and_evicted(sse):
                 elif j % 7 == 0:
                     value = (b"w%d" % j).ljust(32 + j % 2, b"x")  # 32 (cached) or 33 bytes
                 pairs.append((b"X-V-%d" % (j % 40), value))
-            data = (
-                b"GET / HTTP/1.1\r\n"
-                + b"".join(name + b": " + value + b"\r\n" for name, value in pairs)
-                + b"\r\n"
-            )
-            quick = sse.quick_request_head(data)
-            assert quick is not None
-            assert_headers_as_on_header(quick, pairs)
+            assert_quick_head_of(sse, pairs)
     sdk = b"GET / HTTP/1.1\r\nUser-Agent: AsyncOpenAI/Python 3.57.0\r\nAccept: */*\r\n\r\n"
     for _ in range(2):
         headers = sse.quick_request_head(sdk)[2]
