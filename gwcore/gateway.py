@@ -296,7 +296,7 @@ def _client_lines(block: str, forwarded: list) -> tuple:
                 if len(seen) >= 1024:  # names come from clients: start over
                     seen.clear()
                 values = seen[name] = set()
-            if value not in values:
+            if len(values) <= _VALUES_KEPT and value not in values:  # (kept: at most one more)
                 values.add(value)
                 if len(values) > _VALUES_KEPT and len(volatile) < 256:
                     volatile.add(name)

@@ -395,6 +395,22 @@ def test_client_lines_refuse_what_build_request_refuses_and_keep_the_order():
         gateway._VOLATILE.discard("x-changing")
 
 
+def test_client_lines_memory_stays_bounded_when_no_name_can_turn_volatile(monkeypatch):
+    """With the set of volatile names full, a header with a new value per request still keeps at
+    most one value more than it takes to turn volatile, and the cache its bound."""
+    from gwcore import gateway
+
+    monkeypatch.setattr(gateway, "_CLIENT_LINES", {})
+    monkeypatch.setattr(gateway, "_VOLATILE", {f"x-full-{i}" for i in range(256)})
+    monkeypatch.setattr(gateway, "_SEEN_VALUES", {})
+    for i in range(3000):
+        block, rest = gateway._client_lines("B: b\r\n", ["x-trace", str(i), "x-a", "1"])
+        assert block == f"B: b\r\nx-trace: {i}\r\nx-a: 1\r\n" and rest == []
+    assert len(gateway._SEEN_VALUES["x-trace"]) == gateway._VALUES_KEPT + 1
+    assert len(gateway._SEEN_VALUES["x-a"]) == 1
+    assert len(gateway._CLIENT_LINES) <= 1024
+
+
 def test_headers_the_client_names_in_connection_are_not_forwarded():
     """RFC 9110 7.6.1: a header the client's Connection header nominates is hop-by-hop too."""
 
