@@ -586,6 +586,19 @@ cdef inline bint empty_array_at(const unsigned char* d, Py_ssize_t p, Py_ssize_t
     return k < n and d[k] == C_RBRACKET
 
 
+cdef inline Py_ssize_t choices_step(
+    Nesting* nest, const unsigned char* d, Py_ssize_t n, Py_ssize_t c, bint* found
+) noexcept nogil:
+    """The walk ``nest`` to the ``"choices"`` key at ``c``: ``found`` when it is a top-level one
+    whose value is an empty array. The next key to look at, -1 once found or when none is left."""
+    if empty_array_at(d, c, n):
+        nest_advance(nest, d, c)
+        if not nest.in_str and nest.depth == 1:
+            found[0] = True
+            return -1
+    return find_choices(d, c + 1, n)
+
+
 # ---- the scanner ----------------------------------------------------------------------------------
 
 cdef class _Scanner:
@@ -1142,7 +1155,7 @@ cdef class _Scanner:
             if c == -2:  # (not for events whose usage is null: most of a stream's)
                 c = find_choices(d, i, n) if elidable else -1
             while 0 <= c < p:
-                c = self._choices_step(&nest, d, n, c, &empty_choices)
+                c = choices_step(&nest, d, n, c, &empty_choices)
             nest_advance(&nest, d, p)
             if nest.in_str or nest.depth > 2:
                 p = gw_find(d, p + 6, n, b'"usage', 6)  # p+1..p+5 hold 'usage'
@@ -1174,24 +1187,11 @@ cdef class _Scanner:
             return 0
         # Elide only an event whose data is exactly one object with an empty top-level choices.
         while c >= 0:
-            c = self._choices_step(&nest, d, n, c, &empty_choices)
+            c = choices_step(&nest, d, n, c, &empty_choices)
         if not empty_choices:
             return 0
         nest_advance(&nest, d, n)
         return nest.closed > 0 and skip_ws(d, nest.closed, n) == n
-
-    @cython.final
-    cdef inline Py_ssize_t _choices_step(
-        self, Nesting* nest, const unsigned char* d, Py_ssize_t n, Py_ssize_t c, bint* found
-    ) noexcept nogil:
-        """The walk to the ``"choices"`` key at ``c``: ``found`` when it is a top-level one whose
-        value is an empty array. The next key to look at, -1 once found or when none is left."""
-        if empty_array_at(d, c, n):
-            nest_advance(nest, d, c)
-            if not nest.in_str and nest.depth == 1:
-                found[0] = True
-                return -1
-        return find_choices(d, c + 1, n)
 
 
 @cython.final
