@@ -397,51 +397,15 @@ def test_bench_every_workload_once(tmp_path):
 SPLIT_ROW = r"\| \w+ \| 1 \| [\d,.]+ \| -?[\d,.]+ \|"  # target, c, user and kernel µs/req
 
 
-@pytest.mark.skipif(not shutil.which("nginx") and not services.nginx_executable(), reason="nginx")
-def test_bench_relay_script_still_runs(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "bench_relay.py"),
-            "--duration",
-            "0.5",
-            "--warmup",
-            "0.2",
-            "--rounds",
-            "1",
-            "--concurrency",
-            "1",
-            "--targets",
-            "direct,nginx,gwcore,floor",
-            "--no-wrk",
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=100,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "gwcore CPU/req ÷ nginx CPU/req" in proc.stdout
-    assert "| target | c | user µs/req | kernel µs/req |" in proc.stdout
-    split = [line for line in proc.stdout.splitlines() if re.fullmatch(SPLIT_ROW, line)]
-    assert {line.split(" | ")[0] for line in split} == {"| nginx", "| gwcore", "| floor"}
-    medians = json.loads((tmp_path / "results.json").read_text())["medians"]
-    assert {m["target"] for m in medians} == {"direct", "nginx", "gwcore", "floor"}
-    assert all(sum(m["errors"].values()) == 0 for m in medians)
-
-
-def test_bench_relay_with_real_headers_streams_without_errors(tmp_path):
-    """--sdk-headers and --provider-headers: the SDK's request headers and a provider's response
-    headers through every target, each stream complete."""
+def _short_relay_bench(tmp_path, targets: str, *extra: str) -> str:
+    """One short round of bench_relay.py at c=1 over ``targets``: its stdout, once it exited 0
+    and every target streamed without an error."""
     proc = subprocess.run(
         [
             sys.executable,
             str(ROOT / "bench" / "bench_relay.py"),
             *("--duration", "0.5", "--warmup", "0.2", "--rounds", "1", "--concurrency", "1"),
-            *("--targets", "direct,gwcore", "--no-wrk", "--out", str(tmp_path)),
-            *("--sdk-headers", "--provider-headers"),
+            *("--targets", targets, "--no-wrk", "--out", str(tmp_path), *extra),
         ],
         capture_output=True,
         text=True,
@@ -449,11 +413,27 @@ def test_bench_relay_with_real_headers_streams_without_errors(tmp_path):
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "probe gwcore: OK" in proc.stdout
-    assert "real headers: the SDK's request headers" in proc.stdout
     medians = json.loads((tmp_path / "results.json").read_text())["medians"]
-    assert {m["target"] for m in medians} == {"direct", "gwcore"}
+    assert {m["target"] for m in medians} == set(targets.split(","))
     assert all(sum(m["errors"].values()) == 0 for m in medians)
+    return proc.stdout
+
+
+@pytest.mark.skipif(not shutil.which("nginx") and not services.nginx_executable(), reason="nginx")
+def test_bench_relay_script_still_runs(tmp_path):
+    out = _short_relay_bench(tmp_path, "direct,nginx,gwcore,floor")
+    assert "gwcore CPU/req ÷ nginx CPU/req" in out
+    assert "| target | c | user µs/req | kernel µs/req |" in out
+    split = [line for line in out.splitlines() if re.fullmatch(SPLIT_ROW, line)]
+    assert {line.split(" | ")[0] for line in split} == {"| nginx", "| gwcore", "| floor"}
+
+
+def test_bench_relay_with_real_headers_streams_without_errors(tmp_path):
+    """--sdk-headers and --provider-headers: the SDK's request headers and a provider's response
+    headers through every target, each stream complete."""
+    out = _short_relay_bench(tmp_path, "direct,gwcore", "--sdk-headers", "--provider-headers")
+    assert "probe gwcore: OK" in out
+    assert "real headers: the SDK's request headers" in out
 
 
 @pytest.mark.parametrize(
