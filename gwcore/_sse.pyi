@@ -1,6 +1,7 @@
 """Typed surface of the compiled SSE scanner (``gwcore._sse``); ``gwcore._sse_py`` matches it."""
 
-from typing import Any, Final
+from collections.abc import Iterator
+from typing import Any, Final, overload
 
 from gwcore._sse_py import SSEError as SSEError
 
@@ -10,6 +11,7 @@ __all__ = [
     "MAX_FRAMING_LINE",
     "EventParser",
     "RelayPump",
+    "ResponseHead",
     "SSEError",
     "StreamObserver",
     "chat_request_fields",
@@ -18,6 +20,7 @@ __all__ = [
     "lane_scan",
     "quick_request_head",
     "quick_response_head",
+    "response_head",
     "send_direct",
     "usage_counts",
 ]
@@ -119,6 +122,33 @@ def quick_request_head(
 
 def quick_response_head(buf: bytes, end: int) -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
     """``(status, version, headers)`` of a plain response head ``buf[:end]``, or None."""
+
+class ResponseHead:
+    """A plain response head read in place: a sequence of ``(name, value)`` bytes pairs made on
+    demand, with the status, the version and the framing read while parsing."""
+
+    @property
+    def status(self) -> int: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def chunked(self) -> bool: ...
+    @property
+    def content_length(self) -> int | None: ...
+    @property
+    def connection(self) -> bytes: ...
+    def pairs(self) -> list[tuple[bytes, bytes]]: ...
+    def __len__(self) -> int: ...
+    @overload
+    def __getitem__(self, k: int) -> tuple[bytes, bytes]: ...
+    @overload
+    def __getitem__(self, k: slice) -> list[tuple[bytes, bytes]]: ...
+    def __iter__(self) -> Iterator[tuple[bytes, bytes]]: ...
+    def value_of(self, name: bytes) -> bytes | None: ...
+    def passed_lines(self, names: tuple[bytes, ...]) -> str: ...
+
+def response_head(buf: bytes, end: int) -> ResponseHead | None:
+    """The plain response head ``buf[:end]`` as a ``ResponseHead``, or None."""
 
 def usage_counts(raw: bytes) -> UsageCounts | None:
     """``(prompt_tokens, completion_tokens, total_tokens, cached_tokens, reasoning_tokens)`` of a

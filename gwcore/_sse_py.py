@@ -18,6 +18,7 @@ because upstreams omit it; a trailing line without a line end counts as a comple
 
 from __future__ import annotations
 
+import operator
 import os
 import re
 from typing import Any
@@ -28,6 +29,7 @@ __all__ = [
     "MAX_FRAMING_LINE",
     "EventParser",
     "RelayPump",
+    "ResponseHead",
     "SSEError",
     "StreamObserver",
     "chat_request_fields",
@@ -36,6 +38,7 @@ __all__ = [
     "lane_scan",
     "quick_request_head",
     "quick_response_head",
+    "response_head",
     "send_direct",
     "usage_counts",
 ]
@@ -1216,9 +1219,97 @@ def quick_request_head(data: bytes) -> tuple | None:
     return method, url, headers, length if length > 0 else 0, end, keep_alive, len(fields), size
 
 
-def quick_response_head(buf: bytes, end: int) -> tuple | None:
-    """``(status, version, headers)`` of the response head ``buf[:end]`` (``end`` just past its
-    blank line) when it is a plain one, else None and httptools decides.
+class ResponseHead:
+    """A plain response head (``response_head``): the status, the version, the framing (read
+    while parsing) and the header fields, the sequence of ``(name, value)`` bytes pairs
+    ``quick_response_head`` gives (iteration, ``len``, indexing, ``==`` with a list). The
+    compiled module's keeps offsets into the received bytes and makes a pair only when asked for;
+    ``value_of`` and ``passed_lines`` read the fields the relay needs without them."""
+
+    __slots__ = ("_pairs", "chunked", "connection", "content_length", "status", "version")
+
+    def __init__(self) -> None:
+        raise TypeError("ResponseHead objects come from response_head()")
+
+    @classmethod
+    def _of(cls, status: int, version: str, pairs: list[tuple[bytes, bytes]]) -> ResponseHead:
+        head = object.__new__(cls)
+        head.status = status
+        head.version = version
+        head._pairs = pairs
+        head.chunked = False
+        head.content_length = None
+        connection = b""
+        for name, value in pairs:
+            low = name.lower()
+            if low == b"content-length":
+                head.content_length = int(value)
+            elif low == b"transfer-encoding":
+                head.chunked = True
+            elif low == b"connection":
+                connection += b"," + value.lower()
+        head.connection = connection
+        return head
+
+    def pairs(self) -> list[tuple[bytes, bytes]]:
+        """The fields as a list of ``(name, value)`` pairs (the same list each time)."""
+        return self._pairs
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def __getitem__(self, k: int | slice) -> Any:
+        if isinstance(k, slice):
+            return self._pairs[k]
+        try:
+            return self._pairs[operator.index(k)]
+        except IndexError:
+            raise IndexError("ResponseHead index out of range") from None
+
+    def __iter__(self):
+        return iter(self._pairs)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ResponseHead):
+            other = other._pairs
+        if type(other) is not list:
+            return NotImplemented
+        return self._pairs == other
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"ResponseHead({self.status}, {self.version!r}, {self._pairs!r})"
+
+    def value_of(self, name: bytes) -> bytes | None:
+        """The value of the first field called ``name`` (lowercase ASCII; the field's name in any
+        case), or None."""
+        if type(name) is not bytes:
+            raise TypeError("value_of() takes bytes")
+        for field, value in self._pairs:
+            if field.lower() == name:
+                return value
+        return None
+
+    def passed_lines(self, names: tuple[bytes, ...]) -> str:
+        """``name: value\\r\\n`` (the name in the upstream's case, the value as latin-1 text) for
+        each field whose name is one of ``names`` (lowercase ASCII bytes), in order; "" for
+        none. A value here holds no CR, LF or other control byte but tabs (the parse refused
+        them), so the lines are safe to write as they are."""
+        if type(names) is not tuple or any(type(n) is not bytes for n in names):
+            raise TypeError("passed_lines() takes a tuple of bytes")
+        return "".join(
+            [
+                f"{name.decode('latin-1')}: {value.decode('latin-1')}\r\n"
+                for name, value in self._pairs
+                if name.lower() in names
+            ]
+        )
+
+
+def response_head(buf: bytes, end: int) -> ResponseHead | None:
+    """The plain response head ``buf[:end]`` (``end`` just past its blank line) as a
+    ``ResponseHead``, else None and httptools decides.
 
     Plain: ``HTTP/1.1`` or ``HTTP/1.0``, a three-digit status, a reason phrase and header values
     of printable or obs-text bytes and tabs, token names, a colon right after the name; at most
@@ -1261,7 +1352,16 @@ def quick_response_head(buf: bytes, end: int) -> tuple | None:
                 if framing or value.lower() != b"chunked":
                     return None
                 framing = True
-    return d0 * 100 + d1 * 10 + d2, "1.1" if minor == 49 else "1.0", headers
+    return ResponseHead._of(d0 * 100 + d1 * 10 + d2, "1.1" if minor == 49 else "1.0", headers)
+
+
+def quick_response_head(buf: bytes, end: int) -> tuple | None:
+    """``(status, version, headers)`` of ``response_head(buf, end)`` (``headers`` a list of
+    ``(name, value)`` bytes pairs), or None."""
+    head = response_head(buf, end)
+    if head is None:
+        return None
+    return head.status, head.version, head.pairs()
 
 
 # ------------------------------------------------------------ the counts of a plain usage object

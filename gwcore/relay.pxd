@@ -35,4 +35,4 @@ cdef class RelayedResponse(ExchangeResponse):
 @cython.locals(relay=RelayedResponse)
 cpdef RelayedResponse new_relay(channel, record, sink, stream, elide_usage, started_at)
 @cython.locals(prefixes=dict, out=list, name=bytes, value=bytes, prefix=str)
-cpdef str _passed_lines(list headers)
+cpdef str _passed_lines(headers)

@@ -30,7 +30,7 @@ import orjson
 from gwcore.errors import GatewayError
 from gwcore.server.app import DEFERRED, error_response
 from gwcore.server.protocol import header_lines
-from gwcore.sse import RelayPump, SSEError, StreamObserver, usage_counts
+from gwcore.sse import RelayPump, ResponseHead, SSEError, StreamObserver, usage_counts
 from gwcore.upstream import Origin, StaleConnection, UpstreamExchange, UpstreamPool, _name
 from gwcore.usage import SinkBase, UsageRecord, UsageSink, usage_from_openai
 
@@ -68,6 +68,7 @@ _PASS_HEADERS = frozenset(
         b"retry-after",
     }
 )
+_PASS_NAMES = tuple(sorted(_PASS_HEADERS))  # for ResponseHead.passed_lines
 
 _WAITING, _RAW, _FRAMED, _BODY, _ERROR, _DONE = range(6)
 
@@ -89,12 +90,15 @@ _RELAY_STREAM_LINES = header_lines(stream_headers("relay"))
 _PASS_PREFIXES: dict[bytes, str] = {}
 
 
-def _passed_lines(headers: list) -> str:
+def _passed_lines(headers: Any) -> str:
     """The client's head lines for the upstream headers that pass (``_PASS_HEADERS``), as
     ``header_lines`` renders them (``name: value`` in the upstream's case), "" for none. A
     provider sends two dozen headers with values that change per response (rate limits left,
-    timings): each name's verdict comes from a cache, each passing value is checked and decoded
-    once. Raises ``ValueError`` for a CR or LF in a value, as ``header_lines``."""
+    timings). A plain head (``ResponseHead``) renders them from the bytes it was read from;
+    for a list of pairs each name's verdict comes from a cache, each passing value is checked and
+    decoded once. Raises ``ValueError`` for a CR or LF in a value, as ``header_lines``."""
+    if type(headers) is ResponseHead:
+        return headers.passed_lines(_PASS_NAMES)
     prefixes = _PASS_PREFIXES
     out = None
     for pair in headers:
@@ -451,9 +455,15 @@ class RelayedResponse(ExchangeResponse):
                 self._write = getattr(channel, "write")  # noqa: B009 (as above)
         else:
             ctype = "application/json"
-            for k, v in headers:
-                if _name(k)[0] == b"content-type":
-                    ctype = v.decode("latin-1")
+            if type(headers) is ResponseHead:
+                value = headers.value_of(b"content-type")
+                if value is not None:
+                    ctype = value.decode("latin-1")
+            else:
+                for k, v in headers:
+                    if _name(k)[0] == b"content-type":
+                        ctype = v.decode("latin-1")
+                        break
             passed += header_lines([("content-type", ctype), ("x-gwcore-route", "relay")])
             if chunked:
                 channel.start(status, passed, chunked=True, content_length=None, hold=True)

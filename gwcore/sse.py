@@ -16,6 +16,7 @@ if os.environ.get("GWCORE_NO_EXTENSIONS"):
     from gwcore._sse_py import (
         EventParser,
         RelayPump,
+        ResponseHead,
         SSEError,
         StreamObserver,
         chat_request_fields,
@@ -24,6 +25,7 @@ if os.environ.get("GWCORE_NO_EXTENSIONS"):
         lane_scan,
         quick_request_head,
         quick_response_head,
+        response_head,
         send_direct,
         usage_counts,
     )
@@ -34,6 +36,7 @@ else:
         from gwcore._sse import (
             EventParser,
             RelayPump,
+            ResponseHead,
             SSEError,
             StreamObserver,
             chat_request_fields,
@@ -42,6 +45,7 @@ else:
             lane_scan,
             quick_request_head,
             quick_response_head,
+            response_head,
             send_direct,
             usage_counts,
         )
@@ -51,6 +55,7 @@ else:
         from gwcore._sse_py import (
             EventParser,
             RelayPump,
+            ResponseHead,
             SSEError,
             StreamObserver,
             chat_request_fields,
@@ -59,6 +64,7 @@ else:
             lane_scan,
             quick_request_head,
             quick_response_head,
+            response_head,
             send_direct,
             usage_counts,
         )
@@ -69,6 +75,7 @@ __all__ = [
     "IMPLEMENTATION",
     "EventParser",
     "RelayPump",
+    "ResponseHead",
     "SSEError",
     "StreamObserver",
     "chat_request_fields",
@@ -77,6 +84,7 @@ __all__ = [
     "lane_scan",
     "quick_request_head",
     "quick_response_head",
+    "response_head",
     "send_direct",
     "usage_counts",
 ]

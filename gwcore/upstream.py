@@ -45,8 +45,9 @@ import httptools
 from gwcore._transports import DIRECT_TRANSPORTS
 from gwcore.errors import GatewayError
 from gwcore.sse import RelayPump as _Pump
+from gwcore.sse import ResponseHead
 from gwcore.sse import head_end as _head_end
-from gwcore.sse import quick_response_head as _quick_head
+from gwcore.sse import response_head as _response_head
 from gwcore.sse import send_direct as _send_direct
 
 __all__ = [
@@ -336,13 +337,15 @@ def _finish(lines: list, body: bytes, framed: bool) -> bytes:
 
 
 class UpstreamListener(Protocol):
-    """What ``open_raw`` reports to. Called on the event loop; must not block."""
+    """What ``open_raw`` reports to. Called on the event loop; must not block. ``headers`` of
+    ``on_head`` is a sequence of ``(name, value)`` bytes pairs: a ``ResponseHead`` (read in
+    place, with ``value_of`` and ``passed_lines``) for a plain head, else a list."""
 
     def on_head(
         self,
         conn: UpstreamExchange,
         status: int,
-        headers: list[tuple[bytes, bytes]],
+        headers: Sequence[tuple[bytes, bytes]],
         chunked: bool,
         content_length: int | None,
     ) -> None: ...
@@ -765,9 +768,11 @@ class UpstreamConnection:
             return
         self._head_buf = b""
         end += 4
-        quick = _quick_head(buf, end)
-        if quick is not None:
-            status, version, headers = quick
+        head = _response_head(buf, end)
+        if head is not None:
+            status = head.status
+            version = head.version
+            headers = head
         else:  # not a plain head: httptools decides
             parser_cb = _HeadParser()
             parser = httptools.HttpResponseParser(parser_cb)
@@ -792,13 +797,26 @@ class UpstreamConnection:
         self._on_head(status, version, headers, buf, end)
 
     def _on_head(
-        self, status: int, version: str, headers: list[tuple[bytes, bytes]], buf: bytes, end: int
+        self,
+        status: int,
+        version: str,
+        headers: ResponseHead | list[tuple[bytes, bytes]],
+        buf: bytes,
+        end: int,
     ) -> None:
         chunked = False
         length: int | None = None
         te = None
         conn_tokens = b""
-        for name, value in headers:
+        if type(headers) is ResponseHead:  # a plain head: its framing was read with it
+            length = headers.content_length
+            if headers.chunked:
+                te = b"chunked"
+            conn_tokens = headers.connection
+            fields = ()
+        else:
+            fields = headers
+        for name, value in fields:
             size = len(name)
             if size != 14 and size != 17 and size != 10:
                 continue  # not one of the three names read here
@@ -1000,7 +1018,8 @@ class _BufferingListener:
         chunked: bool,
         content_length: int | None,
     ) -> None:
-        self.conn, self.status, self.headers = conn, status, headers
+        self.conn, self.status = conn, status
+        self.headers = headers if type(headers) is list else list(headers)
         if content_length is not None and content_length > self._max_body:
             self._fail(
                 GatewayError(502, "upstream response too large", code="upstream_bad_response")

@@ -1057,6 +1057,7 @@ def test_passed_lines_are_header_lines_of_the_passing_headers(headers):
     LF in a passing value; the verdicts cached per name (asked twice)."""
     from gwcore.relay import _PASS_HEADERS, _passed_lines
     from gwcore.server.protocol import header_lines
+    from gwcore.sse import ResponseHead, response_head
 
     passing = [
         (k.decode("latin-1"), v.decode("latin-1")) for k, v in headers if k.lower() in _PASS_HEADERS
@@ -1071,3 +1072,8 @@ def test_passed_lines_are_header_lines_of_the_passing_headers(headers):
         except ValueError as exc:
             got = ("ValueError", str(exc))
         assert got == expected
+    # The same headers as a plain head read in place (the relay's way): the same lines.
+    raw = b"HTTP/1.1 200 OK\r\n" + b"".join(k + b": " + v + b"\r\n" for k, v in headers) + b"\r\n"
+    head = response_head(raw, len(raw))
+    if head is not None and head == list(headers):
+        assert type(head) is ResponseHead and _passed_lines(head) == expected

@@ -7,6 +7,7 @@ import asyncio
 import random
 
 import httptools
+import pytest
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
@@ -402,6 +403,85 @@ def test_quick_head_answers_as_httptools_or_not_at_all(sse, status_line, headers
     parser = httptools.HttpResponseParser(collect)
     parser.feed_data(buf[:end])  # an error here: the quick parser took what llhttp refuses
     assert quick == (parser.get_status_code(), parser.get_http_version(), collect.headers)
+
+
+_PASSING = [b"openai-processing-ms", b"x-request-id", b"connection", b"content-type", b"a"]
+
+
+@settings(max_examples=600)
+@given(
+    status_line=_STATUS_LINES,
+    headers=st.lists(_HEADERS, max_size=8),
+    tail=st.sampled_from([b"", b"body bytes", b"\r\n"]),
+    names=st.lists(st.sampled_from(_PASSING), unique=True),
+    asked=st.sampled_from([*_PASSING, b"content-length", b"transfer-encoding", b"absent"]),
+)
+def test_response_head_reads_what_the_pairs_say(sse, status_line, headers, tail, names, asked):
+    """``response_head`` takes the heads ``quick_response_head`` takes (held to httptools
+    above), and its ``ResponseHead`` is that head's list of pairs (length, items, negative
+    indices, slices, iteration, equality) with the framing, the first value of a name and the
+    passing lines read from its bytes: each as computed here from the pairs."""
+    head = status_line + b"\r\n" + b"".join(n + sep + v + b"\r\n" for n, sep, v in headers)
+    buf = head + b"\r\n" + tail
+    end = buf.find(b"\r\n\r\n")
+    assume(end >= 0)
+    end += 4
+    quick = sse.quick_response_head(buf, end)
+    got = sse.response_head(buf, end)
+    if quick is None:
+        assert got is None
+        return
+    status, version, pairs = quick
+    assert type(got) is sse.ResponseHead
+    assert (got.status, got.version) == (status, version)
+    assert len(got) == len(pairs)
+    assert [got[k] for k in range(len(pairs))] == pairs
+    assert [got[-k] for k in range(1, len(pairs) + 1)] == pairs[::-1]
+    assert got[1:3] == pairs[1:3] and got[::-1] == pairs[::-1]
+    assert list(got) == pairs and got == pairs and got.pairs() == pairs
+    assert got != [*pairs, (b"x", b"y")]
+    lows = [(n.lower(), v) for n, v in pairs]
+    lengths = [int(v) for n, v in lows if n == b"content-length"]
+    assert got.content_length == (lengths[0] if lengths else None)
+    assert got.chunked == any(n == b"transfer-encoding" for n, _ in lows)
+    assert got.connection == b"".join(b"," + v.lower() for n, v in lows if n == b"connection")
+    assert got.value_of(asked) == next((v for n, v in lows if n == asked), None)
+    wanted = tuple(names)
+    assert got.passed_lines(wanted) == "".join(
+        f"{n.decode('latin-1')}: {v.decode('latin-1')}\r\n" for n, v in pairs if n.lower() in wanted
+    )
+
+
+def test_response_head_refuses_what_it_cannot_answer(sse):
+    """Its errors: no public constructor, an index out of range, names that are not a tuple of
+    bytes."""
+    head = b"HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\n\r\n"
+    got = sse.response_head(head, len(head))
+    assert got.passed_lines(()) == "" and got.passed_lines((b"b",)) == "B: 2\r\n"
+    with pytest.raises(TypeError):
+        sse.ResponseHead()
+    for k in (2, -3, 1 << 40):
+        with pytest.raises(IndexError):
+            got[k]
+    for names in ([b"a"], ("a",), (b"a", None)):
+        with pytest.raises(TypeError):
+            got.passed_lines(names)
+    with pytest.raises(TypeError):
+        got.value_of("a")
+    assert got.value_of(b"a") == b"1" and got.value_of(b"A") is None  # the name asked: lowercase
+
+
+def test_response_head_passing_lines_keep_latin1_text(sse_pair):
+    """The passing lines are the values' latin-1 text, the same string the twin makes (one
+    made ASCII when every byte is, as Python makes it: equal, hashed the same)."""
+    compiled, twin = sse_pair
+    for value in (b"1", b"\xe9t\xe9", b"a\tb", b"", b"\x80\xff x"):
+        head = b"HTTP/1.1 200 OK\r\nKeep: " + value + b"\r\nDrop: x\r\n\r\n"
+        lines = compiled.response_head(head, len(head)).passed_lines((b"keep",))
+        assert lines == twin.response_head(head, len(head)).passed_lines((b"keep",))
+        assert lines == "Keep: " + value.decode("latin-1") + "\r\n"
+        assert hash(lines) == hash("Keep: " + value.decode("latin-1") + "\r\n")
+        assert lines.isascii() == value.isascii()
 
 
 def test_quick_head_takes_the_plain_heads(sse):
