@@ -25,6 +25,7 @@ from cpython.dict cimport PyDict_SetDefault, PyDict_SetItem
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.unicode cimport Py_UCS1, PyUnicode_1BYTE_DATA, PyUnicode_DecodeLatin1, PyUnicode_New
 from cpython.pythread cimport PyThread_get_thread_ident
 from libc.string cimport memchr, memcmp, memcpy, memset
@@ -2177,6 +2178,18 @@ cdef inline bint _token_is(
     return True
 
 
+cdef inline bint _same_token(const unsigned char* p, Py_ssize_t n, const char* lit) noexcept nogil:
+    """``_token_is(p, n, lit, n)`` (``lit`` lowercase ASCII, n > 0), answered by the last byte or
+    one ``memcmp`` most of the time: a provider's names are lowercase, and the names asked for
+    that have a header's length differ from it near their end (``x-ratelimit-...-requests``)."""
+    cdef unsigned char c = p[n - 1]
+    if 65 <= c <= 90:
+        c += 32
+    if c != <unsigned char>lit[n - 1]:
+        return False
+    return memcmp(p, lit, n) == 0 or _token_is(p, n, lit, n)
+
+
 cdef inline str _lower_name(const unsigned char* p, Py_ssize_t n):
     """The lowercase text of the token ``p[:n]`` (n > 0): its bytes are ASCII, so the string is
     made compact ASCII and written in place."""
@@ -2492,28 +2505,35 @@ cdef class ResponseHead:
         cdef const char* lit = PyBytes_AS_STRING(name)
         for k in range(self._n):
             at = self._at + 4 * k
-            if at[1] == m and _token_is(p + at[0], m, lit, m):
+            if at[1] == m and _same_token(p + at[0], m, lit):  # (a field name is never empty)
                 return PyBytes_FromStringAndSize(<const char*>p + at[2], at[3])
         return None
 
     def passed_lines(self, tuple names not None) -> str:
-        """``name: value\r\n`` (the name in the upstream's case, the value as latin-1 text) for
+        """``name: value\\r\\n`` (the name in the upstream's case, the value as latin-1 text) for
         each field whose name is one of ``names`` (lowercase ASCII bytes), in order; "" for
         none. A value here holds no CR, LF or other control byte but tabs (the parse refused
         them), so the lines are safe to write as they are."""
         cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(self._buf)
         cdef const unsigned int* at
-        cdef Py_ssize_t k, j, total = 0, count = len(names)
+        cdef Py_ssize_t k, j, total = 0, count = PyTuple_GET_SIZE(names)
         cdef unsigned char* out
-        cdef bytes lit
-        cdef bytearray keep = None
+        cdef object name
         cdef str text
         cdef unsigned char passes[256]
+        cdef const char* lits[32]
+        cdef Py_ssize_t sizes[32]
+        cdef unsigned long long lengths = 0  # bit n % 64: a name of n bytes is asked for
         cdef unsigned char high = 0
         for j in range(count):
-            if type(names[j]) is not bytes:
+            name = <object>PyTuple_GET_ITEM(names, j)
+            if type(name) is not bytes:
                 raise TypeError("passed_lines() takes a tuple of bytes")
-        if self._n > 256:
+            if j < 32:
+                lits[j] = PyBytes_AS_STRING(name)
+                sizes[j] = PyBytes_GET_SIZE(name)
+                lengths |= 1ULL << (sizes[j] & 63)
+        if self._n > 256 or count > 32:
             return "".join([
                 f"{n.decode('latin-1')}: {v.decode('latin-1')}\r\n"
                 for n, v in self.pairs() if n.lower() in names
@@ -2521,11 +2541,10 @@ cdef class ResponseHead:
         for k in range(self._n):
             at = self._at + 4 * k
             passes[k] = 0
+            if not (lengths >> (at[1] & 63)) & 1:
+                continue
             for j in range(count):
-                lit = <bytes>names[j]
-                if at[1] == PyBytes_GET_SIZE(lit) and _token_is(
-                    p + at[0], at[1], PyBytes_AS_STRING(lit), at[1]
-                ):
+                if at[1] == sizes[j] and _same_token(p + at[0], at[1], lits[j]):
                     passes[k] = 1
                     total += at[1] + at[3] + 4
                     for j in range(at[3]):  # (a str of latin-1 bytes is ASCII when it can be)

@@ -471,6 +471,31 @@ def test_response_head_refuses_what_it_cannot_answer(sse):
     assert got.value_of(b"a") == b"1" and got.value_of(b"A") is None  # the name asked: lowercase
 
 
+def test_response_head_with_many_fields_or_many_names(sse):
+    """Past what the compiled reader keeps on its stack (256 fields, 32 names asked for) the
+    answers are the same: every field found, every name asked for matched."""
+    rnd = random.Random(11)
+    fields = [(b"X-F%d" % rnd.randrange(400), b"v%d" % k) for k in range(300)]
+    head = b"HTTP/1.1 200 OK\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in fields)
+    head += b"\r\n"
+    got = sse.response_head(head, len(head))
+    assert got == fields and len(got) == 300 and got[299] == fields[299]
+    for names in (
+        (b"x-f7", b"x-f399"),
+        tuple(b"x-f%d" % k for k in range(40)),
+        tuple(b"x-f%d" % k for k in range(0, 400, 3)),
+    ):
+        assert got.passed_lines(names) == "".join(
+            f"{n.decode()}: {v.decode()}\r\n" for n, v in fields if n.lower() in names
+        )
+    short = b"HTTP/1.1 200 OK\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in fields[:9])
+    short += b"\r\n"
+    names = tuple(b"x-f%d" % k for k in range(400))  # more than 32 names, few fields
+    assert sse.response_head(short, len(short)).passed_lines(names) == "".join(
+        f"{n.decode()}: {v.decode()}\r\n" for n, v in fields[:9]
+    )
+
+
 def test_response_head_passing_lines_keep_latin1_text(sse_pair):
     """The passing lines are the values' latin-1 text, the same string the twin makes (one
     made ASCII when every byte is, as Python makes it: equal, hashed the same)."""
