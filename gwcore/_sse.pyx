@@ -28,7 +28,7 @@ from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.unicode cimport Py_UCS1, PyUnicode_1BYTE_DATA, PyUnicode_DecodeLatin1, PyUnicode_New
 from cpython.pythread cimport PyThread_get_thread_ident
-from libc.string cimport memchr, memcmp, memcpy, memset
+from libc.string cimport memchr, memcmp, memcpy, memmove, memset
 
 from gwcore._sse_py import FIELD_SLACK, HOLD_LIMIT, MAX_FRAMING_LINE, SSEError
 
@@ -2205,11 +2205,14 @@ cdef inline str _lower_name(const unsigned char* p, Py_ssize_t n):
 
 # The lowercase text of the header names seen last, keyed by their bytes as received: clients
 # send the same few names on every request, and a name from here is a string already made, its
-# hash already computed (the dict insert needs it). Two ways in each of 64 sets, picked by a
-# Fibonacci hash of the name's bytes (the 15 to 20 names of an SDK's requests fit without
-# evicting each other); a name longer than a slot is made each time.
+# hash already computed (the dict insert needs it). Four ways in each of 128 sets, picked by a
+# Fibonacci hash of the name's bytes: the 16 names of an SDK's requests, or a provider's two dozen
+# response names, fit without evicting each other. (Two ways in 64 sets did not: three of the
+# SDK's names fell in one set, and three of its values in another, and each request made them
+# anew.) A name longer than a slot is made each time.
 cdef enum:
-    _NAME_SET_BITS = 6
+    _NAME_SET_BITS = 7
+    _NAME_WAYS = 4
     _NAME_MAX = 32
 
 cdef extern from *:
@@ -2221,20 +2224,20 @@ cdef struct _NameSlot:
     PyObject* text  # a reference owned by the slot
     unsigned char raw[_NAME_MAX]
 
-cdef _NameSlot _name_slots[2 << _NAME_SET_BITS]
+cdef _NameSlot _name_slots[_NAME_WAYS << _NAME_SET_BITS]
 
 
 # The same for the names of response heads, as bytes in the upstream's own case: the header
 # names of one provider's responses repeat, and a name from here has its hash made (the relay
 # looks each one up in its bounded dict of names).
-cdef _NameSlot _raw_slots[2 << _NAME_SET_BITS]
+cdef _NameSlot _raw_slots[_NAME_WAYS << _NAME_SET_BITS]
 
 
 # And the short header values of requests, as text: an SDK sends the same values request after
 # request (its name and version, the platform, the content type), and a value from here is the
 # same string each time, its hash made once: the gateway's cache of forwarded header lines then
 # hashes and compares the same objects (equal by identity) instead of new ones.
-cdef _NameSlot _value_slots[2 << _NAME_SET_BITS]
+cdef _NameSlot _value_slots[_NAME_WAYS << _NAME_SET_BITS]
 
 cdef enum:
     _AS_BYTES = 0  # the bytes as received
@@ -2243,7 +2246,7 @@ cdef enum:
 
 
 cdef inline unsigned long long _mix(const unsigned char* p, Py_ssize_t n) noexcept nogil:
-    """A hash of ``p[:n]`` for the two-way sets (which compare the bytes whole): from 8 bytes on,
+    """A hash of ``p[:n]`` for the four-way sets (which compare the bytes whole): from 8 bytes on,
     three 8-byte words (the first, the middle, the last) and the length, not a loop per byte;
     names like ``x-ratelimit-reset-tokens`` and ``x-ratelimit-limit-tokens`` differ only in the
     middle."""
@@ -2272,23 +2275,22 @@ cdef inline object _slot_make(const unsigned char* p, Py_ssize_t n, int kind):
 cdef inline object _slot_name(
     _NameSlot* sets, const unsigned char* p, Py_ssize_t n, unsigned long long h, int kind
 ):
-    """``p[:n]`` from the two-way sets ``sets`` when they hold these bytes (``h`` their hash),
+    """``p[:n]`` from the four-way sets ``sets`` when they hold these bytes (``h`` their hash),
     else made (``_slot_make``: bytes, lowercase text or text) and put in."""
     cdef _NameSlot* first
-    cdef _NameSlot* second
+    cdef Py_ssize_t k
     cdef object made
     if n > _NAME_MAX:
         return _slot_make(p, n, kind)
-    first = &sets[2 * <Py_ssize_t>((h * 0x9E3779B97F4A7C15ULL) >> (64 - _NAME_SET_BITS))]
-    if first.n == n and memcmp(first.raw, p, n) == 0:
-        return <object>first.text
-    second = first + 1
-    if second.n == n and memcmp(second.raw, p, n) == 0:
-        return <object>second.text
+    first = &sets[_NAME_WAYS * <Py_ssize_t>((h * 0x9E3779B97F4A7C15ULL) >> (64 - _NAME_SET_BITS))]
+    for k in range(_NAME_WAYS):
+        if first[k].n == n and memcmp(first[k].raw, p, n) == 0:
+            return <object>first[k].text
     made = _slot_make(p, n, kind)
     hash(made)
-    Py_XDECREF(second.text)  # the older of the two goes; the newest takes the first way
-    second[0] = first[0]
+    # The oldest way goes; the others move down one; the newest takes the first way.
+    Py_XDECREF(first[_NAME_WAYS - 1].text)
+    memmove(first + 1, first, (_NAME_WAYS - 1) * sizeof(_NameSlot))
     Py_INCREF(made)
     first.text = <PyObject*>made
     first.n = n

@@ -557,6 +557,33 @@ def test_quick_head_names_from_its_cache_are_the_names_received(sse_pair):
     assert compiled.quick_response_head(head, len(head))[2][0][0] is first
 
 
+def test_header_caches_keep_a_client_s_and_a_provider_s_names_and_values(sse_pair):
+    """The compiled parsers' caches hold every header name and short value of the official
+    SDK's requests, and every name of a provider's response, at once: parsed again, each is the
+    very object handed out the first time (the gateway's cache of forwarded lines compares them
+    by identity). With two ways in 64 sets, three SDK names and three values evicted each other
+    on every request."""
+    from gwcore.benchmark.loadgen import SDK_HEADERS, chat_body, http_request
+    from gwcore.testing.mock_upstream import provider_response_headers
+
+    compiled, _ = sse_pair
+    request = http_request("/v1/chat/completions", chat_body("m", True), SDK_HEADERS)
+    first = compiled.quick_request_head(request)[2]
+    again = compiled.quick_request_head(request)[2]
+    assert len(first) == len(SDK_HEADERS) + 3  # host, content-type and content-length
+    assert list(first.items()) == list(again.items())
+    for (name, value), (name2, value2) in zip(first.items(), again.items(), strict=True):
+        assert name2 is name and value2 is value, name
+    head = b"HTTP/1.1 200 OK\r\n" + b"".join(
+        f"{n}: {v}\r\n".encode() for n, v in provider_response_headers(1)
+    )
+    head += b"\r\n"
+    names = [n for n, _ in compiled.response_head(head, len(head))]
+    again_names = [n for n, _ in compiled.response_head(head, len(head))]
+    assert again_names == names and len(names) == len(provider_response_headers(1))
+    assert all(a is b for a, b in zip(names, again_names, strict=True))
+
+
 # ------------------------------------------------------------- request bytes against the reference
 
 
