@@ -13,7 +13,8 @@ cdef class Gateway:
     cdef public object config, registry, pool, memory, usage, sink, refresh_models
     cdef public dict _blocks
     cdef object __weakref__
-    @cython.locals(body=dict, record=UsageRecord, relay=RelayedResponse, blocks=dict, fields=tuple)
+    @cython.locals(body=dict, record=UsageRecord, relay=RelayedResponse, blocks=dict, fields=tuple,
+                   headers=list)
     cpdef chat_completions(self, Request request, channel)
 
 cpdef dict _chat_body(raw)
@@ -25,3 +26,8 @@ cpdef list _forwarded(headers, frozenset dropped)
 @cython.locals(volatile=set, rest=list, stable=list, key=tuple, cache=dict, known=str, seen=dict,
                values=set, pairs=list, k=Py_ssize_t)
 cpdef tuple _client_lines(str block, list forwarded)
+cpdef tuple _client_head(str block, headers, frozenset dropped)
+@cython.locals(shape=tuple, items=tuple, n=Py_ssize_t, k=Py_ssize_t, want=object)
+cpdef _known_shape(headers, frozenset dropped, str block)
+@cython.locals(verdicts=dict, items=list, shapes=list, name=str, value=str, low=str)
+cpdef _remember_shape(headers, frozenset dropped, str block, str lines)

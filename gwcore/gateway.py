@@ -197,13 +197,11 @@ class Gateway:
             )
         block, dropped, path = known
         relay = new_relay(channel, record, self.sink, stream, elide, started)
-        headers = _forwarded(request.headers, dropped)
-        if headers:
-            try:
-                block, headers = _client_lines(block, headers)
-            except GatewayError as exc:  # a header upstream.header_block refuses
-                relay.record_failure(exc.status, exc.message)
-                raise
+        try:
+            block, headers = _client_head(block, request.headers, dropped)
+        except GatewayError as exc:  # a header upstream.header_block refuses
+            relay.record_failure(exc.status, exc.message)
+            raise
         headers.append(("x-request-id", request.request_id))
         return relay.start_exchange(self.pool, provider.origin, path, headers, payload, block)
 
@@ -255,6 +253,85 @@ _CLIENT_LINES: dict[tuple, str] = {}
 _VOLATILE: set[str] = set()
 _VALUES_KEPT = 32
 _SEEN_VALUES: dict[str, set[str]] = {}  # forwarded name -> the values seen (on misses); bounded
+
+
+# The header shapes of the last requests whose forwarded headers all came from _CLIENT_LINES,
+# newest first: (dropped, block, items, lines), ``items`` the request's headers as the flat
+# [name, value, ...] of the very objects the front door handed out (a value ``_ANY_VALUE`` where
+# it was not forwarded: a credential, the body's length), ``lines`` the block _client_lines made.
+# A client sends the same header objects request after request (the front door's caches of names
+# and short values): comparing them by identity is a few hundred instructions, where forwarding
+# them anew walks a lookup per header and a key of all of them.
+_SHAPES: list = []
+_SHAPES_KEPT = 8
+_ANY_VALUE = object()
+
+
+def _client_head(block: str, headers: Mapping[str, str], dropped: frozenset[str]) -> tuple:
+    """(``block`` with the lines of the client's forwarded headers after it, a new list of the
+    pairs left for ``build_request``): ``_client_lines(block, _forwarded(headers, dropped))``,
+    ``(block, [])`` when nothing is forwarded, and for the very header objects of a recent
+    request (``_known_shape``) the block made for it. Raises ``GatewayError`` as
+    ``_client_lines``."""
+    if _SHAPES:
+        known = _known_shape(headers, dropped, block)
+        if known is not None:
+            return known, []
+    forwarded = _forwarded(headers, dropped)
+    if not forwarded:
+        return block, forwarded
+    lines, rest = _client_lines(block, forwarded)
+    if not rest:  # (pairs left per request, a trace id: nothing a later request could reuse)
+        _remember_shape(headers, dropped, block, lines)
+    return lines, rest
+
+
+def _known_shape(headers: Mapping[str, str], dropped: frozenset[str], block: str) -> str | None:
+    """The block ``_client_lines`` made for a recent request with these very header objects (by
+    identity, in order; a value not forwarded may differ), or None."""
+    if type(headers) is not dict:
+        return None
+    n = 2 * len(headers)
+    for shape in _SHAPES:
+        items = shape[2]
+        if shape[0] is not dropped or shape[1] is not block or len(items) != n:
+            continue
+        k = 0
+        for name, value in headers.items():
+            if name is not items[k]:
+                break
+            want = items[k + 1]
+            if want is not _ANY_VALUE and value is not want:
+                break
+            k += 2
+        else:
+            return shape[3]
+    return None
+
+
+def _remember_shape(
+    headers: Mapping[str, str], dropped: frozenset[str], block: str, lines: str
+) -> None:
+    """Keep the shape of a request whose forwarded headers made ``lines`` with nothing left over
+    (``_known_shape``): each name, and each value that counts (a forwarded one, or the client's
+    ``Connection``, which names what is not forwarded)."""
+    verdicts = _VERDICTS.get(dropped)
+    if type(headers) is not dict or verdicts is None:
+        return
+    items = []
+    for name, value in headers.items():
+        low = verdicts.get(name)
+        if low is None:  # (the verdicts were cleared meanwhile)
+            return
+        items.append(name)
+        if low or (len(name) == 10 and name.lower() == "connection"):
+            items.append(value)
+        else:
+            items.append(_ANY_VALUE)
+    shapes = _SHAPES
+    shapes.insert(0, (dropped, block, tuple(items), lines))
+    if len(shapes) > _SHAPES_KEPT:
+        shapes.pop()
 
 
 def _client_lines(block: str, forwarded: list) -> tuple:

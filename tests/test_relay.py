@@ -411,6 +411,124 @@ def test_client_lines_memory_stays_bounded_when_no_name_can_turn_volatile(monkey
     assert len(gateway._CLIENT_LINES) <= 1024
 
 
+def _copy(text: str) -> str:
+    """An equal string that is another object (the front door hands out a new one for a long
+    value, or once its caches evicted one)."""
+    return "".join(list(text))
+
+
+_CLIENT_NAMES = ["user-agent", "x-stainless-lang", "authorization", "content-length", "x-hop"]
+_CLIENT_VALUES = ["ua/1", "ua/2", "python", "Bearer k", "91", "x-hop", "keep-alive"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    requests=st.lists(
+        st.tuples(
+            st.lists(
+                st.tuples(
+                    st.sampled_from([*_CLIENT_NAMES, "connection"]),
+                    st.sampled_from(range(len(_CLIENT_VALUES))),
+                    st.booleans(),  # the value as a new object
+                ),
+                max_size=6,
+            ),
+            st.booleans(),  # the other provider (another dropped set, another block)
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    volatile=st.booleans(),
+)
+def test_client_head_is_client_lines_of_the_forwarded_headers(requests, volatile):
+    """Request after request, with header objects the same as an earlier request's or new ones
+    (equal or not), the client's part of the upstream head is exactly what forwarding them anew
+    makes (``_client_lines`` of ``_forwarded``): a recent request's result is reused only for
+    the very same name objects and the very same objects of every value that counts (the
+    forwarded ones, and Connection's), whatever the values not forwarded (a credential, the
+    body's length) are."""
+    from gwcore import gateway
+    from gwcore.upstream import HOP_BY_HOP, header_block
+
+    names = {n: _copy(n) for n in [*_CLIENT_NAMES, "connection"]}  # one object per name
+    values = [_copy(v) for v in _CLIENT_VALUES]
+    providers = [
+        ("A: a\r\n", gateway._NOT_FORWARDED | HOP_BY_HOP),
+        ("B: b\r\n", gateway._NOT_FORWARDED | HOP_BY_HOP | frozenset({"x-stainless-lang"})),
+    ]
+    saved = (
+        gateway._SHAPES,
+        gateway._CLIENT_LINES,
+        gateway._VOLATILE,
+        gateway._SEEN_VALUES,
+        gateway._VERDICTS,
+    )
+    gateway._SHAPES = []
+    gateway._CLIENT_LINES = {}
+    gateway._VOLATILE = {"x-hop"} if volatile else set()
+    gateway._SEEN_VALUES = {}
+    gateway._VERDICTS = {}
+    try:
+        for fields, other in requests:
+            block, dropped = providers[other]
+            headers = {}
+            for name, v, fresh in fields:
+                headers[names[name]] = _copy(values[v]) if fresh else values[v]
+            known = gateway._known_shape(headers, dropped, block) if gateway._SHAPES else None
+            lines, rest = gateway._client_head(block, headers, dropped)
+            forwarded = gateway._forwarded(headers, dropped)
+            if forwarded:
+                want_lines, want_rest = gateway._client_lines(block, forwarded)
+            else:
+                want_lines, want_rest = block, []
+            # The same upstream head: the rendered lines, then the pairs left for build_request
+            # (which part is cached may differ once a name turned volatile; the bytes may not).
+            assert lines + header_block(rest) == want_lines + header_block(want_rest)
+            assert known is None or (known, []) == (lines, rest)
+            rest.append(("x-request-id", "r"))  # (the caller's: a new list each time)
+        assert len(gateway._SHAPES) <= gateway._SHAPES_KEPT
+    finally:
+        (
+            gateway._SHAPES,
+            gateway._CLIENT_LINES,
+            gateway._VOLATILE,
+            gateway._SEEN_VALUES,
+            gateway._VERDICTS,
+        ) = saved
+
+
+def test_client_head_reuses_a_shape_only_for_the_same_objects(monkeypatch):
+    """The second request with the very same header objects is answered from the shape the
+    first left; a forwarded value that is another object (even an equal one) or a changed
+    Connection value is not, and a value that is not forwarded (the length) may change."""
+    from gwcore import gateway
+    from gwcore.upstream import HOP_BY_HOP
+
+    for name, value in (("_SHAPES", []), ("_CLIENT_LINES", {}), ("_VOLATILE", set())):
+        monkeypatch.setattr(gateway, name, value)
+    monkeypatch.setattr(gateway, "_SEEN_VALUES", {})
+    dropped = gateway._NOT_FORWARDED | HOP_BY_HOP
+    ua, n1, n2 = _copy("ua/1"), _copy("10"), _copy("20")
+    first = {"user-agent": ua, "content-length": n1, "x-a": _copy("1")}
+    assert gateway._known_shape(first, dropped, "B\r\n") is None
+    lines, rest = gateway._client_head("B\r\n", first, dropped)
+    assert lines == "B\r\nuser-agent: ua/1\r\nx-a: 1\r\n" and rest == []
+    again = dict(first)
+    again["content-length"] = n2  # not forwarded: the shape still holds
+    assert gateway._known_shape(again, dropped, "B\r\n") == lines
+    other = dict(first)
+    other["user-agent"] = _copy("ua/1")  # equal, another object
+    assert gateway._known_shape(other, dropped, "B\r\n") is None
+    assert gateway._known_shape(first, dropped, "C\r\n") is None  # another provider's block
+    assert gateway._known_shape({**first, "x-b": ua}, dropped, "B\r\n") is None
+    hop = {"connection": _copy("x-a"), **first}
+    assert gateway._client_head("B\r\n", hop, dropped) == ("B\r\nuser-agent: ua/1\r\n", [])
+    hop2 = dict(hop)
+    hop2["connection"] = _copy("close")  # x-a is forwarded again
+    assert gateway._known_shape(hop2, dropped, "B\r\n") is None
+    assert gateway._client_head("B\r\n", hop2, dropped)[0] == lines
+
+
 def test_headers_the_client_names_in_connection_are_not_forwarded():
     """RFC 9110 7.6.1: a header the client's Connection header nominates is hop-by-hop too."""
 
