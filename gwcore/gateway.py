@@ -198,7 +198,7 @@ class Gateway:
         block, dropped, path = known
         relay = new_relay(channel, record, self.sink, stream, elide, started)
         try:
-            block, headers = _client_head(block, request.headers, dropped)
+            block, headers = _client_head(block, request.headers, dropped, request.client)
         except GatewayError as exc:  # a header upstream.header_block refuses
             relay.record_failure(exc.status, exc.message)
             raise
@@ -255,83 +255,99 @@ _VALUES_KEPT = 32
 _SEEN_VALUES: dict[str, set[str]] = {}  # forwarded name -> the values seen (on misses); bounded
 
 
-# The header shapes of the last requests whose forwarded headers all came from _CLIENT_LINES,
-# newest first: (dropped, block, items, lines), ``items`` the request's headers as the flat
-# [name, value, ...] of the very objects the front door handed out (a value ``_ANY_VALUE`` where
-# it was not forwarded: a credential, the body's length), ``lines`` the block _client_lines made.
-# A client sends the same header objects request after request (the front door's caches of names
-# and short values): comparing them by identity is a few hundred instructions, where forwarding
-# them anew walks a lookup per header and a key of all of them.
-_SHAPES: list = []
-_SHAPES_KEPT = 8
+# Per client connection (the request's ``client``, the one object the front door hands every
+# request of a connection; an equal one of a later connection is not it): the header shape of
+# its last request whose forwarded headers all went into a block, (client, dropped, block,
+# items, lines): ``items`` the request's headers as the flat [name, value, ...] of the very
+# objects the front door handed out (``_ANY_VALUE`` for a value not forwarded: a credential, the
+# body's length), ``lines`` the block made. An SDK sends the same header objects request after
+# request on its connection (the front door's caches of names and short values): comparing
+# them by identity costs a few hundred instructions, where forwarding them anew walks a lookup
+# per header and a key of all of them. A connection's first request leaves only a mark (a
+# client that sends one request per connection pays a dict insert, not a shape); bounded.
+_SHAPE_OF: dict = {}
+_SHAPES_KEPT = 1024
 _ANY_VALUE = object()
 
 
-def _client_head(block: str, headers: Mapping[str, str], dropped: frozenset[str]) -> tuple:
+def _client_head(
+    block: str, headers: Mapping[str, str], dropped: frozenset[str], client: object = None
+) -> tuple:
     """(``block`` with the lines of the client's forwarded headers after it, a new list of the
     pairs left for ``build_request``): ``_client_lines(block, _forwarded(headers, dropped))``,
-    ``(block, [])`` when nothing is forwarded, and for the very header objects of a recent
-    request (``_known_shape``) the block made for it. Raises ``GatewayError`` as
-    ``_client_lines``."""
-    if _SHAPES:
-        known = _known_shape(headers, dropped, block)
-        if known is not None:
-            return known, []
+    ``(block, [])`` when nothing is forwarded, and for the very header objects of the last
+    request of the same ``client`` connection (``_known_shape``) the block made for it. Raises
+    ``GatewayError`` as ``_client_lines``."""
+    shapes = _SHAPE_OF
+    try:
+        shape = shapes.get(client)
+    except TypeError:  # (a handler's own client, unhashable: no shape kept)
+        client = shape = None
+    seen = False
+    if shape is not None and shape[0] is client:
+        seen = True
+        if shape[1] is dropped and shape[2] is block and _same_items(headers, shape[3]):
+            return shape[4], []
     forwarded = _forwarded(headers, dropped)
-    if not forwarded:
-        return block, forwarded
-    lines, rest = _client_lines(block, forwarded)
+    if forwarded:
+        lines, rest = _client_lines(block, forwarded)
+    else:
+        lines, rest = block, forwarded
     if not rest:  # (pairs left per request, a trace id: nothing a later request could reuse)
-        _remember_shape(headers, dropped, block, lines)
+        if len(shapes) >= _SHAPES_KEPT:
+            shapes.clear()
+        items = _shape_items(headers, dropped) if seen else None
+        if items is None:
+            shapes[client] = (client, None, None, None, None)  # a mark: seen once
+        else:
+            shapes[client] = (client, dropped, block, items, lines)
     return lines, rest
 
 
-def _known_shape(headers: Mapping[str, str], dropped: frozenset[str], block: str) -> str | None:
-    """The block ``_client_lines`` made for a recent request with these very header objects (by
-    identity, in order; a value not forwarded may differ), or None."""
-    if type(headers) is not dict:
+def _known_shape(
+    headers: Mapping[str, str], dropped: frozenset[str], block: str, client: object = None
+) -> str | None:
+    """The block ``_client_head`` keeps for the last request of ``client`` when this request's
+    header objects are that one's, or None (no side effect: for tests)."""
+    shape = _SHAPE_OF.get(client)
+    if shape is None or shape[0] is not client or shape[1] is not dropped or shape[2] is not block:
         return None
-    n = 2 * len(headers)
-    for shape in _SHAPES:
-        items = shape[2]
-        if shape[0] is not dropped or shape[1] is not block or len(items) != n:
-            continue
-        k = 0
-        for name, value in headers.items():
-            if name is not items[k]:
-                break
-            want = items[k + 1]
-            if want is not _ANY_VALUE and value is not want:
-                break
-            k += 2
-        else:
-            return shape[3]
-    return None
+    return shape[4] if _same_items(headers, shape[3]) else None
 
 
-def _remember_shape(
-    headers: Mapping[str, str], dropped: frozenset[str], block: str, lines: str
-) -> None:
-    """Keep the shape of a request whose forwarded headers made ``lines`` with nothing left over
-    (``_known_shape``): each name, and each value that counts (a forwarded one, or the client's
-    ``Connection``, which names what is not forwarded)."""
+def _same_items(headers: Mapping[str, str], items: tuple) -> bool:
+    """``headers`` are the very objects of ``items`` (``_shape_items``), in order."""
+    if type(headers) is not dict or len(items) != 2 * len(headers):
+        return False
+    k = 0
+    for name, value in headers.items():
+        if name is not items[k]:
+            return False
+        want = items[k + 1]
+        if want is not _ANY_VALUE and value is not want:
+            return False
+        k += 2
+    return True
+
+
+def _shape_items(headers: Mapping[str, str], dropped: frozenset[str]) -> tuple | None:
+    """The headers as ``_same_items`` compares them: each name, and each value that counts (a
+    forwarded one, or the client's ``Connection``, which names what is not forwarded); None when
+    they are not a dict or a verdict is missing (the verdicts were cleared meanwhile)."""
     verdicts = _VERDICTS.get(dropped)
     if type(headers) is not dict or verdicts is None:
-        return
+        return None
     items = []
     for name, value in headers.items():
         low = verdicts.get(name)
-        if low is None:  # (the verdicts were cleared meanwhile)
-            return
+        if low is None:
+            return None
         items.append(name)
         if low or (len(name) == 10 and name.lower() == "connection"):
             items.append(value)
         else:
             items.append(_ANY_VALUE)
-    shapes = _SHAPES
-    shapes.insert(0, (dropped, block, tuple(items), lines))
-    if len(shapes) > _SHAPES_KEPT:
-        shapes.pop()
+    return tuple(items)
 
 
 def _client_lines(block: str, forwarded: list) -> tuple:

@@ -434,6 +434,7 @@ _CLIENT_VALUES = ["ua/1", "ua/2", "python", "Bearer k", "91", "x-hop", "keep-ali
                 max_size=6,
             ),
             st.booleans(),  # the other provider (another dropped set, another block)
+            st.sampled_from(range(3)),  # which client connection sends it
         ),
         min_size=1,
         max_size=12,
@@ -441,12 +442,12 @@ _CLIENT_VALUES = ["ua/1", "ua/2", "python", "Bearer k", "91", "x-hop", "keep-ali
     volatile=st.booleans(),
 )
 def test_client_head_is_client_lines_of_the_forwarded_headers(requests, volatile):
-    """Request after request, with header objects the same as an earlier request's or new ones
-    (equal or not), the client's part of the upstream head is exactly what forwarding them anew
-    makes (``_client_lines`` of ``_forwarded``): a recent request's result is reused only for
-    the very same name objects and the very same objects of every value that counts (the
-    forwarded ones, and Connection's), whatever the values not forwarded (a credential, the
-    body's length) are."""
+    """Request after request, from three client connections, with header objects the same as an
+    earlier request's or new ones (equal or not), the client's part of the upstream head is
+    exactly what forwarding them anew makes (``_client_lines`` of ``_forwarded``): the result
+    of a connection's last request is reused only for the very same name objects and the very
+    same objects of every value that counts (the forwarded ones, and Connection's), whatever the
+    values not forwarded (a credential, the body's length) are."""
     from gwcore import gateway
     from gwcore.upstream import HOP_BY_HOP, header_block
 
@@ -456,26 +457,28 @@ def test_client_head_is_client_lines_of_the_forwarded_headers(requests, volatile
         ("A: a\r\n", gateway._NOT_FORWARDED | HOP_BY_HOP),
         ("B: b\r\n", gateway._NOT_FORWARDED | HOP_BY_HOP | frozenset({"x-stainless-lang"})),
     ]
+    clients = [tuple(["127.0.0.1", 5000]), tuple(["127.0.0.1", 5000]), None]  # equal: two
     saved = (
-        gateway._SHAPES,
+        gateway._SHAPE_OF,
         gateway._CLIENT_LINES,
         gateway._VOLATILE,
         gateway._SEEN_VALUES,
         gateway._VERDICTS,
     )
-    gateway._SHAPES = []
+    gateway._SHAPE_OF = {}
     gateway._CLIENT_LINES = {}
     gateway._VOLATILE = {"x-hop"} if volatile else set()
     gateway._SEEN_VALUES = {}
     gateway._VERDICTS = {}
     try:
-        for fields, other in requests:
+        for fields, other, c in requests:
             block, dropped = providers[other]
+            client = clients[c]
             headers = {}
             for name, v, fresh in fields:
                 headers[names[name]] = _copy(values[v]) if fresh else values[v]
-            known = gateway._known_shape(headers, dropped, block) if gateway._SHAPES else None
-            lines, rest = gateway._client_head(block, headers, dropped)
+            known = gateway._known_shape(headers, dropped, block, client)
+            lines, rest = gateway._client_head(block, headers, dropped, client)
             forwarded = gateway._forwarded(headers, dropped)
             if forwarded:
                 want_lines, want_rest = gateway._client_lines(block, forwarded)
@@ -486,10 +489,10 @@ def test_client_head_is_client_lines_of_the_forwarded_headers(requests, volatile
             assert lines + header_block(rest) == want_lines + header_block(want_rest)
             assert known is None or (known, []) == (lines, rest)
             rest.append(("x-request-id", "r"))  # (the caller's: a new list each time)
-        assert len(gateway._SHAPES) <= gateway._SHAPES_KEPT
+        assert len(gateway._SHAPE_OF) <= 3
     finally:
         (
-            gateway._SHAPES,
+            gateway._SHAPE_OF,
             gateway._CLIENT_LINES,
             gateway._VOLATILE,
             gateway._SEEN_VALUES,
@@ -498,35 +501,61 @@ def test_client_head_is_client_lines_of_the_forwarded_headers(requests, volatile
 
 
 def test_client_head_reuses_a_shape_only_for_the_same_objects(monkeypatch):
-    """The second request with the very same header objects is answered from the shape the
-    first left; a forwarded value that is another object (even an equal one) or a changed
-    Connection value is not, and a value that is not forwarded (the length) may change."""
+    """A connection's third request with the very same header objects as its second is answered
+    from the shape the second left (the first leaves a mark only); a forwarded value that is
+    another object (even an equal one), a changed Connection value, another connection or
+    another provider is not; a value that is not forwarded (the length) may change."""
     from gwcore import gateway
     from gwcore.upstream import HOP_BY_HOP
 
-    for name, value in (("_SHAPES", []), ("_CLIENT_LINES", {}), ("_VOLATILE", set())):
+    for name, value in (("_SHAPE_OF", {}), ("_CLIENT_LINES", {}), ("_VOLATILE", set())):
         monkeypatch.setattr(gateway, name, value)
     monkeypatch.setattr(gateway, "_SEEN_VALUES", {})
     dropped = gateway._NOT_FORWARDED | HOP_BY_HOP
+    conn, other_conn = ("10.0.0.1", 4000), ("10.0.0.1", 4001)
     ua, n1, n2 = _copy("ua/1"), _copy("10"), _copy("20")
     first = {"user-agent": ua, "content-length": n1, "x-a": _copy("1")}
-    assert gateway._known_shape(first, dropped, "B\r\n") is None
-    lines, rest = gateway._client_head("B\r\n", first, dropped)
+    lines, rest = gateway._client_head("B\r\n", first, dropped, conn)
     assert lines == "B\r\nuser-agent: ua/1\r\nx-a: 1\r\n" and rest == []
+    assert gateway._known_shape(first, dropped, "B\r\n", conn) is None  # a mark only
+    assert gateway._client_head("B\r\n", first, dropped, conn) == (lines, [])
+    assert gateway._known_shape(first, dropped, "B\r\n", conn) == lines
     again = dict(first)
     again["content-length"] = n2  # not forwarded: the shape still holds
-    assert gateway._known_shape(again, dropped, "B\r\n") == lines
+    assert gateway._known_shape(again, dropped, "B\r\n", conn) == lines
     other = dict(first)
     other["user-agent"] = _copy("ua/1")  # equal, another object
-    assert gateway._known_shape(other, dropped, "B\r\n") is None
-    assert gateway._known_shape(first, dropped, "C\r\n") is None  # another provider's block
-    assert gateway._known_shape({**first, "x-b": ua}, dropped, "B\r\n") is None
+    assert gateway._known_shape(other, dropped, "B\r\n", conn) is None
+    assert gateway._known_shape(first, dropped, "C\r\n", conn) is None  # another block
+    assert gateway._known_shape(first, dropped, "B\r\n", other_conn) is None
+    assert gateway._known_shape({**first, "x-b": ua}, dropped, "B\r\n", conn) is None
     hop = {"connection": _copy("x-a"), **first}
-    assert gateway._client_head("B\r\n", hop, dropped) == ("B\r\nuser-agent: ua/1\r\n", [])
+    for _ in range(2):
+        assert gateway._client_head("B\r\n", hop, dropped, conn) == (
+            "B\r\nuser-agent: ua/1\r\n",
+            [],
+        )
+    assert gateway._known_shape(hop, dropped, "B\r\n", conn) == "B\r\nuser-agent: ua/1\r\n"
     hop2 = dict(hop)
     hop2["connection"] = _copy("close")  # x-a is forwarded again
-    assert gateway._known_shape(hop2, dropped, "B\r\n") is None
-    assert gateway._client_head("B\r\n", hop2, dropped)[0] == lines
+    assert gateway._known_shape(hop2, dropped, "B\r\n", conn) is None
+    assert gateway._client_head("B\r\n", hop2, dropped, conn)[0] == lines
+
+
+def test_client_head_memory_stays_bounded(monkeypatch):
+    """One short-lived connection per request: a mark each, the marks bounded."""
+    from gwcore import gateway
+    from gwcore.upstream import HOP_BY_HOP
+
+    monkeypatch.setattr(gateway, "_SHAPE_OF", {})
+    dropped = gateway._NOT_FORWARDED | HOP_BY_HOP
+    headers = {"user-agent": "ua/1"}
+    for port in range(3000):
+        assert gateway._client_head("B\r\n", headers, dropped, ("10.0.0.1", port)) == (
+            "B\r\nuser-agent: ua/1\r\n",
+            [],
+        )
+    assert 0 < len(gateway._SHAPE_OF) <= gateway._SHAPES_KEPT
 
 
 def test_headers_the_client_names_in_connection_are_not_forwarded():
