@@ -11,6 +11,7 @@ __all__ = [
     "MAX_FRAMING_LINE",
     "EventParser",
     "RelayPump",
+    "RequestHeadMemo",
     "ResponseHead",
     "SSEError",
     "StreamObserver",
@@ -112,13 +113,21 @@ def chat_request_fields(raw: bytes) -> tuple[str, bool, bool] | None:
     """``(model, stream, usage_asked)`` of a plain OpenAI chat request body (the whole body
     checked as JSON; what orjson would read from it), or None (read it with orjson then)."""
 
+class RequestHeadMemo:
+    """One connection's last plain head, kept by ``quick_request_head`` for the next."""
+
+    def __init__(self) -> None: ...
+
 def quick_request_head(
     data: bytes,
+    memo: RequestHeadMemo | None = None,
 ) -> tuple[bytes, bytes, dict[str, str], int, int, bool, int, int] | None:
     """``(method, target, headers, content_length, end, keep_alive, count, header_bytes)`` of a
     plain HTTP/1.1 request head at the start of ``data``, or None (httptools parses it then).
     ``headers``: lowercase name -> value (latin-1; a repeated name's values joined with ", ");
-    ``count`` header lines, ``header_bytes`` the total of their name and value lengths."""
+    ``count`` header lines, ``header_bytes`` the total of their name and value lengths. With
+    ``memo`` (one per connection), a head whose header lines are the connection's last ones but
+    for the Content-Length digits is answered from a copy of that head's dict (the same answer)."""
 
 def quick_response_head(buf: bytes, end: int) -> tuple[int, str, list[tuple[bytes, bytes]]] | None:
     """``(status, version, headers)`` of a plain response head ``buf[:end]``, or None."""

@@ -21,7 +21,7 @@ pieces (bounded).
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.dict cimport PyDict_SetDefault, PyDict_SetItem
+from cpython.dict cimport PyDict_Copy, PyDict_SetDefault, PyDict_SetItem
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
@@ -38,6 +38,7 @@ __all__ = [
     "MAX_FRAMING_LINE",
     "EventParser",
     "RelayPump",
+    "RequestHeadMemo",
     "ResponseHead",
     "SSEError",
     "StreamObserver",
@@ -2315,18 +2316,72 @@ cdef inline str _value_text(const unsigned char* p, Py_ssize_t n):
     return <str>_slot_name(_value_slots, p, n, _mix(p, n), _AS_TEXT)
 
 
-def quick_request_head(bytes data not None):
+cdef class RequestHeadMemo:
+    """What ``quick_request_head`` keeps of one connection's last plain head, for the next: a
+    client on a kept-alive connection sends the same header lines request after request but for
+    the body's length (an SDK: its name, version, platform, credentials...). A head whose header
+    lines are the last one's, byte for byte but for the digits of its ``Content-Length``, is
+    answered with a copy of that head's dict (the new length in it) instead of being read line by
+    line. One per connection; its first head is only counted (a connection that carries one
+    request pays nothing for it), and after three heads in a row that differ from the last one
+    (a client whose headers change per request: a trace id) it keeps nothing more."""
+
+    cdef bytes _block  # the header lines of the head kept (after the request line, before the blank line)
+    cdef dict _headers  # their dict (kept private: each request gets a copy)
+    cdef str _cl_name  # the Content-Length name as the dict holds it; None: none
+    cdef Py_ssize_t _cl_value, _cl_end  # where its digits start and end in _block
+    cdef Py_ssize_t _count, _nbytes
+    cdef bint _keep_alive
+    cdef int _heads, _misses
+
+    def __cinit__(self):
+        self._cl_value = self._cl_end = -1
+
+    cdef dict _recall(
+        self, const unsigned char* q, Py_ssize_t n, long long* length, Py_ssize_t* nbytes
+    ):
+        """A copy of the kept dict when the header lines ``q[:n]`` are the kept ones but for the
+        Content-Length digits (1 to 15, as the parser takes them), with ``length`` and
+        ``nbytes`` set; None otherwise."""
+        cdef const unsigned char* b = <const unsigned char*>PyBytes_AS_STRING(self._block)
+        cdef Py_ssize_t m = PyBytes_GET_SIZE(self._block)
+        cdef Py_ssize_t a = self._cl_value, k, tail
+        cdef long long v = 0
+        cdef dict headers
+        if a < 0:
+            if n != m or memcmp(q, b, n) != 0:
+                return None
+            length[0] = -1
+            nbytes[0] = self._nbytes
+            return PyDict_Copy(self._headers)
+        if n < a or memcmp(q, b, a) != 0:
+            return None
+        k = a
+        while k < n and k - a < 16 and 48 <= q[k] <= 57:
+            v = v * 10 + (q[k] - 48)
+            k += 1
+        tail = m - self._cl_end
+        if k == a or k - a > 15 or n - k != tail or memcmp(q + k, b + self._cl_end, tail) != 0:
+            return None
+        headers = PyDict_Copy(self._headers)
+        PyDict_SetItem(headers, self._cl_name, _value_text(q + a, k - a))
+        length[0] = v
+        nbytes[0] = self._nbytes - (self._cl_end - a) + (k - a)
+        return headers
+
+
+def quick_request_head(bytes data not None, RequestHeadMemo memo=None):
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
     cdef const unsigned char* tchar = <const unsigned char*>PyBytes_AS_STRING(_TCHAR_C)
     cdef const unsigned char* target = <const unsigned char*>PyBytes_AS_STRING(_TARGET_C)
     cdef Py_ssize_t end = gw_find(p, 0, PyBytes_GET_SIZE(data), b"\r\n\r\n", 4)
-    cdef Py_ssize_t i = 0, start, size, vend, vsize, last, k
-    cdef Py_ssize_t count = 0, nbytes = 0, distinct
+    cdef Py_ssize_t i = 0, start, size, vend, vsize, last, k, first
+    cdef Py_ssize_t count = 0, nbytes = 0, distinct, cl_value = -1, cl_end = -1
     cdef long long length = -1
     cdef bint keep_alive = True, seen = False
     cdef const Py_UCS1* low
     cdef PyObject* old
-    cdef str name, value
+    cdef str name, value, cl_name = None
     cdef dict headers
     if end < 0:
         return None
@@ -2346,7 +2401,27 @@ def quick_request_head(bytes data not None):
     # The header lines, as _header_fields reads them, each checked and put in the dict as it
     # is read (a line _header_fields refuses refuses the head: the order makes no difference).
     i += 11
+    first = i
     last = end - 2
+    if memo is not None and memo._block is not None:
+        headers = memo._recall(p + i, last - i, &length, &nbytes)
+        if headers is not None:
+            memo._misses = 0
+            return (
+                method,
+                url,
+                headers,
+                length if length > 0 else 0,
+                end,
+                memo._keep_alive,
+                memo._count,
+                nbytes,
+            )
+        memo._misses += 1
+        if memo._misses >= 3:  # headers that change per request: keep nothing more
+            memo._block = None
+            memo._headers = None
+            memo._heads = -1
     # Sized for a header every 32 bytes (up to 64 headers): no resize on the way for the dozen
     # or so an SDK sends; a plain PyDict_New() for the few of a small head.
     headers = _dict_presized(min((last - i) >> 5, 64))
@@ -2375,6 +2450,9 @@ def quick_request_head(bytes data not None):
                     if not 48 <= p[k] <= 57:
                         return None
                     length = length * 10 + (p[k] - 48)
+                cl_name = name
+                cl_value = i - first
+                cl_end = vend - first
             elif _lower_is(low, size, b"connection", 10):
                 if seen:
                     return None
@@ -2402,6 +2480,17 @@ def quick_request_head(bytes data not None):
         count += 1
         nbytes += size + vsize
         i = vend + 2
+    if memo is not None and memo._heads >= 0:
+        memo._heads += 1
+        if memo._heads >= 2:  # (a connection's first head is only counted)
+            memo._block = PyBytes_FromStringAndSize(<const char*>p + first, last - first)
+            memo._headers = PyDict_Copy(headers)
+            memo._cl_name = cl_name
+            memo._cl_value = cl_value
+            memo._cl_end = cl_end
+            memo._count = count
+            memo._nbytes = nbytes
+            memo._keep_alive = keep_alive
     return method, url, headers, length if length > 0 else 0, end, keep_alive, count, nbytes
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "MAX_FRAMING_LINE",
     "EventParser",
     "RelayPump",
+    "RequestHeadMemo",
     "ResponseHead",
     "SSEError",
     "StreamObserver",
@@ -1150,7 +1151,16 @@ def _header_fields(buf: bytes, i: int, last: int) -> list | None:
     return headers
 
 
-def quick_request_head(data: bytes) -> tuple | None:
+class RequestHeadMemo:
+    """What the compiled ``quick_request_head`` keeps of one connection's last plain head, to
+    answer the next one whose header lines are the same but for the ``Content-Length`` digits
+    with a copy of that head's dict. The twin keeps nothing: it reads every head whole, which
+    gives the same answer (the spec the compiled module is held to)."""
+
+    __slots__ = ()
+
+
+def quick_request_head(data: bytes, memo: RequestHeadMemo | None = None) -> tuple | None:
     """``(method, target, headers, content_length, end, keep_alive, count, header_bytes)`` of
     the plain HTTP/1.1 request head that starts ``data`` (``end`` just past its blank line), else
     None and httptools parses.

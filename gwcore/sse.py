@@ -16,6 +16,7 @@ if os.environ.get("GWCORE_NO_EXTENSIONS"):
     from gwcore._sse_py import (
         EventParser,
         RelayPump,
+        RequestHeadMemo,
         ResponseHead,
         SSEError,
         StreamObserver,
@@ -36,6 +37,7 @@ else:
         from gwcore._sse import (
             EventParser,
             RelayPump,
+            RequestHeadMemo,
             ResponseHead,
             SSEError,
             StreamObserver,
@@ -55,6 +57,7 @@ else:
         from gwcore._sse_py import (
             EventParser,
             RelayPump,
+            RequestHeadMemo,
             ResponseHead,
             SSEError,
             StreamObserver,
@@ -75,6 +78,7 @@ __all__ = [
     "IMPLEMENTATION",
     "EventParser",
     "RelayPump",
+    "RequestHeadMemo",
     "ResponseHead",
     "SSEError",
     "StreamObserver",

@@ -190,6 +190,93 @@ def test_quick_request_head_compiled_answers_as_the_twin(sse_pair, line, headers
         assert list(ours[2].items()) == list(spec[2].items())
 
 
+_LENGTHS = st.sampled_from(
+    [b"0", b"7", b"91", b"007", b"1234", b"999999999999999", b"1234567890123456", b"", b"9 ", b"x"]
+)
+
+
+@settings(max_examples=300)
+@given(
+    heads=st.lists(
+        st.tuples(
+            _REQUEST_LINES,
+            _HEADERS,
+            st.booleans(),  # the connection's last head's header lines again
+            st.booleans(),  # with another value of one header not Content-Length
+            st.one_of(st.none(), _LENGTHS),  # with this Content-Length value instead of its own
+        ),
+        min_size=1,
+        max_size=10,
+    )
+)
+def test_quick_request_head_with_a_memo_answers_as_without(sse_pair, heads):
+    """One connection's heads in a row, a memo kept across them: each answer is the one the
+    compiled parser and its twin give without one, whether the header lines repeat the last
+    head's (but for the Content-Length digits: another count of digits, leading zeros, too many,
+    none, a blank or a letter after them; or but for one other value) or not; each a dict of its
+    own (a change to one answer shows in no later one)."""
+    compiled, twin = sse_pair
+    memo = compiled.RequestHeadMemo()
+    last: list = [(b"Content-Length", b": ", b"12"), (b"user-agent", b": ", b"sdk/1")]
+    for line, headers, again, touch, length in heads:
+        if again:
+            headers = list(last)
+            others = [k for k, h in enumerate(headers) if h[0].lower() != b"content-length"]
+            if touch and others:
+                name, sep, value = headers[others[-1]]
+                changed = value.swapcase() if value.swapcase() != value else value + b"1"
+                headers[others[-1]] = (name, sep, changed)
+        if length is not None:
+            at = [k for k, h in enumerate(headers) if h[0].lower() == b"content-length"]
+            if at:
+                headers[at[0]] = (headers[at[0]][0], headers[at[0]][1], length)
+            else:
+                headers.append((b"Content-Length", b": ", length))
+        last = headers
+        head = line + b"\r\n" + b"".join(n + sep + v + b"\r\n" for n, sep, v in headers)
+        head += b"\r\n"
+        ours = compiled.quick_request_head(head, memo)
+        assert ours == compiled.quick_request_head(head) == twin.quick_request_head(head)
+        assert twin.quick_request_head(head, twin.RequestHeadMemo()) == ours
+        if ours is not None:
+            assert list(ours[2].items()) == list(twin.quick_request_head(head)[2].items())
+            ours[2]["x-changed-by-a-handler"] = "1"  # (never seen by a later answer)
+
+
+def test_quick_request_head_memo_answers_an_sdk_s_heads_from_its_copy():
+    """A kept-alive SDK client's third head on (the first is only counted, the second kept)
+    is answered from the memo's copy, its names and values the very objects of the kept head's
+    (the gateway compares them by identity), its length and counts its own; three heads in a
+    row that differ make the memo keep nothing more, and its answers stay right."""
+    from gwcore import _sse
+    from gwcore.benchmark.loadgen import SDK_HEADERS, chat_body, http_request
+
+    memo = _sse.RequestHeadMemo()
+    bodies = [chat_body("m" * k, True) for k in (1, 5, 120, 2)]
+    answers = [
+        _sse.quick_request_head(http_request("/v1/chat/completions", b, SDK_HEADERS), memo)
+        for b in bodies
+    ]
+    for body, got in zip(bodies, answers, strict=True):
+        want = _sse.quick_request_head(http_request("/v1/chat/completions", body, SDK_HEADERS))
+        assert got == want and got[3] == len(body) and got[2]["content-length"] == str(len(body))
+    third, fourth = answers[2][2], answers[3][2]
+    assert third is not fourth
+    same = [k for k in third if k != "content-length"]
+    assert all(third[k] is fourth[k] for k in same)
+    base = b"POST /v1/chat/completions HTTP/1.1\r\nuser-agent: sdk/1\r\nContent-Length: "
+    for _ in range(2):  # (kept from the second)
+        assert _sse.quick_request_head(base + b"12\r\nx-a: 1\r\n\r\n", memo) is not None
+    for digits in (b"", b"1234567890123456", b"9 ", b" 9", b"9x", b"+9", b"0", b"99"):
+        data = base + digits + b"\r\nx-a: 1\r\n\r\n"
+        assert _sse.quick_request_head(data, memo) == _sse.quick_request_head(data), digits
+    assert _sse.quick_request_head(base + b"\r\nx-a: 1\r\n\r\n", memo) is None
+    for k in range(6):  # a trace id per request: the memo stops keeping heads
+        headers = {**SDK_HEADERS, "traceparent": f"00-{k:032x}-{k:016x}-01"}
+        data = http_request("/v1/chat/completions", bodies[0], headers)
+        assert _sse.quick_request_head(data, memo) == _sse.quick_request_head(data)
+
+
 def test_quick_request_head_takes_what_the_sdk_sends(sse):
     """The OpenAI SDK's request (httpx) is taken by the quick parser, not left to httptools."""
     body = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"stream":true}'

@@ -53,7 +53,7 @@ cdef class HttpProtocol:
     cdef public object _in_head, _body, _discard_body, _pending, _active
     cdef public object _dispatching, _stopped, _eof, _lingering, _last_request, _closing
     cdef public object _write_paused, _read_paused, _drain_waiter, _deadline, _deadline_408
-    cdef public object _quick
+    cdef public object _quick, _head_memo
     cdef public int _direct_fd
     cdef object __weakref__
 

@@ -45,6 +45,7 @@ from gwcore.server.app import (
     status_line,
 )
 from gwcore.server.config import ServerConfig
+from gwcore.sse import RequestHeadMemo as _RequestHeadMemo
 from gwcore.sse import quick_request_head as _quick_request_head
 
 if TYPE_CHECKING:
@@ -432,6 +433,7 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
         self._cors = bool(state.cors_origins)
         self._parser = httptools.HttpRequestParser(self)
         self._quick = True  # httptools has seen no byte of a request not yet whole (see below)
+        self._head_memo = _RequestHeadMemo()  # this connection's last plain head, for the next
         self.transport: asyncio.Transport | None = None
         self._direct_fd = -1  # the client socket, for writes past the transport (see direct_fd)
         self._client: tuple[str, int] | None = None
@@ -565,7 +567,7 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
         way here, and ``_head_done`` sets both back to zero). A head over the limits goes to
         httptools instead, whose ``on_header`` calls refuse it (431) exactly as they always
         have, with the headers read up to the limit (an ``x-request-id`` among them)."""
-        quick = _quick_request_head(data)
+        quick = _quick_request_head(data, self._head_memo)
         if quick is None:
             return False
         end = quick[4]
