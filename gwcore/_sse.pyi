@@ -21,6 +21,7 @@ __all__ = [
     "lane_scan",
     "quick_request_head",
     "quick_response_head",
+    "request_bytes",
     "response_head",
     "send_direct",
     "usage_counts",
@@ -155,6 +156,10 @@ class ResponseHead:
     def __iter__(self) -> Iterator[tuple[bytes, bytes]]: ...
     def value_of(self, name: bytes) -> bytes | None: ...
     def passed_lines(self, names: tuple[bytes, ...]) -> str: ...
+
+def request_bytes(lines: list[str], body: bytes, framed: bool) -> bytes:
+    """``"".join(lines)``, Content-Length (when ``body`` or ``framed``), ``Connection:
+    keep-alive``, the blank line (latin-1), then ``body``: in one allocation."""
 
 def response_head(buf: bytes, end: int) -> ResponseHead | None:
     """The plain response head ``buf[:end]`` as a ``ResponseHead``, or None."""

@@ -26,7 +26,16 @@ from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
-from cpython.unicode cimport Py_UCS1, PyUnicode_1BYTE_DATA, PyUnicode_DecodeLatin1, PyUnicode_New
+from cpython.unicode cimport (
+    Py_UCS1,
+    PyUnicode_1BYTE_DATA,
+    PyUnicode_1BYTE_KIND,
+    PyUnicode_DecodeLatin1,
+    PyUnicode_GET_LENGTH,
+    PyUnicode_KIND,
+    PyUnicode_New,
+)
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.pythread cimport PyThread_get_thread_ident
 from libc.string cimport memchr, memcmp, memcpy, memmove, memset
 
@@ -48,6 +57,7 @@ __all__ = [
     "lane_scan",
     "quick_request_head",
     "quick_response_head",
+    "request_bytes",
     "response_head",
     "send_direct",
     "usage_counts",
@@ -1863,6 +1873,62 @@ def head_end(bytes buf not None, Py_ssize_t start=0):
         start = 0
     return gw_find(<const unsigned char*>PyBytes_AS_STRING(buf), start, PyBytes_GET_SIZE(buf),
                    b"\r\n\r\n", 4)
+
+
+def request_bytes(list lines not None, bytes body not None, bint framed):
+    """An upstream request in one allocation: ``"".join(lines)``, then ``Content-Length`` (when
+    ``body`` or ``framed``) and ``Connection: keep-alive`` and the blank line, as latin-1 bytes,
+    then ``body``. The lines are checked header text (latin-1): a string that is not raises as
+    ``str.encode("latin-1")`` does."""
+    cdef Py_ssize_t k, n = 0, count = PyList_GET_SIZE(lines), size = PyBytes_GET_SIZE(body)
+    cdef object part
+    cdef char digits[24]
+    cdef Py_ssize_t nd = 0
+    cdef long long v = size
+    cdef bytes out
+    cdef char* w
+    for k in range(count):
+        part = <object>PyList_GET_ITEM(lines, k)
+        if type(part) is not str or PyUnicode_KIND(part) != PyUnicode_1BYTE_KIND:
+            return _request_bytes_py(lines, body, framed)  # (its error, or its answer)
+        n += PyUnicode_GET_LENGTH(part)
+    if size or framed:
+        while True:
+            digits[nd] = <char>(48 + v % 10)
+            nd += 1
+            v //= 10
+            if v == 0:
+                break
+        n += 16 + nd + 2  # "Content-Length: " digits CRLF
+    n += 24 + 2  # "Connection: keep-alive" CRLF, the blank line
+    out = PyBytes_FromStringAndSize(NULL, n + size)
+    w = PyBytes_AS_STRING(out)
+    for k in range(count):
+        part = <object>PyList_GET_ITEM(lines, k)
+        memcpy(w, PyUnicode_1BYTE_DATA(part), PyUnicode_GET_LENGTH(part))
+        w += PyUnicode_GET_LENGTH(part)
+    if size or framed:
+        memcpy(w, b"Content-Length: ", 16)
+        w += 16
+        while nd:
+            nd -= 1
+            w[0] = digits[nd]
+            w += 1
+        memcpy(w, b"\r\n", 2)
+        w += 2
+    memcpy(w, b"Connection: keep-alive\r\n\r\n", 26)
+    w += 26
+    if size:
+        memcpy(w, PyBytes_AS_STRING(body), size)
+    return out
+
+
+def _request_bytes_py(lines, body, framed):
+    if body or framed:
+        tail = f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n"
+    else:
+        tail = "Connection: keep-alive\r\n\r\n"
+    return ("".join(lines) + tail).encode("latin-1") + body
 
 
 def send_direct(int fd, bytes data not None):

@@ -39,6 +39,7 @@ __all__ = [
     "lane_scan",
     "quick_request_head",
     "quick_response_head",
+    "request_bytes",
     "response_head",
     "send_direct",
     "usage_counts",
@@ -1029,6 +1030,20 @@ def head_end(buf: bytes, start: int = 0) -> int:
     if type(buf) is not bytes:
         raise TypeError(f"buf must be bytes, not {type(buf).__name__}")
     return buf.find(b"\r\n\r\n", max(start, 0))
+
+
+def request_bytes(lines: list[str], body: bytes, framed: bool) -> bytes:
+    """An upstream request: ``"".join(lines)``, then ``Content-Length`` (when ``body`` or
+    ``framed``) and ``Connection: keep-alive`` and the blank line, as latin-1 bytes, then
+    ``body``. The lines are checked header text (latin-1): a string that is not raises as
+    ``str.encode("latin-1")`` does."""
+    if type(lines) is not list or type(body) is not bytes:
+        raise TypeError("request_bytes() takes a list of str and bytes")
+    if body or framed:
+        tail = f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n"
+    else:
+        tail = "Connection: keep-alive\r\n\r\n"
+    return ("".join(lines) + tail).encode("latin-1") + body
 
 
 def send_direct(fd: int, data: bytes) -> int:

@@ -286,7 +286,12 @@ def _client_head(
     seen = False
     if shape is not None and shape[0] is client:
         seen = True
-        if shape[1] is dropped and shape[2] is block and _same_items(headers, shape[3]):
+        if (
+            shape[1] is dropped
+            and shape[2] is block
+            and type(headers) is dict
+            and _same_items(headers, shape[3])
+        ):
             return shape[4], []
     forwarded = _forwarded(headers, dropped)
     if forwarded:
@@ -312,12 +317,12 @@ def _known_shape(
     shape = _SHAPE_OF.get(client)
     if shape is None or shape[0] is not client or shape[1] is not dropped or shape[2] is not block:
         return None
-    return shape[4] if _same_items(headers, shape[3]) else None
+    return shape[4] if type(headers) is dict and _same_items(headers, shape[3]) else None
 
 
-def _same_items(headers: Mapping[str, str], items: tuple) -> bool:
+def _same_items(headers: dict[str, str], items: tuple) -> bool:
     """``headers`` are the very objects of ``items`` (``_shape_items``), in order."""
-    if type(headers) is not dict or len(items) != 2 * len(headers):
+    if len(items) != 2 * len(headers):
         return False
     k = 0
     for name, value in headers.items():

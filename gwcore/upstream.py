@@ -47,6 +47,7 @@ from gwcore.errors import GatewayError
 from gwcore.sse import RelayPump as _Pump
 from gwcore.sse import ResponseHead
 from gwcore.sse import head_end as _head_end
+from gwcore.sse import request_bytes as _request_bytes
 from gwcore.sse import response_head as _response_head
 from gwcore.sse import send_direct as _send_direct
 
@@ -323,14 +324,10 @@ def _header_lines(headers: Sequence[tuple[str, str]], lines: list) -> None:
 
 
 def _finish(lines: list, body: bytes, framed: bool) -> bytes:
-    if body or framed:
-        lines.append(f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n")
-    else:
-        lines.append("Connection: keep-alive\r\n\r\n")
     # Every piece was checked: the request line here, each header line once (cached), the Host
-    # line from a parsed URL. No CR, LF or NUL but the line ends, all latin-1.
-    head = "".join(lines).encode("latin-1")
-    return head + body if body else head
+    # line from a parsed URL. No CR, LF or NUL but the line ends, all latin-1. The head and the
+    # body in one allocation (where compiled).
+    return _request_bytes(lines, body if type(body) is bytes else bytes(body), framed)
 
 
 # -------------------------------------------------------------------------------------- listener

@@ -584,6 +584,42 @@ def test_header_caches_keep_a_client_s_and_a_provider_s_names_and_values(sse_pai
     assert all(a is b for a, b in zip(names, again_names, strict=True))
 
 
+@settings(max_examples=400)
+@given(
+    lines=st.lists(
+        st.text(alphabet=st.characters(max_codepoint=0x17F), max_size=12)
+        | st.sampled_from(["POST /v1/chat/completions HTTP/1.1\r\n", "Host: h\r\n", ""]),
+        max_size=6,
+    ),
+    body=st.binary(max_size=40) | st.sampled_from([b"", b"x" * 100_000]),
+    framed=st.booleans(),
+)
+def test_request_bytes_is_the_joined_head_and_the_body(sse_pair, lines, body, framed):
+    """The request in one allocation (compiled) is the twin's join, encode and concatenation,
+    byte for byte; a line that is not latin-1 raises the same ``UnicodeEncodeError``."""
+    compiled, twin = sse_pair
+
+    def answer(module):
+        try:
+            return module.request_bytes(list(lines), body, framed)
+        except UnicodeEncodeError as exc:
+            return ("UnicodeEncodeError", str(exc))
+
+    want = answer(twin)
+    assert answer(compiled) == want
+    if type(want) is bytes:
+        tail = b"Connection: keep-alive\r\n\r\n" + body
+        if body or framed:
+            tail = b"Content-Length: %d\r\n" % len(body) + tail
+        assert want == "".join(lines).encode("latin-1") + tail
+
+
+def test_request_bytes_refuses_what_is_not_lines_and_bytes(sse):
+    for bad in ((("a",), b"", True), (["a"], "body", True), (["a", 1], b"", True)):
+        with pytest.raises(TypeError):
+            sse.request_bytes(*bad)
+
+
 # ------------------------------------------------------------- request bytes against the reference
 
 
