@@ -2181,11 +2181,34 @@ def lane_scan(bytes data not None, Py_ssize_t max_event_size=8 * 1024 * 1024):
 # The twin's (gwcore._sse_py) documents what each accepts; these walk the same bytes through C
 # pointers. Every loop stops at a byte the head's closing CRLF CRLF provides (checked first).
 
-from gwcore._sse_py import _QUICK_METHODS, _TARGET, _TCHAR
+from gwcore._sse_py import _TARGET, _TCHAR
 
 cdef bytes _TCHAR_C = _TCHAR
 cdef bytes _TARGET_C = _TARGET
-cdef object _METHODS_C = _QUICK_METHODS
+cdef bytes _GET = b"GET", _PUT = b"PUT", _POST = b"POST", _HEAD = b"HEAD", _PATCH = b"PATCH"
+cdef bytes _DELETE = b"DELETE", _OPTIONS = b"OPTIONS"
+
+
+cdef inline bytes _quick_method(const unsigned char* p, Py_ssize_t n):
+    """The method ``p[:n]`` as one of the constants when it is one of ``_QUICK_METHODS``, else
+    None: no bytes object made and hashed per request."""
+    if n == 4:
+        if memcmp(p, b"POST", 4) == 0:
+            return _POST
+        if memcmp(p, b"HEAD", 4) == 0:
+            return _HEAD
+    elif n == 3:
+        if memcmp(p, b"GET", 3) == 0:
+            return _GET
+        if memcmp(p, b"PUT", 3) == 0:
+            return _PUT
+    elif n == 6 and memcmp(p, b"DELETE", 6) == 0:
+        return _DELETE
+    elif n == 5 and memcmp(p, b"PATCH", 5) == 0:
+        return _PATCH
+    elif n == 7 and memcmp(p, b"OPTIONS", 7) == 0:
+        return _OPTIONS
+    return None
 
 
 cdef extern from *:
@@ -2454,8 +2477,8 @@ def quick_request_head(bytes data not None, RequestHeadMemo memo=None):
     end += 4
     while tchar[p[i]]:
         i += 1
-    method = PyBytes_FromStringAndSize(<const char*>p, i)
-    if p[i] != 32 or p[i + 1] != 47 or method not in _METHODS_C:  # " /"
+    method = _quick_method(p, i)  # (one of _QUICK_METHODS, or None)
+    if p[i] != 32 or p[i + 1] != 47 or method is None:  # " /"
         return None
     i += 1
     start = i

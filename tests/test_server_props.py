@@ -277,6 +277,21 @@ def test_quick_request_head_memo_answers_an_sdk_s_heads_from_its_copy():
         assert _sse.quick_request_head(data, memo) == _sse.quick_request_head(data)
 
 
+def test_quick_request_head_takes_exactly_the_common_methods(sse_pair):
+    """The compiled parser's methods are the twin's ``_QUICK_METHODS``, no more, no fewer (and
+    each answer's method is an equal bytes object)."""
+    from gwcore._sse_py import _QUICK_METHODS
+
+    compiled, twin = sse_pair
+    others = [b"BREW", b"get", b"Post", b"POSTS", b"GE", b"CONNECT", b"TRACE", b"PROPFIND"]
+    for method in [*_QUICK_METHODS, *others]:
+        head = method + b" /x HTTP/1.1\r\nHost: h\r\n\r\n"
+        got = compiled.quick_request_head(head)
+        assert got == twin.quick_request_head(head)
+        assert (got is not None) == (method in _QUICK_METHODS)
+        assert got is None or (type(got[0]) is bytes and got[0] == method)
+
+
 def test_quick_request_head_takes_what_the_sdk_sends(sse):
     """The OpenAI SDK's request (httpx) is taken by the quick parser, not left to httptools."""
     body = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"stream":true}'
