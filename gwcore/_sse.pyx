@@ -2274,6 +2274,28 @@ cdef inline Py_ssize_t _line_end(const unsigned char* p, Py_ssize_t i, Py_ssize_
     return i if p[i] == 13 and p[i + 1] == 10 else -1
 
 
+cdef inline Py_ssize_t _field_end(
+    const unsigned char* p, const unsigned char* tchar, Py_ssize_t i, Py_ssize_t last,
+    Py_ssize_t* name_end, Py_ssize_t* value_start
+) noexcept nogil:
+    """The header line at ``p[i]`` (before the head's blank line at ``last``): where its name
+    ends (``name_end``: a token, the colon right after it), where its value starts (past the
+    blanks), and the return value, where the CRLF ending it is; -1 for a line a plain head does
+    not hold (an empty name, no colon right after the name, a control byte in the value). Most
+    of a name is read 16 bytes a step, the token table reads the rest."""
+    i = gw_name_stop(p, i, last)
+    while tchar[p[i]]:
+        i += 1
+    name_end[0] = i
+    if p[i] != 58:  # not a colon right after the name
+        return -1
+    i += 1
+    while p[i] == 32 or p[i] == 9:
+        i += 1
+    value_start[0] = i
+    return _line_end(p, i, last + 2)
+
+
 cdef inline bint _lower_is(
     const Py_UCS1* low, Py_ssize_t n, const char* lit, Py_ssize_t m
 ) noexcept nogil:
@@ -2545,17 +2567,9 @@ def quick_request_head(bytes data not None, RequestHeadMemo memo=None):
     headers = _dict_presized(min((last - i) >> 5, 64))
     while i < last:
         start = i
-        i = gw_name_stop(p, i, last)  # (most of a name, 16 bytes a step; the table reads on)
-        while tchar[p[i]]:
-            i += 1
-        size = i - start
-        if size == 0 or p[i] != 58:  # an empty name, or not a colon right after the name
-            return None
-        i += 1
-        while p[i] == 32 or p[i] == 9:
-            i += 1
-        vend = _line_end(p, i, end)
-        if vend < 0:
+        vend = _field_end(p, tchar, i, last, &k, &i)
+        size = k - start
+        if vend < 0 or size == 0:
             return None
         vsize = vend - i
         name = _name_text(p + start, size, _mix(p + start, size))
@@ -2825,17 +2839,9 @@ def response_head(bytes buf not None, Py_ssize_t end):
     last = end - 2
     while i < last:
         start = i
-        i = gw_name_stop(p, i, last)  # (most of a name, 16 bytes a step; the table reads on)
-        while tchar[p[i]]:
-            i += 1
-        nlen = i - start
-        if nlen == 0 or p[i] != 58:  # an empty name, or not a colon right after the name
-            return None
-        i += 1
-        while p[i] == 32 or p[i] == 9:
-            i += 1
-        stop = _line_end(p, i, last + 2)
-        if stop < 0:
+        stop = _field_end(p, tchar, i, last, &k, &i)
+        nlen = k - start
+        if stop < 0 or nlen == 0:
             return None
         vlen = stop - i
         head._add(start, nlen, i, vlen)

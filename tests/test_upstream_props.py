@@ -381,6 +381,16 @@ _ODD_STATUS = st.sampled_from(
 _STATUS_LINES = st.integers(0, 3).flatmap(lambda k: _ODD_STATUS if k == 3 else _GOOD_STATUS)
 
 
+def _response_bytes(status_line: bytes, headers: list, tail: bytes) -> tuple[bytes, int]:
+    """A response's bytes of these (name, separator, value) lines and where its head ends (just
+    past the first blank line; the example is not used when there is none)."""
+    head = status_line + b"\r\n" + b"".join(n + sep + v + b"\r\n" for n, sep, v in headers)
+    buf = head + b"\r\n" + tail
+    end = buf.find(b"\r\n\r\n")
+    assume(end >= 0)
+    return buf, end + 4
+
+
 @settings(max_examples=600)
 @given(
     status_line=_STATUS_LINES,
@@ -391,11 +401,7 @@ def test_quick_head_answers_as_httptools_or_not_at_all(sse, status_line, headers
     """The one-pass head parser (``quick_response_head`` of the compiled scanner module and of
     its twin) either declines (httptools then parses) or gives exactly httptools' status,
     version and header list, for a head httptools accepts."""
-    head = status_line + b"\r\n" + b"".join(n + sep + v + b"\r\n" for n, sep, v in headers)
-    buf = head + b"\r\n" + tail
-    end = buf.find(b"\r\n\r\n")
-    assume(end >= 0)
-    end += 4
+    buf, end = _response_bytes(status_line, headers, tail)
     quick = sse.quick_response_head(buf, end)
     if quick is None:
         return
@@ -421,11 +427,7 @@ def test_response_head_reads_what_the_pairs_say(sse, status_line, headers, tail,
     above), and its ``ResponseHead`` is that head's list of pairs (length, items, negative
     indices, slices, iteration, equality) with the framing, the first value of a name and the
     passing lines read from its bytes: each as computed here from the pairs."""
-    head = status_line + b"\r\n" + b"".join(n + sep + v + b"\r\n" for n, sep, v in headers)
-    buf = head + b"\r\n" + tail
-    end = buf.find(b"\r\n\r\n")
-    assume(end >= 0)
-    end += 4
+    buf, end = _response_bytes(status_line, headers, tail)
     quick = sse.quick_response_head(buf, end)
     got = sse.response_head(buf, end)
     if quick is None:
