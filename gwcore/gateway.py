@@ -266,7 +266,7 @@ _SEEN_VALUES: dict[str, set[str]] = {}  # forwarded name -> the values seen (on 
 # per header and a key of all of them. A connection's first request leaves only a mark (a
 # client that sends one request per connection pays a dict insert, not a shape); bounded.
 _SHAPE_OF: dict = {}
-_SHAPES_KEPT = 1024
+_SHAPES_KEPT = 8192  # connections (a few hundred bytes each); past that, start over
 _ANY_VALUE = object()
 
 
