@@ -40,6 +40,7 @@ from cpython.pythread cimport PyThread_get_thread_ident
 from libc.string cimport memchr, memcmp, memcpy, memmove, memset
 
 from gwcore._sse_py import FIELD_SLACK, HOLD_LIMIT, MAX_FRAMING_LINE, SSEError
+from gwcore._sse_py import request_bytes as _request_bytes_twin  # (a string that is not latin-1)
 
 __all__ = [
     "FIELD_SLACK",
@@ -1890,7 +1891,7 @@ def request_bytes(list lines not None, bytes body not None, bint framed):
     for k in range(count):
         part = <object>PyList_GET_ITEM(lines, k)
         if type(part) is not str or PyUnicode_KIND(part) != PyUnicode_1BYTE_KIND:
-            return _request_bytes_py(lines, body, framed)  # (its error, or its answer)
+            return _request_bytes_twin(lines, body, framed)  # (its error, or its answer)
         n += PyUnicode_GET_LENGTH(part)
     if size or framed:
         while True:
@@ -1921,14 +1922,6 @@ def request_bytes(list lines not None, bytes body not None, bint framed):
     if size:
         memcpy(w, PyBytes_AS_STRING(body), size)
     return out
-
-
-def _request_bytes_py(lines, body, framed):
-    if body or framed:
-        tail = f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n"
-    else:
-        tail = "Connection: keep-alive\r\n\r\n"
-    return ("".join(lines) + tail).encode("latin-1") + body
 
 
 def send_direct(int fd, bytes data not None):
