@@ -25,6 +25,7 @@ __all__ = [
     "response_head",
     "send_direct",
     "usage_counts",
+    "with_member",
 ]
 
 MAX_FRAMING_LINE: Final[int]
@@ -156,6 +157,9 @@ class ResponseHead:
     def __iter__(self) -> Iterator[tuple[bytes, bytes]]: ...
     def value_of(self, name: bytes) -> bytes | None: ...
     def passed_lines(self, names: tuple[bytes, ...]) -> str: ...
+
+def with_member(raw: bytes, member: bytes) -> bytes:
+    """``raw`` (a checked JSON object) with ``member`` added last, every other byte kept."""
 
 def request_bytes(lines: list[str], body: bytes, framed: bool) -> bytes:
     """``"".join(lines)``, Content-Length (when ``body`` or ``framed``), ``Connection:

@@ -43,6 +43,7 @@ __all__ = [
     "response_head",
     "send_direct",
     "usage_counts",
+    "with_member",
 ]
 
 MAX_FRAMING_LINE = 8192  # bound of a chunk-size line and of all trailer lines together
@@ -1030,6 +1031,15 @@ def head_end(buf: bytes, start: int = 0) -> int:
     if type(buf) is not bytes:
         raise TypeError(f"buf must be bytes, not {type(buf).__name__}")
     return buf.find(b"\r\n\r\n", max(start, 0))
+
+
+def with_member(raw: bytes, member: bytes) -> bytes:
+    """``raw``, a JSON object with at least one member (a checked one), with ``member`` added
+    last: every byte the client sent is kept, the whitespace after the object too."""
+    if type(raw) is not bytes or type(member) is not bytes:
+        raise TypeError("with_member() takes two bytes")
+    end = raw.rstrip(b" \t\r\n")
+    return end[:-1] + b"," + member + b"}" + raw[len(end) :]
 
 
 def request_bytes(lines: list[str], body: bytes, framed: bool) -> bytes:

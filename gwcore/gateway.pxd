@@ -19,7 +19,6 @@ cdef class Gateway:
 
 cpdef dict _chat_body(raw)
 cpdef dict _json_object(raw)
-cpdef bytes _with_member(raw, member)
 @cython.locals(out=list, kept=list, name=str, value=str, low=str, verdicts=dict, k=Py_ssize_t,
                items=dict, sets=dict)
 cpdef list _forwarded(headers, frozenset dropped)

@@ -30,7 +30,7 @@ from gwcore.errors import GatewayError
 from gwcore.ledger import UsagePipeline
 from gwcore.providers import CREDENTIAL_HEADERS, ProviderRegistry
 from gwcore.relay import new_relay, stream_headers
-from gwcore.sse import IMPLEMENTATION, chat_request_fields
+from gwcore.sse import IMPLEMENTATION, chat_request_fields, with_member
 from gwcore.translated import translated_completion
 from gwcore.upstream import HOP_BY_HOP, UpstreamPool, header_block
 from gwcore.usage import MemorySink, UsageRecord, UsageSink, new_record, usage_from_openai
@@ -172,7 +172,7 @@ class Gateway:
                 body["stream_options"] = {"include_usage": True}
             payload = orjson.dumps(body)
         elif splice:  # the common case: the client's bytes and one member more, not re-encoded
-            payload = _with_member(raw, _INCLUDE_USAGE)
+            payload = with_member(raw, _INCLUDE_USAGE)
         elif elide:
             payload = orjson.dumps(body)
         else:
@@ -433,15 +433,6 @@ def _send_json(channel: Any, body: bytes, headers: list[tuple[str, str]] | None 
 # about ten times orjson's time (bench/bench_chat_fields.py).
 _READ_FIELDS = IMPLEMENTATION == "cython"
 _INCLUDE_USAGE = b'"stream_options":{"include_usage":true}'
-
-
-def _with_member(raw: bytes, member: bytes) -> bytes:
-    """``raw``, a JSON object with at least one member (orjson parsed it), with ``member`` added
-    last: every byte the client sent is kept."""
-    if raw[-1:] == b"}":  # no whitespace after the object (what clients send)
-        return b"".join((raw[:-1], b",", member, b"}"))
-    end = raw.rstrip(b" \t\r\n")
-    return end[:-1] + b"," + member + b"}" + raw[len(end) :]
 
 
 def _chat_body(raw: bytes) -> dict:

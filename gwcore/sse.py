@@ -30,6 +30,7 @@ if os.environ.get("GWCORE_NO_EXTENSIONS"):
         response_head,
         send_direct,
         usage_counts,
+        with_member,
     )
 
     IMPLEMENTATION = "python"
@@ -52,6 +53,7 @@ else:
             response_head,
             send_direct,
             usage_counts,
+            with_member,
         )
 
         IMPLEMENTATION = "cython"
@@ -73,6 +75,7 @@ else:
             response_head,
             send_direct,
             usage_counts,
+            with_member,
         )
 
         IMPLEMENTATION = "python"
@@ -95,4 +98,5 @@ __all__ = [
     "response_head",
     "send_direct",
     "usage_counts",
+    "with_member",
 ]
