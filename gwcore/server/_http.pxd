@@ -13,11 +13,12 @@ cdef class ServerState:
     cdef public object max_url, max_header_bytes, max_headers, max_body, head_guard
     cdef public object header_timeout, body_timeout, keep_alive_timeout, write_high, write_low
     cdef public object cors_any, cors_origins, access_log, shutting_down
-    cdef public object _server_line, _second, common, common_bytes, now, ids, id_prefix
+    cdef public object _server_line, _second, common, common_bytes, now
+    cdef public str id_prefix
+    cdef public unsigned long long next_id
     cdef public object _tick_interval, _tick_handle
-    cdef public tuple _id_heads
     cdef object __weakref__
-    @cython.locals(digits=str, n=Py_ssize_t, head=str)
+    @cython.locals(n=cython.ulonglong)
     cpdef str new_request_id(self)
 
 cdef class HttpProtocol
