@@ -9,13 +9,21 @@ from gwcore.relay cimport RelayedResponse, new_relay
 from gwcore.server.app cimport Request
 from gwcore.usage cimport UsageRecord, new_record
 
+cdef class _Plan:
+    cdef readonly str name, path, stream_block, plain_block
+    cdef readonly bint demo, relay
+    cdef readonly object origin
+    cdef readonly frozenset dropped
+
 cdef class Gateway:
     cdef public object config, registry, pool, memory, usage, sink, refresh_models
-    cdef public dict _blocks
+    cdef public dict _plans
     cdef object __weakref__
-    @cython.locals(body=dict, record=UsageRecord, relay=RelayedResponse, blocks=dict, fields=tuple,
+    @cython.locals(body=dict, record=UsageRecord, relay=RelayedResponse, plan=_Plan, fields=tuple,
                    headers=list)
     cpdef chat_completions(self, Request request, channel)
+    @cython.locals(plan=_Plan, plans=dict)
+    cpdef _Plan _plan(self, provider)
 
 cpdef dict _chat_body(raw)
 cpdef dict _json_object(raw)

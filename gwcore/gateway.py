@@ -74,10 +74,8 @@ class Gateway:
         )
         self.sink: UsageSink = sink if sink is not None else self.usage
         self.refresh_models = refresh_models
-        # (provider, stream) -> (the header lines every relayed request to it carries, rendered
-        # and checked once by ``upstream.header_block``; the client header names not forwarded
-        # to it; its chat completions path)
-        self._blocks: dict[tuple[str, bool], tuple[str, frozenset[str], str]] = {}
+        # provider -> what a chat completion needs of it, read once (``_Plan``); bounded
+        self._plans: dict[Any, _Plan] = {}
 
     @classmethod
     def from_file(cls, path: str | None, environ: Mapping[str, str] | None = None) -> Gateway:
@@ -131,13 +129,14 @@ class Gateway:
             model = fields[0]
             stream = fields[1]
         provider, upstream_model, rewritten = self.registry.resolve(model)
-        if body is None and (
-            rewritten or provider.kind == "demo" or provider.dialect != "openai_chat"
-        ):
+        plan = self._plans.get(provider)
+        if plan is None:
+            plan = self._plan(provider)
+        if body is None and (rewritten or not plan.relay):
             body = _chat_body(raw)
-        if provider.kind == "demo":
+        if plan.demo:
             return self._demo(request, channel, body, model, stream, started)
-        if provider.dialect != "openai_chat":
+        if not plan.relay:
             return translated_completion(
                 self.pool,
                 self.sink,
@@ -180,30 +179,34 @@ class Gateway:
 
         record = new_record(
             request.request_id,
-            provider.name,
+            plan.name,
             model,
             upstream_model,
             "relay",
             stream,
             request.key_id,
         )
-        blocks = self._blocks
-        known = blocks.get((provider.name, stream))
-        if known is None:
-            known = blocks[provider.name, stream] = (
-                _relay_block(provider, stream),
-                _NOT_FORWARDED | HOP_BY_HOP | provider.withheld,
-                provider.path("/chat/completions"),
-            )
-        block, dropped, path = known
         relay = new_relay(channel, record, self.sink, stream, elide, started)
         try:
-            block, headers = _client_head(block, request.headers, dropped, request.client)
+            block, headers = _client_head(
+                plan.stream_block if stream else plan.plain_block,
+                request.headers,
+                plan.dropped,
+                request.client,
+            )
         except GatewayError as exc:  # a header upstream.header_block refuses
             relay.record_failure(exc.status, exc.message)
             raise
         headers.append(("x-request-id", request.request_id))
-        return relay.start_exchange(self.pool, provider.origin, path, headers, payload, block)
+        return relay.start_exchange(self.pool, plan.origin, plan.path, headers, payload, block)
+
+    def _plan(self, provider: Any) -> _Plan:
+        plan = _Plan(provider)  # (a header the provider's block refuses raises, kept nowhere)
+        plans = self._plans
+        if len(plans) >= _PLANS_KEPT:  # registries replaced at run time leave theirs behind
+            plans.clear()
+        plans[provider] = plan
+        return plan
 
     async def _demo(
         self, request: Any, channel: Any, body: dict, model: str, stream: bool, started: float
@@ -406,6 +409,43 @@ def _client_lines(block: str, forwarded: list) -> tuple:
             cache.clear()
         cache[key] = known
     return known, rest
+
+
+_PLANS_KEPT = 256
+
+
+class _Plan:
+    """What a chat completion needs of its provider, read once per provider object (its
+    attributes are a dataclass's: a lookup each, seven per request): its name, whether the relay
+    serves it (OpenAI chat, not the demo), and for the relay its origin, its chat completions
+    path, the client header names not forwarded to it, and the header lines every relayed
+    request to it carries (rendered and checked once by ``upstream.header_block``), streamed and
+    not."""
+
+    __slots__ = (
+        "demo",
+        "dropped",
+        "name",
+        "origin",
+        "path",
+        "plain_block",
+        "relay",
+        "stream_block",
+    )
+
+    def __init__(self, provider: Any) -> None:
+        self.name = provider.name
+        self.demo = provider.kind == "demo"
+        self.relay = not self.demo and provider.dialect == "openai_chat"
+        self.origin = provider.origin
+        if self.relay:
+            self.path = provider.path("/chat/completions")
+            self.dropped = _NOT_FORWARDED | HOP_BY_HOP | provider.withheld
+            self.stream_block = _relay_block(provider, True)
+            self.plain_block = _relay_block(provider, False)
+        else:
+            self.path = self.stream_block = self.plain_block = ""
+            self.dropped = frozenset()
 
 
 def _relay_block(provider: Any, stream: bool) -> str:

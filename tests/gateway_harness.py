@@ -55,7 +55,11 @@ async def gateway_with_mock(
                 }
             ]
         else:
-            providers = [{**p, "base_url": p.get("base_url", mock.base_url)} for p in providers]
+            # a base_url that is a path ("/alt/v1") is one on the mock
+            providers = [
+                {**p, "base_url": _on_mock(mock, p.get("base_url", mock.base_url))}
+                for p in providers
+            ]
         data: dict[str, Any] = {"from_env": False, "providers": list(providers)}
         if upstream:
             data["upstream"] = upstream
@@ -65,6 +69,10 @@ async def gateway_with_mock(
         routes.install(app, app.config, gateway)
         async with running_server(app) as (host, port):
             yield Harness(mock, gateway, sink, host, port)
+
+
+def _on_mock(mock: MockUpstream, base_url: str) -> str:
+    return mock.url + base_url if base_url.startswith("/") else base_url
 
 
 def chat_body(stream: bool, *, model: str = "gpt-test", include_usage: bool | None = None) -> dict:

@@ -317,6 +317,65 @@ def test_qualified_model_rewritten_other_fields_kept():
     run(main(), use_uvloop=True)
 
 
+def test_each_provider_gets_its_own_path_key_and_route():
+    """Requests to three providers interleaved (two relayed, on other paths with other keys; one
+    translated): each goes where its provider says, with its key, and is recorded as its own
+    (what the gateway reads of a provider once, per provider object, is never another's)."""
+    providers = [
+        {"name": "a", "type": "openai_compatible", "api_key": "sk-a", "models": ["m-a"]},
+        {
+            "name": "b",
+            "type": "openai_compatible",
+            "base_url": "/alt/v1",  # on the mock
+            "api_key": "sk-b",
+            "models": ["m-b"],
+        },
+        {"name": "c", "type": "anthropic", "api_key": "sk-c", "models": ["m-c"]},
+    ]
+    where = {
+        "m-a": ("/v1/chat/completions", "Bearer sk-a", None),
+        "m-b": ("/alt/v1/chat/completions", "Bearer sk-b", None),
+        "m-c": ("/v1/messages", None, "sk-c"),
+    }
+    asks = [("m-a", True), ("m-b", False), ("m-c", False), ("m-a", False), ("m-c", True)] * 2
+
+    async def main():
+        async with gateway_with_mock(providers=providers) as h:
+            for model, stream in asks:
+                resp = await raw_post(h.host, h.port, chat_body(stream, model=model))
+                assert resp.status == 200, resp.body
+            sent = [
+                (r.path, r.header("authorization"), r.header("x-api-key")) for r in h.mock.requests
+            ]
+            assert sent == [where[model] for model, _ in asks]
+            recorded = [(r.provider, r.route, r.stream) for r in h.sink.records]
+            assert recorded == [
+                (model[-1], "translated" if model == "m-c" else "relay", stream)
+                for model, stream in asks
+            ]
+
+    run(main(), use_uvloop=True)
+
+
+def test_provider_plans_stay_bounded():
+    """One plan per provider object, up to a bound: registries replaced at run time do not pile
+    theirs up."""
+    from gwcore import gateway as gateway_module
+    from gwcore.config import parse_config
+    from gwcore.gateway import Gateway
+    from gwcore.providers import Provider
+    from gwcore.usage import MemorySink
+
+    gw = Gateway(parse_config({"from_env": False}, {}), sink=MemorySink(), refresh_models=False)
+    kept = gateway_module._PLANS_KEPT
+    for i in range(kept * 2 + 3):
+        p = Provider.create("p", "openai_compatible", "http://127.0.0.1:9/v1", f"sk-{i}")
+        plan = gw._plan(p)
+        assert plan.name == "p" and plan.relay and plan.path == "/v1/chat/completions"
+        assert f"Bearer sk-{i}" in plan.stream_block and gw._plans[p] is plan
+        assert 1 <= len(gw._plans) <= kept
+
+
 def test_client_credentials_never_forwarded():
     async def main():
         async with gateway_with_mock() as h:
