@@ -426,14 +426,11 @@ class RelayedResponse(ExchangeResponse):
             channel.start(status, lines, chunked=True, content_length=None, hold=True)
             # positional: a keyword call builds and parses a dict
             self.observer = StreamObserver(chunked and channel.chunked, self.elide_usage)
-            self._feed = self.observer.feed
             if chunked and channel.chunked:
                 self._mode = _RAW
                 self._raw = True
-                # (the end's tail; the pump writes the rest). Bound methods by getattr: the
-                # compiled module sees channel's methods as C functions, not as objects.
-                write_held = getattr(channel, "write_held")  # noqa: B009
-                self._write = write_held
+                # No bound write or feed kept: the pump writes and feeds; the rare rest (a piece
+                # without the pump, the end's tail) calls the channel's write_held itself.
                 # From the next piece on, the connection hands each piece to the pump (C): its
                 # first write carries the held head (held_with), and each goes to the transport,
                 # or to the client's socket itself while the transport holds nothing back
@@ -452,7 +449,10 @@ class RelayedResponse(ExchangeResponse):
                 )
             else:
                 self._mode = _FRAMED
-                self._write = getattr(channel, "write")  # noqa: B009 (as above)
+                self._feed = self.observer.feed
+                # Bound methods by getattr: the compiled module sees channel's methods as C
+                # functions, not as objects.
+                self._write = getattr(channel, "write")  # noqa: B009
         else:
             ctype = "application/json"
             if type(headers) is ResponseHead:
@@ -481,9 +481,9 @@ class RelayedResponse(ExchangeResponse):
             self.ready.set_result(None)
 
     def on_data(self, data: bytes) -> None:
-        if self._mode == _RAW:  # the hot path
+        if self._mode == _RAW:  # (a piece the connection did not hand to the pump)
             try:
-                self._write(self._feed(data))
+                self.channel.write_held(self.observer.feed(data))
             except SSEError as exc:
                 self.on_error(broken_stream(exc))
                 return
@@ -577,7 +577,10 @@ class RelayedResponse(ExchangeResponse):
         if self.observer is not None:
             tail = self.observer.close()  # anything an elision held back at the very end
             if tail:
-                self._write(tail)
+                if self._raw:  # a stream's raw mode: no _write kept
+                    channel.write_held(tail)
+                else:
+                    self._write(tail)
         # Raw chunked pass-through already forwarded the upstream's own last chunk.
         channel.end(terminator_sent=channel.chunked and self._raw)
         self._write_record()

@@ -212,6 +212,26 @@ def test_comments_and_pings_pass_through():
     run(main(), use_uvloop=True)
 
 
+@pytest.mark.parametrize("ask", [True, None])
+def test_a_last_usage_chunk_without_its_blank_line(ask):
+    """A stream whose last event, the usage chunk, never gets its blank line before the chunked
+    body ends: the body's end ends the event. Asked for by the client, it passes unchanged;
+    injected by the gateway, it is elided like a finished one. Its usage is recorded either way."""
+    events = b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n'
+    tail = b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}'
+
+    async def main():
+        async with gateway_with_mock() as h:
+            h.mock.scenarios.append(Scenario.replay(events + tail))
+            resp = await raw_post(h.host, h.port, chat_body(True, include_usage=ask))
+            assert resp.status == 200 and resp.complete
+            assert resp.payload() == (events + tail if ask else events)
+            (rec,) = h.sink.records
+            assert (rec.prompt_tokens, rec.completion_tokens, rec.total_tokens) == (1, 2, 3)
+
+    run(main(), use_uvloop=True)
+
+
 @pytest.mark.parametrize("stream", [True, False])
 def test_upstream_rate_limit_headers_reach_the_client_and_others_do_not(stream):
     """The provider's rate-limit and processing headers pass (any case of their names); its
