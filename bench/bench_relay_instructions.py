@@ -4,13 +4,16 @@ Seconds of CPU on a shared two-core machine swing by tens of percent between run
 counts do not. This runs each relay (gwcore, gwcore without its ledger, the pure-Python twin of
 its scanner, the uvloop floor, nginx) under ``valgrind --tool=callgrind`` twice, once for N1 and
 once for N2 streamed requests after the same warm-up, and reports (Ir(N2) - Ir(N1)) / (N2 - N1):
-start-up and warm-up cancel out. One-time work that can still fall into one run only is taken
-out of both: SQLite's statement preparation (``sqlite3_prepare_v2``; the ledger prepares each
-statement once per process, and whether its 100-row INSERT is first prepared in the N1 run, the
-N2 run or neither depends on how the writer's batches fall), and a Python process's exit
-(``Py_FinalizeEx``: it frees what is still alive, and the N2 run's heap holds more usage records
-in the in-memory sink, which a long-running server replaces one for one), both reported beside.
-Kernel work (the
+start-up and warm-up cancel out. The count stops when the last request has been answered and a
+second has passed (for the ledger's writer to store the last records): ``callgrind_control
+--dump`` then, and the process's shutdown and exit are not counted (they free what is still
+alive, and the N2 run's heap holds more usage records in the in-memory sink, which a
+long-running server replaces one for one; where the dump cannot be had, ``Py_FinalizeEx`` is
+taken out instead, which misses what a shutdown frees before it). One-time work that can still
+fall into one run only is taken out of both: SQLite's statement preparation
+(``sqlite3_prepare_v2``; the ledger prepares each statement once per process, and whether its
+100-row INSERT is first prepared in the N1 run, the N2 run or neither depends on how the
+writer's batches fall), reported beside. Kernel work (the
 read and write system calls, the same count for every relay here) is not in these figures;
 ``bench_relay.py`` measures whole CPU time.
 
@@ -113,11 +116,14 @@ def _run(tmp: Path, target: str, mock_port: int, n: int) -> tuple[int, int, int]
     proc = subprocess.Popen(
         [*grind, *cmd], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(tmp)
     )
+    dumped = False
     try:
         wait_listening(proc, port, target, timeout=120)
         with socket.create_connection(("127.0.0.1", port)) as sock:
             for _ in range(WARMUP + n):
                 _stream(sock)
+            time.sleep(1.0)  # the ledger's writer stores what it holds (every 0.2 s)
+            dumped = _dump(proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM if target != "nginx" else signal.SIGQUIT)
         try:
@@ -125,12 +131,28 @@ def _run(tmp: Path, target: str, mock_port: int, n: int) -> tuple[int, int, int]
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    part = out.with_name(out.name + ".1")  # the dump: everything up to the load's end
+    if dumped and part.exists():
+        out.replace(out.with_name(out.name + ".exit"))  # the rest: shutdown and exit
+        part.replace(out)
     text = out.read_text(errors="replace")
     match = re.search(r"^(?:summary|totals):\s+(\d+)", text, re.M)
     if match is None:
         raise RuntimeError(f"no instruction total in {out}")
     prepare, finalize = _inclusive_costs(out, ("sqlite3_prepare_v2", "Py_FinalizeEx"))
     return int(match.group(1)), prepare, finalize
+
+
+def _dump(pid: int) -> bool:
+    """Have callgrind write what it counted so far (``<out>.1``) and start again from zero."""
+    control = shutil.which("callgrind_control")
+    if control is None:
+        return False
+    try:
+        done = subprocess.run([control, "--dump", str(pid)], capture_output=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        return False
+    return done.returncode == 0
 
 
 def _inclusive_costs(path: Path, functions: tuple[str, ...]) -> list[int]:
