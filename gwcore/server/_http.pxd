@@ -11,9 +11,12 @@ from gwcore.server.app cimport Request
 cdef class ServerState:
     cdef public object app, config, loop, routes, connections
     cdef public object max_url, max_header_bytes, max_headers, max_body, head_guard
-    cdef public object header_timeout, body_timeout, keep_alive_timeout, write_high, write_low
+    cdef public object write_high, write_low
+    # seconds: C doubles (a deadline is set a few times per request, no float object made)
+    cdef public double header_timeout, body_timeout, keep_alive_timeout
     cdef public object cors_any, cors_origins, access_log, shutting_down
-    cdef public object _server_line, _second, common, common_bytes, now
+    cdef public object _server_line, _second, common, common_bytes
+    cdef public double now
     cdef public str id_prefix
     cdef public unsigned long long next_id
     cdef public object _tick_interval, _tick_handle
@@ -45,15 +48,16 @@ cdef class ResponseChannel:
 cdef class HttpProtocol:
     cdef public ServerState _state
     cdef public object _loop, _routes
-    cdef public object _header_timeout, _keep_alive_timeout, _cors, _parser
-    cdef public object transport, _client, _url, _headers
+    cdef public double _header_timeout, _keep_alive_timeout, _deadline
+    cdef public object _cors, _parser
+    cdef public object transport, _write, _client, _url, _headers
     # sizes and counts: C integers
     cdef public Py_ssize_t _max_body, _max_url, _max_headers, _max_header_bytes
     cdef public Py_ssize_t _nheaders, _header_bytes, _head_bytes, _body_size
     cdef public Request _req
     cdef public object _in_head, _body, _discard_body, _pending, _active
     cdef public object _dispatching, _stopped, _eof, _lingering, _last_request, _closing
-    cdef public object _write_paused, _read_paused, _drain_waiter, _deadline, _deadline_408
+    cdef public object _write_paused, _read_paused, _drain_waiter, _deadline_408
     cdef public object _quick, _head_memo
     cdef public int _direct_fd
     cdef object __weakref__

@@ -195,7 +195,7 @@ class ResponseChannel:
         self.request = request
         # Read back through the typed slots: struct members in the compiled build.
         self.write_raw: Callable[[bytes], object] = (
-            _drop if self.request._head else self._proto.transport.write  # type: ignore[union-attr]
+            _drop if self.request._head else self._proto._write
         )
         self.started = self.disconnected = False
         self.chunked = False  # the body is sent with chunked framing (known after start())
@@ -431,6 +431,7 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
         self._quick = True  # httptools has seen no byte of a request not yet whole (see below)
         self._head_memo = _RequestHeadMemo()  # this connection's last plain head, for the next
         self.transport: asyncio.Transport | None = None
+        self._write: Callable[[bytes], object] | None = None  # transport.write, bound once
         self._direct_fd = -1  # the client socket, for writes past the transport (see direct_fd)
         self._client: tuple[str, int] | None = None
         # The request being parsed.
@@ -464,6 +465,7 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         state = self._state
         self.transport = transport  # type: ignore[assignment]
+        self._write = transport.write  # type: ignore[attr-defined]
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):  # not TCP (a Unix socket)
