@@ -15,6 +15,7 @@ __all__ = [
     "ResponseHead",
     "SSEError",
     "StreamObserver",
+    "bytes_tail",
     "chat_request_fields",
     "head_end",
     "lane_available",
@@ -157,6 +158,9 @@ class ResponseHead:
     def __iter__(self) -> Iterator[tuple[bytes, bytes]]: ...
     def value_of(self, name: bytes) -> bytes | None: ...
     def passed_lines(self, names: tuple[bytes, ...]) -> str: ...
+
+def bytes_tail(data: bytes, start: int) -> bytes:
+    """``data[start:]`` (``start`` >= 0), made in one step."""
 
 def with_member(raw: bytes, member: bytes) -> bytes:
     """``raw`` (a checked JSON object) with ``member`` added last, every other byte kept."""

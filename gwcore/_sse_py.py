@@ -33,6 +33,7 @@ __all__ = [
     "ResponseHead",
     "SSEError",
     "StreamObserver",
+    "bytes_tail",
     "chat_request_fields",
     "head_end",
     "lane_available",
@@ -1031,6 +1032,15 @@ def head_end(buf: bytes, start: int = 0) -> int:
     if type(buf) is not bytes:
         raise TypeError(f"buf must be bytes, not {type(buf).__name__}")
     return buf.find(b"\r\n\r\n", max(start, 0))
+
+
+def bytes_tail(data: bytes, start: int) -> bytes:
+    """``data[start:]`` (``start`` >= 0)."""
+    if type(data) is not bytes:
+        raise TypeError(f"data must be bytes, not {type(data).__name__}")
+    if start < 0:
+        raise ValueError("start must not be negative")
+    return data[start:]
 
 
 def with_member(raw: bytes, member: bytes) -> bytes:

@@ -46,6 +46,7 @@ from gwcore._transports import DIRECT_TRANSPORTS
 from gwcore.errors import GatewayError
 from gwcore.sse import RelayPump as _Pump
 from gwcore.sse import ResponseHead
+from gwcore.sse import bytes_tail as _bytes_tail
 from gwcore.sse import head_end as _head_end
 from gwcore.sse import request_bytes as _request_bytes
 from gwcore.sse import response_head as _response_head
@@ -874,7 +875,7 @@ class UpstreamConnection:
             return
         self._start_idle_timer()
         if len(buf) > end:
-            self.data_received(buf[end:])
+            self.data_received(_bytes_tail(buf, end))  # (one step: no slice object)
         listener.on_head_end()
 
     def _fail_head(self, exc: GatewayError) -> None:

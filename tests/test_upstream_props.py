@@ -640,6 +640,21 @@ def test_request_bytes_refuses_what_is_not_lines_and_bytes(sse):
             sse.request_bytes(*bad)
 
 
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=64), start=st.integers(0, 80))
+def test_bytes_tail_is_the_slice(sse, data, start):
+    """``bytes_tail(data, start)`` is ``data[start:]`` (the whole object itself from 0), on both
+    implementations; a negative start or a non-bytes refused."""
+    out = sse.bytes_tail(data, start)
+    assert type(out) is bytes and out == data[start:]
+    if start == 0:
+        assert out is data or not data
+    with pytest.raises(ValueError):
+        sse.bytes_tail(data, -1)
+    with pytest.raises(TypeError):
+        sse.bytes_tail(bytearray(data), start)
+
+
 # ------------------------------------------------------------- request bytes against the reference
 
 

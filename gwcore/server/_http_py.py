@@ -45,6 +45,7 @@ from gwcore.server.app import (
 )
 from gwcore.server.config import ServerConfig
 from gwcore.sse import RequestHeadMemo as _RequestHeadMemo
+from gwcore.sse import bytes_tail as _bytes_tail
 from gwcore.sse import quick_request_head as _quick_request_head
 
 if TYPE_CHECKING:
@@ -579,7 +580,7 @@ class HttpProtocol:  # an asyncio.Protocol; a compiled class cannot name it as a
             self._headers = quick[2]
             self._head_done(quick[0], quick[5], "1.1", length)
             if length:
-                self.on_body(data[end:])
+                self.on_body(_bytes_tail(data, end))  # (one step: no slice object)
             self.on_message_complete()
         except _StopParsing:
             pass
