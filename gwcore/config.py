@@ -36,8 +36,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from gwcore.errors import GatewayError
 from gwcore.providers import DEFAULT_BASE_URLS, KINDS
-from gwcore.upstream import parse_base_url
+from gwcore.upstream import header_block, parse_base_url
 
 if TYPE_CHECKING:
     from gwcore.providers import ProviderRegistry
@@ -194,6 +195,8 @@ def providers_from_env(environ: Mapping[str, str]) -> list[ProviderConfig]:
             _check_url(base, base_var)
         elif DEFAULT_BASE_URLS[kind] is None:
             raise ConfigError(f"required when {key_var} is set", base_var)
+        if key:
+            _check_header("authorization", "Bearer " + key, key_var, secret=True)
         version = None
         if kind == "azure":
             version = (environ.get("AZURE_API_VERSION") or "").strip() or None
@@ -218,6 +221,25 @@ def _check_url(url: str, where: str) -> None:
         parse_base_url(url)
     except ValueError as exc:
         raise ConfigError(str(exc), where) from None
+
+
+def _check_header(name: str, value: str, where: str, *, secret: bool = False) -> None:
+    """``name: value`` as every request to the provider will carry it: refused here, at start-up,
+    not on each request (a 400 for the client, no usage record). A key's value is never echoed."""
+    try:
+        header_block([(name, value)])
+    except GatewayError:
+        if secret:
+            raise ConfigError(
+                "contains a character a header cannot carry (a control character such as a line "
+                "break, or one outside latin-1)",
+                where,
+            ) from None
+        raise ConfigError(
+            f"{name!r} is not a valid header (a token name; a value without control characters, "
+            "latin-1 only)",
+            where,
+        ) from None
 
 
 def _str(value: Any, where: str) -> str:
@@ -275,6 +297,10 @@ def _parse_providers(value: Any, environ: Mapping[str, str]) -> list[ProviderCon
             if not api_key:
                 raise ConfigError(f"the environment variable {var} is not set", f"{at}.api_key_env")
 
+        if api_key is not None:
+            where = f"{at}.api_key" if "api_key" in item else f"{at}.api_key_env"
+            _check_header("authorization", "Bearer " + api_key, where, secret=True)
+
         models = item.get("models") or []
         if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
             raise ConfigError("must be a list of model names", f"{at}.models")
@@ -288,6 +314,8 @@ def _parse_providers(value: Any, environ: Mapping[str, str]) -> list[ProviderCon
             isinstance(k, str) and isinstance(v, (str, int)) for k, v in headers.items()
         ):
             raise ConfigError("must map header names to values", f"{at}.headers")
+        for header, value in headers.items():
+            _check_header(header, str(value), f"{at}.headers")
         api_version = item.get("api_version")
         if api_version is not None:
             if kind != "azure":

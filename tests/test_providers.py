@@ -183,6 +183,22 @@ def test_from_env_false_and_file_names_win(tmp_path):
         ({"upstream": {"connect_timeout": "fast"}}, {}, "upstream.connect_timeout"),
         ({"upstream": {"read_timeout": 1}}, {}, "upstream.read_timeout"),
         ({"from_env": "yes"}, {}, "from_env"),
+        # what every request would carry as a header: refused at start-up
+        (
+            {"providers": [{"type": "groq", "headers": {"X-T": "a\r\nb"}}]},
+            {},
+            "providers[0].headers",
+        ),
+        ({"providers": [{"type": "groq", "headers": {"X T": "a"}}]}, {}, "providers[0].headers"),
+        ({"providers": [{"type": "groq", "headers": {"X-T": "caf\u00e9 \t1"}}]}, {}, None),
+        ({"providers": [{"type": "groq", "api_key": "sk\nx"}]}, {}, "providers[0].api_key"),
+        (
+            {"providers": [{"type": "groq", "api_key_env": "K"}]},
+            {"K": "sk-\x00"},
+            "providers[0].api_key_env",
+        ),
+        ({"from_env": True}, {"GROQ_API_KEY": "sk\r\nInjected: 1"}, "GROQ_API_KEY"),
+        ({"from_env": True}, {"GROQ_API_KEY": " sk-ok\n"}, None),  # (stripped)
     ],
 )
 def test_config_errors_name_the_field(data, env, field):
@@ -193,6 +209,12 @@ def test_config_errors_name_the_field(data, env, field):
         parse_config(data, env)
     assert info.value.field == field
     assert str(info.value).startswith(field + ": ")
+    providers = data.get("providers")
+    listed = providers if isinstance(providers, list) else []
+    keys = [*env.values(), *(p.get("api_key", "") for p in listed)]
+    for key in keys:  # a key a header cannot carry is refused without being echoed
+        if not key.strip().isprintable():
+            assert key.strip() not in str(info.value) and "sk" not in str(info.value)
 
 
 def test_config_file_errors(tmp_path):
