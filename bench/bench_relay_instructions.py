@@ -65,9 +65,9 @@ def _stream(sock: socket.socket) -> None:
         raise RuntimeError(f"not a complete stream: {buf[-200:]!r}")
 
 
-def _run(tmp: Path, target: str, mock_port: int, n: int) -> tuple[int, int, int]:
-    """(instructions, of which statement preparation, of which the exit) of one run of
-    ``target``."""
+def _run(tmp: Path, target: str, mock_port: int, n: int) -> tuple[dict[str, int], int, int]:
+    """(the events counted, ``Ir`` the instructions; of those, statement preparation; the exit)
+    of one run of ``target``."""
     tmp = tmp / f"{target}-{n}"
     tmp.mkdir()
     out = tmp / f"{target}.{n}.callgrind"
@@ -135,12 +135,26 @@ def _run(tmp: Path, target: str, mock_port: int, n: int) -> tuple[int, int, int]
     if dumped and part.exists():
         out.replace(out.with_name(out.name + ".exit"))  # the rest: shutdown and exit
         part.replace(out)
-    text = out.read_text(errors="replace")
-    match = re.search(r"^(?:summary|totals):\s+(\d+)", text, re.M)
-    if match is None:
-        raise RuntimeError(f"no instruction total in {out}")
+    events = _totals(out)
     prepare, finalize = _inclusive_costs(out, ("sqlite3_prepare_v2", "Py_FinalizeEx"))
-    return int(match.group(1)), prepare, finalize
+    return events, prepare, finalize
+
+
+def _totals(path: Path) -> dict[str, int]:
+    """Every event callgrind counted in one file, by name (``Ir`` always; with ``--cache-sim``
+    the cache misses, with ``--branch-sim`` the mispredicted branches)."""
+    text = path.read_text(errors="replace")
+    names = re.search(r"^events:\s+(.+)$", text, re.M)
+    values = re.search(r"^(?:summary|totals):\s+(.+)$", text, re.M)
+    if names is None or values is None:
+        raise RuntimeError(f"no instruction total in {path}")
+    # (a line may leave out trailing zero counts: those events read 0)
+    return dict(zip(names.group(1).split(), map(int, values.group(1).split()), strict=False))
+
+
+def _per(a: dict[str, int], b: dict[str, int], span: int, *names: str) -> float:
+    """The N2 run's count of ``names`` less the N1 run's, per request."""
+    return sum(b.get(k, 0) - a.get(k, 0) for k in names) / span
 
 
 def _dump(pid: int) -> bool:
@@ -214,8 +228,17 @@ def main(argv: list[str] | None = None) -> int:
         help="the mock answers with the two dozen response headers OpenAI's API sends (rate "
         "limits, timings, ids, cookies; values that change per answer), as a real provider does",
     )
+    parser.add_argument(
+        "--cache-sim",
+        action="store_true",
+        help="also count first-level instruction and data cache misses and mispredicted branches "
+        "per request (callgrind's cache and branch models: what a request's code footprint "
+        "costs beyond its instructions)",
+    )
     args = parser.parse_args(argv)
     CALLGRIND_ARGS[:] = args.callgrind_arg
+    if args.cache_sim:
+        CALLGRIND_ARGS[:0] = ["--cache-sim=yes", "--branch-sim=yes"]
     if args.sdk_headers:
         REQUESTS[0] = http_request(
             "/v1/chat/completions", chat_body(MODEL, True), dict(SDK_HEADERS)
@@ -233,10 +256,11 @@ def main(argv: list[str] | None = None) -> int:
             for target in args.targets.split(","):
                 t0 = time.monotonic()
                 try:
-                    (a, a_prep, a_exit), (b, b_prep, b_exit) = (
+                    (a_events, a_prep, a_exit), (b_events, b_prep, b_exit) = (
                         _run(tmp, target, mock.port, args.n1),
                         _run(tmp, target, mock.port, args.n2),
                     )
+                    a, b = a_events["Ir"], b_events["Ir"]
                 except RuntimeError as exc:
                     print(f"{target}: skipped ({exc})")
                     continue
@@ -256,6 +280,14 @@ def main(argv: list[str] | None = None) -> int:
                     f"{target}: {per:,.0f} instructions/request "
                     f"({time.monotonic() - t0:.0f} s{note})"
                 )
+                if "I1mr" in a_events:  # --cache-sim
+                    ab = (a_events, b_events, span)
+                    print(
+                        f"{target}: per request {_per(*ab, 'I1mr'):,.0f} instruction-cache "
+                        f"misses, {_per(*ab, 'D1mr', 'D1mw'):,.0f} data-cache misses (first "
+                        f"level), {_per(*ab, 'Bcm', 'Bim'):,.0f} mispredicted branches "
+                        "(callgrind's models)"
+                    )
         finally:
             mock.stop()
     base = dict(rows).get("nginx")
