@@ -6,6 +6,7 @@ direct nginx gwcore floor, ...), each at every concurrency:
 
 - ``direct``: the load generator talks to the mock itself (the ceiling);
 - ``nginx``: one nginx worker, ``proxy_pass``, ``proxy_buffering off``, a keep-alive upstream;
+  its access log off;
 - ``gwcore``: ``gwcore serve --workers 1`` with its default logging (usage accounting is always on);
 - ``floor``: ``gwcore.benchmark.floor``, the least a Python process on uvloop can do;
 - ``gwcore_quiet`` (only when named in ``--targets``): gwcore at ``--log-level WARNING``, which
@@ -15,6 +16,9 @@ direct nginx gwcore floor, ...), each at every concurrency:
   Information only: the issue's targets are with usage accounting on.
 - ``gwcore_nolane`` (only when named in ``--targets``): gwcore with ``GWCORE_LANE=off``: every
   upstream read through ``data_received`` (the relay lane off), which prices the lane.
+- ``nginx_log`` (only when named in ``--targets``): the same nginx with its default access log
+  on (a ``combined`` line per request, written to a file as the request ends): nginx keeping a
+  record of each request as gwcore does. Information only: the targets are against ``nginx``.
 - ``gwcore_base`` (with ``--base DIR``): gwcore from another checkout, ``DIR``, whose extensions
   are built in place there (``python setup.py build_ext --inplace``), e.g. a ``git worktree`` of
   the commit before a change: the change's effect in the same run, rounds interleaved.
@@ -212,6 +216,11 @@ def report(args, summary, wrk, profile, notes) -> str:
             "gwcore CPU/req ÷ nginx CPU/req",
             "<= 1.00",
             lambda c: ratio(get("gwcore", c, "relay_cpu_us"), get("nginx", c, "relay_cpu_us")),
+        ),
+        (
+            "gwcore CPU/req ÷ nginx_log CPU/req (nginx with its access log)",
+            "(info)",
+            lambda c: ratio(get("gwcore", c, "relay_cpu_us"), get("nginx_log", c, "relay_cpu_us")),
         ),
         (
             "gwcore TTFE p50 added over direct ÷ nginx's",
@@ -496,6 +505,10 @@ def main(argv: list[str] | None = None) -> int:
                     print("nginx is not installed: skipping it", file=sys.stderr)
                 else:
                     services["nginx"] = svc
+            if "nginx_log" in args.targets:
+                svc = start_nginx(args.tmp, services["mock"].port, PIN, access_log=True)
+                if svc is not None:
+                    services["nginx_log"] = svc
             for name in (
                 "gwcore",
                 "gwcore_quiet",

@@ -121,7 +121,9 @@ class Service:
     def stop(self) -> None:
         for proc in [p for p in (self.proc, *self.extra) if p is not None]:
             if proc.poll() is None:
-                proc.send_signal(signal.SIGQUIT if self.name == "nginx" else signal.SIGTERM)
+                proc.send_signal(
+                    signal.SIGQUIT if self.name.startswith("nginx") else signal.SIGTERM
+                )
         for proc in [p for p in (self.proc, *self.extra) if p is not None]:
             try:
                 proc.wait(5)
@@ -220,15 +222,20 @@ def nginx_executable() -> str | None:
     )
 
 
-def start_nginx(tmp: Path, mocks: dict[str, int] | int, pin: Pinning) -> Service | None:
+def start_nginx(
+    tmp: Path, mocks: dict[str, int] | int, pin: Pinning, *, access_log: bool = False
+) -> Service | None:
     """One nginx worker, one ``server`` per mock: ``proxy_pass`` to a keep-alive upstream block,
-    ``proxy_buffering off``, access log off. None when nginx is not installed."""
+    ``proxy_buffering off``, access log off (``access_log``: nginx's default one instead, a
+    ``combined`` line per request written to a file as it ends; the service is then named
+    ``nginx_log``). None when nginx is not installed."""
     exe = nginx_executable()
     if exe is None:
         return None
     if isinstance(mocks, int):
         mocks = {"main": mocks}
-    root = tmp / "nginx"
+    name = "nginx_log" if access_log else "nginx"
+    root = tmp / name
     root.mkdir()
     user = ""
     if os.geteuid() == 0:  # workers would otherwise drop to "nobody": run them as the current user
@@ -258,7 +265,7 @@ pid {root / "nginx.pid"};
 error_log {root / "error.log"} warn;
 events {{ worker_connections 4096; }}
 http {{
-    access_log off;
+    access_log {root / "access.log" if access_log else "off"};
     client_body_temp_path {root / "client_body"};
     {temps}{blocks}
 }}
@@ -269,7 +276,7 @@ http {{
     log = root / "stderr.log"
     proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     first = next(iter(ports.values()))
-    wait_listening(proc, first, "nginx")
+    wait_listening(proc, first, name)
     workers: list[int] = []
     deadline = time.monotonic() + 5
     while not workers and time.monotonic() < deadline:
@@ -279,9 +286,7 @@ http {{
         proc.kill()
         raise RuntimeError(f"nginx: expected one worker, found {workers}")
     version = subprocess.run([exe, "-v"], capture_output=True, text=True).stderr.strip()
-    return Service(
-        "nginx", proc, first, workers[0], log, ports=ports, version=version.split(": ")[-1]
-    )
+    return Service(name, proc, first, workers[0], log, ports=ports, version=version.split(": ")[-1])
 
 
 def start_floor(tmp: Path, mocks: dict[str, int] | int, pin: Pinning) -> Service:
