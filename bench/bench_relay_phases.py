@@ -43,8 +43,8 @@ import bench_relay_instructions as counted  # the same request and stream reader
 from gwcore.benchmark.services import MODEL, free_port, start_mock, wait_listening
 
 WARMUP = 20
-# libc's entry points for reads and sends (glibc names them both ways)
-BOUNDARIES = ("read", "__libc_read", "send", "__send", "__libc_send")
+# libc's entry points for reads and sends (glibc names some two ways)
+BOUNDARIES = ("read", "__libc_read", "send", "__send", "__libc_send", "sendmsg", "__libc_sendmsg")
 STRETCHES = {
     "request": "HttpProtocol_9data_received",
     "response head": "UpstreamConnection__on_head_bytes",

@@ -26,13 +26,15 @@ cdef struct LaneState:
 
 cdef class RelayPump:
     cdef object _observer  # a StreamObserver (cast in _sse.pyx)
-    cdef object _write, _owner, _first, _pending, _closing, _client
+    cdef object _write, _owner, _first, _client
     cdef public Py_ssize_t pieces
     cdef bint _over, _direct
     cdef int _fd
     cdef LaneState _lane
 
+    cdef bint _socket_free(self) except -1
     cdef int _send(self, bytes out) except -1
+    cdef int _send_first(self, bytes head, bytes out) except -1
     cdef bint _lane_ready(self)
     cdef void _lane_slow(self, const char* d, Py_ssize_t n) noexcept
     cdef void _lane_rest(self, const char* d, Py_ssize_t n, Py_ssize_t sent) noexcept

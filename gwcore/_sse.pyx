@@ -1451,7 +1451,14 @@ cdef extern from *:
         (void)fd; (void)p; (void)n;
         return -1;
     }
+    static Py_ssize_t gw_send2(int fd, const char *a, Py_ssize_t an, const char *b,
+                               Py_ssize_t bn) {
+        (void)fd; (void)a; (void)an; (void)b; (void)bn;
+        return -1;
+    }
     #else
+    #include <string.h>
+    #include <sys/uio.h>
     #include <errno.h>
     #include <sys/types.h>
     #include <sys/socket.h>
@@ -1466,9 +1473,29 @@ cdef extern from *:
         } while (r < 0 && errno == EINTR);
         return (Py_ssize_t)r;
     }
+    /* The same for a[0:an] then b[0:bn], in one sendmsg (one segment when they fit). */
+    static Py_ssize_t gw_send2(int fd, const char *a, Py_ssize_t an, const char *b,
+                               Py_ssize_t bn) {
+        struct iovec iov[2];
+        struct msghdr msg;
+        ssize_t r;
+        iov[0].iov_base = (void *)a;
+        iov[0].iov_len = (size_t)an;
+        iov[1].iov_base = (void *)b;
+        iov[1].iov_len = (size_t)bn;
+        memset(&msg, 0, sizeof msg);
+        msg.msg_iov = iov;
+        msg.msg_iovlen = 2;
+        do {
+            r = sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+        } while (r < 0 && errno == EINTR);
+        return (Py_ssize_t)r;
+    }
     #endif
     """
     Py_ssize_t gw_send(int fd, const char *p, Py_ssize_t n) noexcept nogil
+    Py_ssize_t gw_send2(int fd, const char *a, Py_ssize_t an, const char *b,
+                        Py_ssize_t bn) noexcept nogil
 
 
 cdef class RelayPump:
@@ -1477,10 +1504,10 @@ cdef class RelayPump:
 
     ``owner`` hears once: ``pump_complete()`` when the chunked body ended, ``pump_failed(exc)`` on
     broken framing. Connection events stay with the upstream connection. ``pieces`` counts what
-    was received (the connection's idle timer reads it). ``first``, when given, is called once
-    with the first bytes to write and returns what to write in their place
-    (``ResponseChannel.held_with``: the held response head in front of them, one system call,
-    one segment to the client; b"" for nothing), which goes out as every piece does.
+    was received (the connection's idle timer reads it). ``first``, when given, is the client's
+    channel, whose head held back (``take_held()``: the head's bytes; None when none is held; b""
+    for nothing to write at all, the client being gone) goes out once, in front of the first
+    bytes to write: in one system call and one segment with them, as every piece goes.
 
     ``fd`` (with ``transport``, the client transport that owns it): the client's socket, which
     the pump then writes to itself, one non-blocking ``send`` a piece, whenever nothing waits in
@@ -1505,8 +1532,6 @@ cdef class RelayPump:
         if fd >= 0 and transport is not None:
             self._fd = fd
             self._client = transport
-            self._pending = transport.get_write_buffer_size
-            self._closing = transport.is_closing
         else:
             self._fd = -1
         self._lane.fd = -1
@@ -1516,17 +1541,25 @@ cdef class RelayPump:
         if self._lane.active:  # (never: the upstream connection stops the lane first)
             _lane_forget(&self._lane)
 
+    cdef bint _socket_free(self) except -1:
+        """Whether the next bytes may go to the client's socket itself: its transport is not
+        closing (its fd closed, or about to be, for good: the transport's to handle) and, unless
+        the last bytes went that way, holds nothing back (what waits goes first: the transport
+        keeps the order). (Its methods called by name: no bound method kept per response.)"""
+        if self._client.is_closing():
+            return False
+        if not self._direct:
+            if self._client.get_write_buffer_size():
+                return False
+            self._direct = True
+        return True
+
     cdef int _send(self, bytes out) except -1:
         """``write(out)``, through the socket itself when nothing is waiting in the transport."""
         cdef Py_ssize_t n = PyBytes_GET_SIZE(out), sent
-        if self._closing():  # its fd closed, or about to be (for good): the transport's to handle
+        if not self._socket_free():
             self._write(out)
             return 0
-        if not self._direct:
-            if self._pending():
-                self._write(out)  # behind what waits: the transport keeps the order
-                return 0
-            self._direct = True
         sent = gw_send(self._fd, PyBytes_AS_STRING(out), n)
         if sent == n:
             return 0
@@ -1537,8 +1570,29 @@ cdef class RelayPump:
             self._write(PyBytes_FromStringAndSize(PyBytes_AS_STRING(out) + sent, n - sent))
         return 0
 
+    cdef int _send_first(self, bytes head, bytes out) except -1:
+        """The held ``head`` and ``out`` as one write: one ``sendmsg`` of both to the socket
+        itself (no joined copy) when it is free, else (and for what it does not take) the rest,
+        joined, to ``write``."""
+        cdef Py_ssize_t hn = PyBytes_GET_SIZE(head), n = PyBytes_GET_SIZE(out), sent
+        if self._fd < 0 or not self._socket_free():
+            self._write(head + out)
+            return 0
+        sent = gw_send2(self._fd, PyBytes_AS_STRING(head), hn, PyBytes_AS_STRING(out), n)
+        if sent == hn + n:
+            return 0
+        self._direct = False
+        if sent <= 0:
+            self._write(head + out)
+        elif sent < hn:
+            self._write(PyBytes_FromStringAndSize(PyBytes_AS_STRING(head) + sent, hn - sent) + out)
+        else:
+            sent -= hn
+            self._write(PyBytes_FromStringAndSize(PyBytes_AS_STRING(out) + sent, n - sent))
+        return 0
+
     cpdef data_received(self, bytes data):
-        cdef object out, first
+        cdef object out, first, head
         cdef StreamObserver observer = <StreamObserver>self._observer
         if data is None:
             raise TypeError("data must be bytes, not None")
@@ -1555,8 +1609,12 @@ cdef class RelayPump:
             if self._first is not None:
                 first = self._first
                 self._first = None
-                out = first(out)
-            if out:  # (b"" from ``first``: nothing to write)
+                head = first.take_held()
+                if head is not None:
+                    if PyBytes_GET_SIZE(head):
+                        self._send_first(head, out)
+                    out = b""  # (b"" from ``take_held``: nothing to write)
+            if PyBytes_GET_SIZE(out):
                 if self._fd >= 0:
                     self._send(out)
                 else:

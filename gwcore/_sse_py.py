@@ -898,10 +898,10 @@ class RelayPump:
 
     ``owner`` hears once: ``pump_complete()`` when the chunked body ended, ``pump_failed(exc)`` on
     broken framing. Connection events stay with the upstream connection. ``pieces`` counts what
-    was received (the connection's idle timer reads it). ``first``, when given, is called once
-    with the first bytes to write and returns what to write in their place
-    (``ResponseChannel.held_with``: the held response head in front of them, one system call,
-    one segment to the client; b"" for nothing), which goes out as every piece does.
+    was received (the connection's idle timer reads it). ``first``, when given, is the client's
+    channel, whose head held back (``take_held()``: the head's bytes; None when none is held; b""
+    for nothing to write at all, the client being gone) goes out once, in front of the first
+    bytes to write: in one system call and one segment with them, as every piece goes.
 
     ``fd`` (with ``transport``, the client transport that owns it): the client's socket, which
     the pump then writes to itself, one non-blocking write a piece, whenever nothing waits in the
@@ -914,14 +914,13 @@ class RelayPump:
     """
 
     __slots__ = (
-        "_closing",
+        "_client",
         "_direct",
         "_fd",
         "_first",
         "_observer",
         "_over",
         "_owner",
-        "_pending",
         "_write",
         "pieces",
     )
@@ -946,19 +945,18 @@ class RelayPump:
         self._direct = False
         if fd >= 0 and transport is not None:
             self._fd = fd
-            self._pending = transport.get_write_buffer_size
-            self._closing = transport.is_closing
+            self._client = transport
         else:
             self._fd = -1
-            self._pending = self._closing = None
+            self._client = None
 
     def _send(self, out: bytes) -> None:
         """``write(out)``, through the socket itself when nothing is waiting in the transport."""
-        if self._closing():  # its fd closed, or about to be (for good): the transport's to handle
+        if self._client.is_closing():  # its fd closed, or about to be (for good): the transport's
             self._write(out)
             return
         if not self._direct:
-            if self._pending():
+            if self._client.get_write_buffer_size():
                 self._write(out)  # behind what waits: the transport keeps the order
                 return
             self._direct = True
@@ -985,8 +983,10 @@ class RelayPump:
             first = self._first
             if first is not None:
                 self._first = None
-                out = first(out)
-            if out:  # (b"" from ``first``: nothing to write)
+                head = first.take_held()
+                if head is not None:
+                    out = head + out if head else b""  # (b"": nothing to write)
+            if out:
                 if self._fd >= 0:
                     self._send(out)
                 else:

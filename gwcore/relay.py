@@ -432,7 +432,7 @@ class RelayedResponse(ExchangeResponse):
                 # No bound write or feed kept: the pump writes and feeds; the rare rest (a piece
                 # without the pump, the end's tail) calls the channel's write_held itself.
                 # From the next piece on, the connection hands each piece to the pump (C): its
-                # first write carries the held head (held_with), and each goes to the transport,
+                # first write carries the held head (take_held), and each goes to the transport,
                 # or to the client's socket itself while the transport holds nothing back
                 # (direct_fd): the first too, so that the relay lane can take the next read.
                 fd = channel.direct_fd()
@@ -442,7 +442,7 @@ class RelayedResponse(ExchangeResponse):
                         self.observer,
                         channel.write_raw,
                         self,
-                        getattr(channel, "held_with"),  # noqa: B009 (as above)
+                        channel,  # (not a bound method: the pump calls its take_held once)
                         fd,
                         transport,
                     )

@@ -119,15 +119,17 @@ def no_response(request, channel):
 
 
 def held_probe(request, channel):
-    """A head kept back, then taken with held_with twice: the bytes to write in front of the
-    first chunk, the second chunk alone after it."""
+    """A head kept back, then taken twice: the head to write in front of the first chunk, then
+    nothing held (None: the second chunk goes alone)."""
     channel.start(200, [("content-type", "text/plain")], chunked=True, hold=True)
-    first = channel.held_with(b"5\r\nhello\r\n")
-    again = channel.held_with(b"1\r\n!\r\n")
+    first = channel.take_held()
+    again = channel.take_held()
     PROBE["held"] = (first, again)
-    for out in (first, again):
-        if out:
+    for head, out in ((first, b"5\r\nhello\r\n"), (again, b"1\r\n!\r\n")):
+        if head is None:
             channel.transport.write(out)
+        elif head:
+            channel.transport.write(head + out)
     channel.write_raw(b"0\r\n\r\n")
     channel.end(terminator_sent=True)
 
@@ -463,15 +465,15 @@ def test_head_sends_headers_only(port):
 
 
 def test_held_head_taken_by_the_writer(port):
-    """``held_with``: the held head in front of the first bytes (once), the bytes alone after;
-    for HEAD the channel writes the head itself and hands back nothing to write."""
+    """``take_held``: the held head (once) for the first bytes, then None (the bytes alone); for
+    HEAD the channel writes the head itself and hands back b"" (nothing to write)."""
     c = Conn(port)
     c.send(get("/held"))
     r = c.response()
     assert r.status == 200 and r.body == b"hello!"
     first, again = PROBE["held"]
-    assert first.startswith(b"HTTP/1.1 200 OK\r\n") and first.endswith(b"\r\n\r\n5\r\nhello\r\n")
-    assert again == b"1\r\n!\r\n"
+    assert first.startswith(b"HTTP/1.1 200 OK\r\n") and first.endswith(b"\r\n\r\n")
+    assert again is None
     c.send(b"HEAD /held HTTP/1.1\r\n\r\n")
     r = c.response(head_only=True)
     assert r.status == 200 and r.headers["transfer-encoding"] == "chunked"

@@ -7,6 +7,7 @@ import importlib
 import json
 import os
 import socket
+import time
 
 import pytest
 
@@ -752,42 +753,94 @@ def test_pump_writes_to_the_socket_itself_when_nothing_waits(sse):
         assert pump.pieces == len(pieces)
 
 
-def test_pump_first_write_is_what_first_returns_sent_as_any_piece(sse):
-    """``first`` (the channel's ``held_with``) gets the first bytes to write and returns what
-    goes out in their place (the held head in front): through the socket itself like every
-    piece, so the transport holds nothing from the start; each ``first`` is called once."""
+class _Held:
+    """A channel's ``take_held`` for the pump's ``first``: ``head`` once (counted), then None."""
+
+    def __init__(self, head: bytes | None) -> None:
+        self.head = head
+        self.taken = 0
+
+    def take_held(self) -> bytes | None:
+        self.taken += 1
+        head, self.head = self.head, None
+        return head
+
+
+def test_pump_first_write_carries_the_held_head_sent_as_any_piece(sse):
+    """``first`` (the client's channel) hands over its held head once, which goes out in front of
+    the first bytes to write, in the same system call: through the socket itself like every piece,
+    so the transport holds nothing from the start."""
     pieces = _pump_pieces(6, 80)
     expected = _pump_reference(sse, pieces)
     head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
-    seen = []
-
-    def held_with(data):
-        seen.append(data)
-        return head + data
-
     a, b = socket.socketpair()
     with a, b:
         a.setblocking(False)
         t = _Transport(a)
         owner = _Owner()
-        pump = sse.RelayPump(
-            sse.StreamObserver(True, True), t.write, owner, held_with, a.fileno(), t
-        )
+        held = _Held(head)
+        pump = sse.RelayPump(sse.StreamObserver(True, True), t.write, owner, held, a.fileno(), t)
         for piece in pieces:
             pump.data_received(piece)
         assert t.writes == 0  # the first write too went to the socket
-        assert len(seen) == 1 and expected.startswith(seen[0])
+        assert held.taken == 1
         assert _read_all(b, len(head) + len(expected)) == head + expected
-    # Without a socket: what ``first`` returns goes to ``write``; b"" (the client is gone, or
-    # the channel wrote a HEAD response's head itself) writes nothing.
-    for returned in (b"", b"HEAD"):
+    # Without a socket: the head and the first bytes go to ``write`` as one; None (no head held)
+    # writes the bytes alone; b"" (the client is gone, or the channel wrote a HEAD response's
+    # head itself) writes nothing of the first bytes.
+    first_out = _pump_reference(sse, pieces[:1])
+    for returned, start in ((head, head + first_out), (None, first_out), (b"", b"")):
         out: list[bytes] = []
-        pump = sse.RelayPump(
-            sse.StreamObserver(True, True), out.append, _Owner(), lambda d, r=returned: r
-        )
+        held = _Held(returned)
+        pump = sse.RelayPump(sse.StreamObserver(True, True), out.append, _Owner(), held)
         for piece in pieces:
             pump.data_received(piece)
-        assert b"".join(out) == returned + expected[len(seen[0]) :]
+        assert held.taken == 1
+        assert out[0] == start if start else not out[0].startswith(b"HTTP")
+        assert b"".join(out) == start + expected[len(first_out) :]
+
+
+def test_pump_first_write_through_a_full_socket_loses_nothing(sse):
+    """The held head and the first bytes meet a socket with room for part of them only (the cut
+    within the head, or within the bytes): the transport gets the rest, in order, and the client
+    every byte once."""
+    pieces = _pump_pieces(2, 60_000)
+    expected = _pump_reference(sse, pieces)
+    first_out = _pump_reference(sse, pieces[:1])
+    cuts = set()
+    for pad in (100, 80_000):  # a head shorter, and one longer, than the room the socket makes
+        head = b"HTTP/1.1 200 OK\r\nx-pad: " + b"p" * pad + b"\r\n\r\n"
+        a, b = socket.socketpair()
+        with a, b:
+            a.setblocking(False)
+            b.setblocking(False)
+            junk = 0
+            while True:  # fill the socket, then make some room
+                try:
+                    junk += a.send(b"j" * 4096)
+                except BlockingIOError:
+                    break
+            got = bytearray()
+            while len(got) < 16384:
+                got += b.recv(16384 - len(got))
+            t = _Transport(a)
+            pump = sse.RelayPump(
+                sse.StreamObserver(True, True), t.write, _Owner(), _Held(head), a.fileno(), t
+            )
+            pump.data_received(pieces[0])
+            taken = len(head) + len(first_out) - len(t.buf)
+            if t.writes:
+                assert t.writes == 1 and 0 <= taken < len(head) + len(first_out)
+                cuts.add("head" if taken < len(head) else "bytes")
+            for piece in pieces[1:]:
+                pump.data_received(piece)
+            deadline = time.monotonic() + 5
+            while len(got) < junk + len(head) + len(expected) and time.monotonic() < deadline:
+                t.flush()
+                with contextlib.suppress(BlockingIOError):
+                    got += b.recv(1 << 20)
+            assert bytes(got) == b"j" * junk + head + expected
+    assert cuts == {"head", "bytes"}  # both ways a first write can be cut were taken
 
 
 def test_pump_writes_behind_what_the_transport_holds(sse):

@@ -37,7 +37,7 @@ cdef class ResponseChannel:
     @cython.locals(statuses=dict, keep_alive=bint, connection=str)
     cpdef start(self, status, headers, bint chunked=*, content_length=*, bint hold=*)
     cpdef write_held(self, data)
-    cpdef bytes held_with(self, bytes data)
+    cpdef take_held(self)
     cpdef flush_head(self)
     cpdef write(self, data)
     cpdef end(self, bint terminator_sent=*)

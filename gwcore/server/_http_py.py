@@ -289,22 +289,22 @@ class ResponseChannel:
         else:
             self._proto.transport.write(held + data)  # type: ignore[union-attr]
 
-    def held_with(self, data: bytes) -> bytes:
-        """What ``write_held(data)`` would write, for a caller that writes it to the client
-        itself: the head ``start(hold=True)`` kept back in front of ``data`` (counted as written
-        from now on), or ``data`` alone when no head is held; b"" when there is nothing to write
-        (the client is gone). For a HEAD request the held head is written here (the caller's
-        ``write_raw`` would drop it) and b"" returned."""
+    def take_held(self) -> bytes | None:
+        """The head ``start(hold=True)`` kept back, taken (counted as written from now on), for
+        a caller that writes it to the client itself in front of its first bytes: None when no
+        head is held (the bytes go alone); b"" when nothing is to be written at all (the client
+        is gone; or a HEAD request, whose held head is written here: the caller's ``write_raw``
+        would drop it)."""
         held = self._held
         if held is None:
-            return b"" if self.disconnected or self.request._head else data
+            return b"" if self.disconnected or self.request._head else None
         self._held = None
         if self.disconnected:
             return b""
         if self.request._head:
             self._proto.transport.write(held)  # type: ignore[union-attr]
             return b""
-        return held + data
+        return held
 
     def flush_head(self) -> None:
         """Write the head ``start(hold=True)`` kept back, if it is still held."""
