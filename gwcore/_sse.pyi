@@ -20,6 +20,7 @@ __all__ = [
     "head_end",
     "lane_available",
     "lane_scan",
+    "printable_ascii",
     "quick_request_head",
     "quick_response_head",
     "request_bytes",
@@ -158,6 +159,9 @@ class ResponseHead:
     def __iter__(self) -> Iterator[tuple[bytes, bytes]]: ...
     def value_of(self, name: bytes) -> bytes | None: ...
     def passed_lines(self, names: tuple[bytes, ...]) -> str: ...
+
+def printable_ascii(text: str) -> bool:
+    """``text.isascii() and text.isprintable()``: every character from space to ``~``."""
 
 def bytes_tail(data: bytes, start: int) -> bytes:
     """``data[start:]`` (``start`` >= 0), made in one step."""

@@ -1949,6 +1949,24 @@ def bytes_tail(bytes data not None, Py_ssize_t start):
     return PyBytes_FromStringAndSize(PyBytes_AS_STRING(data) + start, n - start)
 
 
+cdef extern from "Python.h":
+    bint PyUnicode_IS_ASCII(object)
+
+
+def printable_ascii(str text not None):
+    """``text.isascii() and text.isprintable()`` in one pass: every character from space to
+    ``~`` (a header value that needs no further check)."""
+    cdef const Py_UCS1* p
+    cdef Py_ssize_t i
+    if not PyUnicode_IS_ASCII(text):
+        return False
+    p = PyUnicode_1BYTE_DATA(text)
+    for i in range(PyUnicode_GET_LENGTH(text)):
+        if p[i] < 32 or p[i] > 126:
+            return False
+    return True
+
+
 def with_member(bytes raw not None, bytes member not None):
     """``raw``, a JSON object with at least one member (a checked one), with ``member`` added
     last, in one allocation: every byte the client sent is kept, the whitespace after the object

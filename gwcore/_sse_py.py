@@ -38,6 +38,7 @@ __all__ = [
     "head_end",
     "lane_available",
     "lane_scan",
+    "printable_ascii",
     "quick_request_head",
     "quick_response_head",
     "request_bytes",
@@ -1032,6 +1033,13 @@ def head_end(buf: bytes, start: int = 0) -> int:
     if type(buf) is not bytes:
         raise TypeError(f"buf must be bytes, not {type(buf).__name__}")
     return buf.find(b"\r\n\r\n", max(start, 0))
+
+
+def printable_ascii(text: str) -> bool:
+    """``text.isascii() and text.isprintable()``: every character from space to ``~``."""
+    if type(text) is not str:
+        raise TypeError(f"text must be str, not {type(text).__name__}")
+    return text.isascii() and text.isprintable()
 
 
 def bytes_tail(data: bytes, start: int) -> bytes:

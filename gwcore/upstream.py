@@ -48,6 +48,7 @@ from gwcore.sse import RelayPump as _Pump
 from gwcore.sse import ResponseHead
 from gwcore.sse import bytes_tail as _bytes_tail
 from gwcore.sse import head_end as _head_end
+from gwcore.sse import printable_ascii as _printable_ascii
 from gwcore.sse import request_bytes as _request_bytes
 from gwcore.sse import response_head as _response_head
 from gwcore.sse import send_direct as _send_direct
@@ -196,7 +197,6 @@ def _bad_char(text: str) -> bool:
     return "\r" in text or "\n" in text or "\0" in text
 
 
-_printable = str.isprintable  # called unbound: no method lookup per value in the compiled build
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+").fullmatch  # RFC 9110 field-name
 # Not in an RFC 9110 field-value (HTAB, SP, VCHAR, obs-text): CR, LF, NUL, the other controls,
 # DEL, and anything beyond latin-1.
@@ -277,7 +277,7 @@ def build_request(
         if field is None:
             break
         text = value
-        if not (text.isascii() and _printable(text)):
+        if not _printable_ascii(text):
             break
         if field:  # "" for the headers the pool writes itself
             lines.append(field)

@@ -655,6 +655,18 @@ def test_bytes_tail_is_the_slice(sse, data, start):
         sse.bytes_tail(bytearray(data), start)
 
 
+@settings(max_examples=500, deadline=None)
+@given(text=st.text(max_size=40) | st.text(st.characters(max_codepoint=0x80), max_size=40))
+def test_printable_ascii_is_isascii_and_isprintable(sse, text):
+    """``printable_ascii(text)`` is ``text.isascii() and text.isprintable()`` on both
+    implementations (space to ``~``: no tab, no DEL, nothing past ASCII); a non-str refused."""
+    assert sse.printable_ascii(text) is (text.isascii() and text.isprintable())
+    for edge in (" ", "~", "\t", "\x7f", "\x80", "", "a\x1fb"):
+        assert sse.printable_ascii(edge) is (edge.isascii() and edge.isprintable())
+    with pytest.raises(TypeError):
+        sse.printable_ascii(text.encode())
+
+
 # ------------------------------------------------------------- request bytes against the reference
 
 
