@@ -26,7 +26,7 @@ cdef struct LaneState:
 
 cdef class RelayPump:
     cdef object _observer  # a StreamObserver (cast in _sse.pyx)
-    cdef object _write, _owner, _first, _client
+    cdef object _write, _owner, _first, _pending, _closing, _client
     cdef public Py_ssize_t pieces
     cdef bint _over, _direct
     cdef int _fd

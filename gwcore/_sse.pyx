@@ -1532,6 +1532,9 @@ cdef class RelayPump:
         if fd >= 0 and transport is not None:
             self._fd = fd
             self._client = transport
+            # Bound once: called by name per write, uvloop's methods cost a type lookup each
+            self._pending = transport.get_write_buffer_size
+            self._closing = transport.is_closing
         else:
             self._fd = -1
         self._lane.fd = -1
@@ -1545,11 +1548,11 @@ cdef class RelayPump:
         """Whether the next bytes may go to the client's socket itself: its transport is not
         closing (its fd closed, or about to be, for good: the transport's to handle) and, unless
         the last bytes went that way, holds nothing back (what waits goes first: the transport
-        keeps the order). (Its methods called by name: no bound method kept per response.)"""
-        if self._client.is_closing():
+        keeps the order)."""
+        if self._closing():
             return False
         if not self._direct:
-            if self._client.get_write_buffer_size():
+            if self._pending():
                 return False
             self._direct = True
         return True

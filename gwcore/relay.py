@@ -396,7 +396,8 @@ class RelayedResponse(ExchangeResponse):
         self.observer: StreamObserver | None = None
         self._mode = _WAITING
         self._dechunker: Dechunker | None = None
-        self._kept: list[bytes] = []  # body of a non-streamed or error response
+        # The body of a non-streamed or error response (made by on_head for those only)
+        self._kept: list[bytes] | None = None
         self._feed = None
         self._write = None
         self._raw = False  # the upstream's chunk framing goes to the client as is
@@ -414,6 +415,7 @@ class RelayedResponse(ExchangeResponse):
         self._head_arrived(exchange, status)
         if not 200 <= status < 300:
             self._mode = _ERROR
+            self._kept = []
             if chunked:
                 self._dechunker = Dechunker()
             return
@@ -472,6 +474,7 @@ class RelayedResponse(ExchangeResponse):
                     status, passed, chunked=False, content_length=content_length, hold=True
                 )
             self._mode = _BODY
+            self._kept = []
             self._raw = chunked == channel.chunked
             self._write = getattr(channel, "write_held" if self._raw else "write")
         if chunked and self._mode != _RAW:  # raw pass-through: the scanner walks the chunks

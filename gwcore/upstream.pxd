@@ -47,6 +47,7 @@ cdef class UpstreamConnection:
     @cython.locals(pump=_CPump)
     cpdef _divert(self, protocol)
     cpdef _undivert(self)
+    @cython.locals(pump=_CPump)
     cpdef _unlane(self, bint resume)
 
 # Per-request helpers: cpdef, so that the calls inside this module are C calls (they stay

@@ -596,7 +596,8 @@ class UpstreamConnection:
         """The pump's lane (if any) hands the transport's reads back (``resume``: resumed)."""
         if self._laned:
             self._laned = False
-            self._diverted.lane_stop(resume)  # type: ignore[union-attr]
+            pump = self._diverted  # (compiled: typed, a C call; only the compiled pump lanes)
+            pump.lane_stop(resume)  # type: ignore[union-attr]
 
     def pause_reading(self) -> None:
         if not self._paused and self._state != _CLOSED and self._transport is not None:

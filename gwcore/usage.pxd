@@ -32,7 +32,7 @@ cdef class Pricer:
     cpdef cost(self, rec, kind=*)
 
 cdef class MemorySink(SinkBase):
-    cdef public object _records
+    cdef public object _records, _append
     cpdef record(self, rec)
 
 cdef class FanoutSink(SinkBase):

@@ -338,9 +338,10 @@ class MemorySink(SinkBase):
 
     def __init__(self, maxlen: int = 10_000) -> None:
         self._records: deque[UsageRecord] = deque(maxlen=maxlen)
+        self._append = self._records.append  # bound once: not looked up by name per record
 
     def record(self, rec: UsageRecord) -> None:
-        self._records.append(rec)
+        self._append(rec)
 
     @property
     def records(self) -> list[UsageRecord]:
