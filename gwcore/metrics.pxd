@@ -6,15 +6,19 @@ cimport cython
 from gwcore.usage cimport SinkBase, UsageRecord
 
 cdef class _Histogram:
-    cdef public list bounds, counts
-    cdef public object buckets, sum, total
-    @cython.locals(i=Py_ssize_t, bound=cython.double)
+    cdef double[:] bounds, counts
+    cdef public object buckets, sum
+    cdef public double total
+    @cython.locals(i=Py_ssize_t, bounds="double[:]")
     cpdef tally(self, double amount)
+    @cython.locals(i=Py_ssize_t, n=cython.double, counts="double[:]")
+    cpdef flush(self)
 
 cdef class _LabelSet:
     cdef public _Histogram duration, ttfb  # typed: each record's tally is a C call
-    cdef public object incs, n_cached, n_completion, n_cost, n_prompt, n_reasoning
-    cdef public object n_requests, n_unpriced
+    cdef public object incs
+    cdef public double n_cached, n_completion, n_cost, n_prompt, n_reasoning
+    cdef public double n_requests, n_unpriced
     cpdef add(self, UsageRecord rec)
 
 cdef class GatewayMetrics(SinkBase):

@@ -25,6 +25,7 @@ import re
 import shutil
 import sys
 import tempfile
+from array import array
 
 from gwcore.usage import SinkBase, UsageRecord
 
@@ -90,34 +91,37 @@ def upstream_error_kind(rec: UsageRecord) -> str | None:
 
 class _Histogram:
     """One histogram child, fed by bucket index: values are tallied in plain counters and added
-    to the child (its ``_sum`` and ``_buckets`` values) when flushed."""
+    to the child (its ``_sum`` and ``_buckets`` values) when flushed. The bounds and counts are
+    arrays of doubles, the total a double (compiled: C doubles, no number object made per
+    tally; prometheus_client keeps its values as floats too)."""
 
     __slots__ = ("bounds", "buckets", "counts", "sum", "total")
 
     def __init__(self, child) -> None:
-        self.bounds = list(child._upper_bounds)  # ends with +Inf: tally always lands in range
+        # ends with +Inf: a tally always lands in range
+        self.bounds = array("d", child._upper_bounds)
         self.buckets = [b.inc for b in child._buckets]
         self.sum = child._sum.inc
-        self.counts = [0] * len(self.bounds)
+        self.counts = array("d", [0.0]) * len(self.bounds)
         self.total = 0.0
 
     def tally(self, amount: float) -> None:
-        # bisect_left, written out (compiled: a C loop over a dozen doubles, no generic
-        # comparisons): the first bound not below ``amount``, where Histogram.observe puts it.
+        # bisect_left, written out (compiled: a C loop over a dozen doubles): the first bound
+        # not below ``amount``, where Histogram.observe puts it.
+        bounds = self.bounds
         i = 0
-        for bound in self.bounds:
-            if not bound < amount:
-                break
+        while bounds[i] < amount:
             i += 1
-        self.counts[i] += 1
+        self.counts[i] += 1.0
         self.total += amount
 
     def flush(self) -> None:
         counts = self.counts
-        for i, n in enumerate(counts):
+        for i in range(len(counts)):
+            n = counts[i]
             if n:
                 self.buckets[i](n)
-                counts[i] = 0
+                counts[i] = 0.0
         if self.total:
             self.sum(self.total)
             self.total = 0.0
@@ -171,7 +175,8 @@ class _LabelSet:
 
     def add(self, rec: UsageRecord) -> None:
         """One record's share of every metric, in the plain tallies. (A method, so that the
-        compiled build reaches the tallies as the slots of ``self``.)"""
+        compiled build reaches the tallies as the slots of ``self``: C doubles there, like
+        prometheus_client's own values, so that no number object is made per record.)"""
         self.n_requests += 1
         duration = rec.duration_ms
         if duration is not None:
