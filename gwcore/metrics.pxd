@@ -19,6 +19,7 @@ cdef class _LabelSet:
     cdef public object incs
     cdef public double n_cached, n_completion, n_cost, n_prompt, n_reasoning
     cdef public double n_requests, n_unpriced
+    @cython.locals(seconds=cython.double)
     cpdef add(self, UsageRecord rec)
 
 cdef class GatewayMetrics(SinkBase):

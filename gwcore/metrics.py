@@ -180,10 +180,12 @@ class _LabelSet:
         self.n_requests += 1
         duration = rec.duration_ms
         if duration is not None:
-            self.duration.tally(duration / 1000.0)
+            seconds = duration  # (compiled: a C double, as is what tally gets)
+            self.duration.tally(seconds / 1000.0)
         ttfb = rec.ttfb_ms
         if ttfb is not None:
-            self.ttfb.tally(ttfb / 1000.0)
+            seconds = ttfb
+            self.ttfb.tally(seconds / 1000.0)
         prompt = rec.prompt_tokens
         completion = rec.completion_tokens
         if prompt:

@@ -12,7 +12,8 @@ cdef class Dechunker:
     cdef public object complete, out, parser
 
 cdef class ExchangeResponse:
-    cdef public object sink, started_at, ready, _recorded, _deferred
+    cdef public object sink, ready, _recorded, _deferred
+    cdef public double started_at  # (perf_counter's seconds: C arithmetic, one float a result)
     cdef public UpstreamExchange exchange
     cdef public ResponseChannel channel  # its methods are C calls here
     cdef public UsageRecord record  # its fields are struct members here

@@ -140,7 +140,11 @@ def size_probe(request, channel):
 
 
 async def disconnect_probe(request, channel):
+    """Three on_disconnect callbacks (one kept alone, then a list): each runs once, in order."""
     PROBE["disconnected"] = threading.Event()
+    PROBE["disconnect_order"] = order = []
+    channel.on_disconnect(lambda: order.append(1))
+    channel.on_disconnect(lambda: order.append(2))
     channel.on_disconnect(PROBE["disconnected"].set)
     channel.start(200, [("content-type", "text/event-stream")])
     channel.write(b"data: first\n\n")
@@ -998,6 +1002,7 @@ def test_client_closing_mid_request_and_mid_stream(port):
     c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     c.close()  # reset
     assert PROBE["disconnected"].wait(3)  # type: ignore[attr-defined]
+    assert PROBE["disconnect_order"] == [1, 2]
     c = Conn(port)
     c.send(get("/health"))
     assert c.response().status == 200

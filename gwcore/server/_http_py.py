@@ -205,7 +205,8 @@ class ResponseChannel:
         self._keep_alive = False
         self._status = 0
         self._flow_target: FlowTarget | None = None
-        self._callbacks: list[Callable[[], object]] | None = None
+        # on_disconnect's: None, the one callback (a relay has one), or a list of them
+        self._callbacks: Callable[[], object] | list[Callable[[], object]] | None = None
         self._task: asyncio.Task[Any] | None = None
         self._held: bytes | None = None  # a head start(hold=True) kept back, not yet written
 
@@ -397,14 +398,18 @@ class ResponseChannel:
             if not self._ended:
                 self._proto._loop.call_soon(callback)
         elif self._callbacks is None:
-            self._callbacks = [callback]
-        else:
+            self._callbacks = callback  # no list for the one callback a request usually has
+        elif type(self._callbacks) is list:
             self._callbacks.append(callback)
+        else:
+            self._callbacks = [self._callbacks, callback]
 
     def _lost(self) -> None:
         self.disconnected = True
         self._flow_target = None
         callbacks, self._callbacks = self._callbacks, None
+        if callbacks is not None and type(callbacks) is not list:
+            callbacks = (callbacks,)
         for callback in callbacks or ():
             try:
                 callback()
