@@ -55,7 +55,8 @@ cdef class HttpProtocol:
     cdef public Py_ssize_t _max_body, _max_url, _max_headers, _max_header_bytes
     cdef public Py_ssize_t _nheaders, _header_bytes, _head_bytes, _body_size
     cdef public Request _req
-    cdef public object _in_head, _body, _discard_body, _pending, _active
+    cdef public list _body  # typed: its append is a C call
+    cdef public object _in_head, _discard_body, _pending, _active
     cdef public object _dispatching, _stopped, _eof, _lingering, _last_request, _closing
     cdef public object _write_paused, _read_paused, _drain_waiter, _deadline_408
     cdef public object _quick, _head_memo
