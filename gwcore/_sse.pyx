@@ -1532,7 +1532,7 @@ cdef class RelayPump:
         if fd >= 0 and transport is not None:
             self._fd = fd
             self._client = transport
-            # Bound once: called by name per write, uvloop's methods cost a type lookup each
+            # bound once per response: by name, each call would be a type lookup (uvloop's)
             self._pending = transport.get_write_buffer_size
             self._closing = transport.is_closing
         else:
