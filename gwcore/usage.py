@@ -183,13 +183,20 @@ def new_record(
     return rec
 
 
+# A token count is a whole number from 0 to 18 digits (the compiled usage reader's own bound):
+# anything else (negative, larger, a fraction, a bool) is not a count but a broken upstream's
+# answer, kept out of records so that no store, price or metric has to take it (a 64-bit column
+# refuses a 20-digit number, and the ledger would retry that batch for ever).
+MAX_COUNT = 10**18
+
+
 def _int(value: Any) -> int | None:
     if type(value) is int:  # the common case, first (type(): no attribute lookup when compiled)
-        return value
+        return value if 0 <= value < MAX_COUNT else None
     # bool is an int subclass; a provider sending true/false is not a count
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, float) and value.is_integer():
+        return int(value) if 0 <= value < MAX_COUNT else None
+    if isinstance(value, float) and value.is_integer() and 0 <= value < MAX_COUNT:
         return int(value)
     return None
 

@@ -418,6 +418,37 @@ def test_stop_flushes_everything_queued(db_url):
     run(main())
 
 
+def test_a_cost_no_column_holds_is_stored_as_none_not_retried_for_ever(db_url):
+    """A record whose cost a 64-bit nano-dollar column cannot hold (a broken count's price,
+    infinite, not a number) is stored with no cost, with the records around it: the batch used
+    to fail on it, and the writer retried that batch for ever while every later record queued."""
+
+    async def main():
+        store = open_store(LedgerSettings(url=db_url))
+        ledger = UsageLedger(store, flush_interval=0.05)
+        await ledger.start()
+        try:
+            costs = [0.25, 1e15, float("inf"), float("nan"), -1e12, 9.2e9]
+            for i, cost in enumerate(costs):
+                ledger.record(_record(i, cost=cost))
+            assert await ledger.flush(timeout=10)
+            assert ledger.failures == 0
+            entries, _ = await store.log(UsageFilter(), 100, None)
+            got = {e["request_id"]: e["cost_usd"] for e in entries}
+            assert got == {
+                "req-00000": pytest.approx(0.25),
+                "req-00001": None,
+                "req-00002": None,
+                "req-00003": None,
+                "req-00004": None,
+                "req-00005": pytest.approx(9.2e9),
+            }
+        finally:
+            await ledger.stop()
+
+    run(main())
+
+
 def test_refused_at_exit_spilled_then_imported(tmp_path):
     path = tmp_path / "ledger.db"
 

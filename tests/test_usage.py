@@ -84,6 +84,27 @@ def test_missing_or_odd_usage_is_none_not_zero():
     assert usage_from_openai(odd) == tokens(None, None, 9, None, None)
 
 
+def test_a_count_no_store_could_hold_is_no_count():
+    """A token count is a whole number from 0 to 18 digits: a negative one, a larger one (a
+    broken upstream's 25 digits, which a 64-bit ledger column refuses), a fraction or a bool is
+    no count, on every provider's path; the largest 18-digit count and whole floats still are."""
+    big = 10**18
+    assert usage_from_openai({"prompt_tokens": big, "completion_tokens": 2}) == tokens(
+        None, 2, None, None, None
+    )
+    assert usage_from_openai(
+        {"prompt_tokens": big - 1, "completion_tokens": -1, "total_tokens": 10**25}
+    ) == tokens(big - 1, None, None, None, None)
+    assert usage_from_openai({"prompt_tokens": 3.0, "completion_tokens": 1e18}) == tokens(
+        3, None, None, None, None
+    )
+    assert (
+        usage_from_anthropic({"input_tokens": 10**30, "output_tokens": 5})["prompt_tokens"] is None
+    )
+    gemini = usage_from_gemini({"promptTokenCount": -4, "candidatesTokenCount": 7})
+    assert gemini["prompt_tokens"] is None and gemini["completion_tokens"] == 7
+
+
 def test_anthropic_stream_usage_is_cumulative_never_summed():
     events = sse_data(fixture("anthropic", "messages_stream.txt").read_text())
     start = next(e for e in events if e["type"] == "message_start")

@@ -144,6 +144,21 @@ MIGRATIONS: list[tuple[int, dict[str, list[str]]]] = [
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
+_INT64 = 2**63
+
+
+def _nanos(cost: float | None) -> int | None:
+    """A cost in nano-dollars for the ledger's 64-bit column: None for none, and for a cost no
+    such column holds (infinite, not a number, past 9.2 billion dollars: a broken count's price),
+    which would otherwise fail its whole batch, for ever."""
+    if cost is None:
+        return None
+    nanos = cost * 1e9
+    if not -_INT64 < nanos < _INT64:  # (False for NaN too)
+        return None
+    return round(nanos)
+
+
 def record_row(rec: UsageRecord) -> tuple:
     """A usage record as a row in ``COLUMNS`` order (cost in nano-dollars, rounded)."""
     cost = rec.cost
@@ -162,7 +177,7 @@ def record_row(rec: UsageRecord) -> tuple:
         rec.total_tokens,
         rec.cached_tokens,
         rec.reasoning_tokens,
-        None if cost is None else round(cost * 1e9),
+        _nanos(cost),
         rec.ttfb_ms,
         rec.duration_ms,
         rec.error,
