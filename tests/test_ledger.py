@@ -449,6 +449,35 @@ def test_a_cost_no_column_holds_is_stored_as_none_not_retried_for_ever(db_url):
     run(main())
 
 
+def test_text_no_column_holds_is_stored_not_retried_for_ever(db_url):
+    """A NUL character in a record's text (a client's model name, an upstream's error message:
+    PostgreSQL's text cannot hold one) is stored as U+FFFD there, as is on SQLite, with the
+    records around it: the batch used to fail on it, and the writer retried it for ever."""
+
+    async def main():
+        store = open_store(LedgerSettings(url=db_url))
+        ledger = UsageLedger(store, flush_interval=0.05)
+        await ledger.start()
+        try:
+            ledger.record(_record(0))
+            ledger.record(_record(1, requested_model="gpt\x00x", error="upstream: a\x00b"))
+            ledger.record(_record(2))
+            assert await ledger.flush(timeout=10)
+            assert ledger.failures == 0
+            entries, _ = await store.log(UsageFilter(), 100, None)
+            got = {e["request_id"]: (e["requested_model"], e["error"]) for e in entries}
+            held = "\x00" if db_url.startswith("sqlite") else "\ufffd"
+            assert got == {
+                "req-00000": (MODEL, None),
+                "req-00001": (f"gpt{held}x", f"upstream: a{held}b"),
+                "req-00002": (MODEL, None),
+            }
+        finally:
+            await ledger.stop()
+
+    run(main())
+
+
 def test_refused_at_exit_spilled_then_imported(tmp_path):
     path = tmp_path / "ledger.db"
 

@@ -26,6 +26,20 @@ from gwcore.ledger.store import (
 
 __all__ = ["PostgresStore", "redact_url"]
 
+# PostgreSQL's text holds no NUL character: one in a record's text (a client's model name, an
+# upstream's error message) would fail the whole batch, which the writer retries for ever. It is
+# stored as U+FFFD instead. (SQLite stores it as it is.)
+_TEXT_COLUMNS = tuple(i for i, kind in enumerate(PG_ARRAY_TYPES) if kind == "text[]")
+
+
+def _without_nul(column: list) -> list:
+    """``column`` (str or None values), with each NUL character as U+FFFD: itself when it has
+    none (one join and one search in C per column, not a loop per value)."""
+    if "\x00" not in "\x01".join(filter(None, column)):
+        return column
+    return [v.replace("\x00", "\ufffd") if v else v for v in column]
+
+
 _INSERT = (
     f"INSERT INTO usage_records ({', '.join(COLUMNS)}) SELECT * FROM unnest("
     + ", ".join(f"${i}::{t}" for i, t in enumerate(PG_ARRAY_TYPES, 1))
@@ -114,6 +128,8 @@ class PostgresStore:
 
     async def write(self, rows: list[tuple]) -> None:
         columns = [list(c) for c in zip(*rows, strict=True)]
+        for i in _TEXT_COLUMNS:
+            columns[i] = _without_nul(columns[i])
         await self.pool.execute(_INSERT, *columns, timeout=self.timeout)
 
     # ---- reads
