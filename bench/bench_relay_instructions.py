@@ -65,6 +65,50 @@ def _stream(sock: socket.socket) -> None:
         raise RuntimeError(f"not a complete stream: {buf[-200:]!r}")
 
 
+def gwcore_launch(
+    tmp: Path, target: str, mock_port: int, port: int
+) -> tuple[list[str], dict[str, str]]:
+    """The command and environment of ``gwcore serve`` for ``target`` (gwcore, gwcore_pure,
+    gwcore_noledger, gwcore_nolane) on ``port``, relaying to the mock, its ledger in ``tmp``."""
+    config = tmp / "gwcore.yaml"
+    config.write_text(
+        "from_env: false\nproviders:\n"
+        f'  - {{name: mock, type: openai_compatible, base_url: "http://127.0.0.1:{mock_port}'
+        f'/v1", models: [{MODEL}]}}\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GWCORE_")}
+    # One hash seed for every run of a Python target (gwcore, the floor): start-up work depends on
+    # it (by millions of instructions), and the N1 and N2 runs must cancel it out exactly. Random
+    # seeds moved gwcore's result by +-10k instructions per request. (The floor's figure still
+    # moves by a few thousand: how many events one read gathers depends on timing.)
+    env["PYTHONHASHSEED"] = "0"
+    switches = {
+        "gwcore": None,
+        "gwcore_pure": ("GWCORE_NO_EXTENSIONS", "1"),
+        "gwcore_noledger": ("GWCORE_LEDGER", "off"),  # prices the ledger (and what it alone needs)
+        "gwcore_nolane": ("GWCORE_LANE", "off"),  # prices the relay lane
+    }
+    if target not in switches:
+        raise RuntimeError(f"unknown gwcore target {target!r} ({', '.join(switches)})")
+    if switches[target] is not None:
+        name, value = switches[target]
+        env[name] = value
+    env["GWCORE_DATABASE_URL"] = f"sqlite:///{tmp / 'ledger.db'}"
+    cmd = [sys.executable, "-m", "gwcore.cli", "serve", "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), "--config", str(config), "--log-level", "WARNING"]
+    return cmd, env
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Signal ``proc`` and wait for it (two minutes: valgrind writes its files), else kill it."""
+    proc.send_signal(sig)
+    try:
+        proc.wait(120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _run(tmp: Path, target: str, mock_port: int, n: int) -> tuple[dict[str, int], int, int]:
     """(the events counted, ``Ir`` the instructions; of those, statement preparation; the exit)
     of one run of ``target``."""
@@ -75,27 +119,9 @@ def _run(tmp: Path, target: str, mock_port: int, n: int) -> tuple[dict[str, int]
     grind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--trace-children=no"]
     grind += CALLGRIND_ARGS
     env = {k: v for k, v in os.environ.items() if not k.startswith("GWCORE_")}
-    # One hash seed for every run of a Python target (gwcore, the floor): start-up work depends on
-    # it (by millions of instructions), and the N1 and N2 runs must cancel it out exactly. Random
-    # seeds moved gwcore's result by +-10k instructions per request. (The floor's figure still
-    # moves by a few thousand: how many events one read gathers depends on timing.)
-    env["PYTHONHASHSEED"] = "0"
+    env["PYTHONHASHSEED"] = "0"  # (see gwcore_launch)
     if target.startswith("gwcore"):
-        config = tmp / "gwcore.yaml"
-        config.write_text(
-            "from_env: false\nproviders:\n"
-            f'  - {{name: mock, type: openai_compatible, base_url: "http://127.0.0.1:{mock_port}'
-            f'/v1", models: [{MODEL}]}}\n'
-        )
-        if target == "gwcore_pure":
-            env["GWCORE_NO_EXTENSIONS"] = "1"
-        if target == "gwcore_noledger":  # prices the ledger (and what it alone needs)
-            env["GWCORE_LEDGER"] = "off"
-        if target == "gwcore_nolane":  # prices the relay lane
-            env["GWCORE_LANE"] = "off"
-        env["GWCORE_DATABASE_URL"] = f"sqlite:///{tmp / 'ledger.db'}"
-        cmd = [sys.executable, "-m", "gwcore.cli", "serve", "--host", "127.0.0.1"]
-        cmd += ["--port", str(port), "--config", str(config), "--log-level", "WARNING"]
+        cmd, env = gwcore_launch(tmp, target, mock_port, port)
     elif target == "floor":
         cmd = [sys.executable, "-m", "gwcore.benchmark.floor", str(port)]
         cmd += [str(mock_port)]
@@ -125,12 +151,7 @@ def _run(tmp: Path, target: str, mock_port: int, n: int) -> tuple[dict[str, int]
             time.sleep(1.0)  # the ledger's writer stores what it holds (every 0.2 s)
             dumped = _dump(proc.pid)
     finally:
-        proc.send_signal(signal.SIGTERM if target != "nginx" else signal.SIGQUIT)
-        try:
-            proc.wait(120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, signal.SIGTERM if target != "nginx" else signal.SIGQUIT)
     part = out.with_name(out.name + ".1")  # the dump: everything up to the load's end
     if dumped and part.exists():
         out.replace(out.with_name(out.name + ".exit"))  # the rest: shutdown and exit

@@ -24,10 +24,8 @@ Never a timed test: it prints numbers, it asserts nothing.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -40,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_relay_instructions as counted  # the same request and stream reader
 
-from gwcore.benchmark.services import MODEL, free_port, start_mock, wait_listening
+from gwcore.benchmark.services import free_port, start_mock, wait_listening
 
 WARMUP = 20
 # libc's entry points for reads and sends (glibc names some two ways)
@@ -57,23 +55,9 @@ def _run(tmp: Path, target: str, mock_port: int, n: int) -> dict[str, list[int]]
     tmp.mkdir()
     out = tmp / "cg.out"
     port = free_port()
-    config = tmp / "gwcore.yaml"
-    config.write_text(
-        "from_env: false\nproviders:\n"
-        f'  - {{name: mock, type: openai_compatible, base_url: "http://127.0.0.1:{mock_port}'
-        f'/v1", models: [{MODEL}]}}\n'
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GWCORE_")}
-    env["PYTHONHASHSEED"] = "0"
-    env["GWCORE_DATABASE_URL"] = f"sqlite:///{tmp / 'ledger.db'}"
-    if target == "gwcore_noledger":
-        env["GWCORE_LEDGER"] = "off"
-    elif target != "gwcore":
-        raise RuntimeError(f"unknown target {target!r} (gwcore, gwcore_noledger)")
+    cmd, env = counted.gwcore_launch(tmp, target, mock_port, port)
     grind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
     grind += [f"--dump-before={name}" for name in BOUNDARIES]
-    cmd = [sys.executable, "-m", "gwcore.cli", "serve", "--host", "127.0.0.1"]
-    cmd += ["--port", str(port), "--config", str(config), "--log-level", "WARNING"]
     with (tmp / "gwcore.log").open("wb") as log:
         proc = subprocess.Popen(
             [*grind, *cmd], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(tmp)
@@ -89,12 +73,7 @@ def _run(tmp: Path, target: str, mock_port: int, n: int) -> dict[str, list[int]]
             for _ in range(n):
                 counted._stream(sock)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        counted.stop(proc)
     found: dict[str, list[int]] = {name: [] for name in STRETCHES}
     for part in _parts(out):
         if part < first:
@@ -117,7 +96,11 @@ def _parts(out: Path) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=30, help="measured requests (after a warm-up)")
-    parser.add_argument("--targets", default="gwcore_noledger,gwcore")
+    parser.add_argument(
+        "--targets",
+        default="gwcore_noledger,gwcore",
+        help="gwcore targets of bench_relay_instructions",
+    )
     parser.add_argument("--events", type=int, default=3, help="SSE events per stream")
     parser.add_argument("--pace-ms", type=float, default=20.0, help="the mock's pause per event")
     args = parser.parse_args(argv)
