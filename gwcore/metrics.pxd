@@ -25,7 +25,8 @@ cdef class _LabelSet:
 cdef class GatewayMetrics(SinkBase):
     cdef public object multiprocess, registry, requests, duration, ttfb, tokens, cost, unpriced
     cdef public object upstream_errors, in_flight, ledger_queue_depth, ledger_dropped
-    cdef public object ledger_written, ledger_write_errors, auth_failures, _in_flight_inc
+    cdef public object ledger_written, ledger_write_errors, ledger_refused, auth_failures
+    cdef public object _in_flight_inc
     cdef public dict _sets
     cdef public set _in_flight
     cdef object __weakref__

@@ -305,6 +305,13 @@ class GatewayMetrics(SinkBase):
             "Failed ledger writes (each is retried).",
             registry=r,
         )
+        self.ledger_refused = Counter(
+            "gwcore_ledger_refused_records",
+            "Usage records the ledger's database refused, by outcome: repaired (stored with the "
+            "values it cannot hold replaced), set_aside (in a refused file, not stored).",
+            ["outcome"],
+            registry=r,
+        )
         self.auth_failures = Counter(
             "gwcore_auth_failures",
             "Requests refused by authentication, by reason.",
@@ -378,6 +385,9 @@ class GatewayMetrics(SinkBase):
 
     def ledger_write_failed(self) -> None:
         self.ledger_write_errors.inc()
+
+    def ledger_refused_records(self, outcome: str, n: int = 1) -> None:
+        self.ledger_refused.labels(outcome).inc(n)
 
     def auth_failed(self, reason: str) -> None:
         self.auth_failures.labels(reason).inc()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import glob
+import json
 import logging
 import os
 import sqlite3
@@ -39,8 +40,16 @@ from ledger_harness import (
 
 from gwcore.config import ConfigError
 from gwcore.ledger import LedgerSettings, UsageFilter, UsageLedger, open_store
-from gwcore.ledger.schema import COLUMNS, SCHEMA_VERSION, record_row
+from gwcore.ledger.schema import (
+    COLUMNS,
+    NOT_NULL,
+    PG_ARRAY_TYPES,
+    SCHEMA_VERSION,
+    record_row,
+    storable_row,
+)
 from gwcore.ledger.sqlite import SqliteStore
+from gwcore.metrics import GatewayMetrics
 from gwcore.testing import run
 from gwcore.usage import UsageRecord
 
@@ -476,6 +485,146 @@ def test_text_no_column_holds_is_stored_not_retried_for_ever(db_url):
             await ledger.stop()
 
     run(main())
+
+
+def test_rows_the_database_refuses_are_found_and_stored_repaired(db_url):
+    """A value no column holds (here text that is not UTF-8: lone surrogates) fails its whole
+    batch, and the same batch fails again on every retry: the writer used to retry it for ever
+    while every later record queued, then dropped. The refused rows are found by halving the
+    batch; the others are stored as they are, the refused ones with the values replaced."""
+
+    async def main():
+        store = open_store(LedgerSettings(url=db_url))
+        ledger = UsageLedger(store, flush_interval=0.05)
+        await ledger.start()
+        try:
+            for i in range(40):
+                kw = {}
+                if i == 7:
+                    kw = {"error": "upstream: \ud800 broken"}
+                elif i == 30:  # a pair held as two code points: its character
+                    kw = {"requested_model": "gpt-\ud83d\ude00"}
+                ledger.record(_record(i, **kw))
+            assert await ledger.flush(timeout=10)
+            assert (ledger.failures, ledger.repaired, ledger.set_aside) == (0, 2, 0)
+            ledger.record(_record(40))  # and the writer goes on
+            assert await ledger.flush(timeout=10)
+            entries, _ = await store.log(UsageFilter(), 100, None)
+            got = {e["request_id"]: (e["requested_model"], e["error"]) for e in entries}
+            expected = {f"req-{i:05d}": (MODEL, None) for i in range(41)}
+            expected["req-00007"] = (MODEL, "upstream: \ufffd broken")
+            expected["req-00030"] = ("gpt-\U0001f600", None)
+            assert got == expected
+            assert ledger.written == 41
+        finally:
+            await ledger.stop()
+
+    run(main())
+
+
+def test_a_row_refused_even_repaired_is_set_aside_and_the_rest_stored(db_url, tmp_path, caplog):
+    """A row whose values cannot be replaced (a column that holds no NULL has none) is written to
+    the refused file and logged, counted in the metrics; every other record is stored."""
+    metrics = GatewayMetrics()
+
+    async def main():
+        store = open_store(LedgerSettings(url=db_url))
+        ledger = UsageLedger(
+            store, flush_interval=0.05, spill_dir=str(tmp_path / "spill"), metrics=metrics
+        )
+        await ledger.start()
+        try:
+            for i in range(12):
+                ledger.record(_record(i, provider=None if i in (3, 4) else "mock"))
+            assert await ledger.flush(timeout=10)
+            assert (ledger.failures, ledger.repaired, ledger.set_aside) == (0, 0, 2)
+            assert await _count(store) == 10
+            ledger.record(_record(12))
+            assert await ledger.flush(timeout=10)
+            assert await _count(store) == 11
+        finally:
+            await ledger.stop()
+
+    with caplog.at_level(logging.ERROR, logger="gwcore.ledger"):
+        run(main())
+    (path,) = glob.glob(str(tmp_path / "spill" / "gwcore-ledger-refused-*.jsonl"))
+    lines = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    assert [line["row"]["request_id"] for line in lines] == ["req-00003", "req-00004"]
+    assert all(line["row"]["provider"] is None and line["error"] for line in lines)
+    assert lines[0]["row"] == dict(zip(COLUMNS, record_row(_record(3, provider=None)), strict=True))
+    assert not glob.glob(str(tmp_path / "spill" / "gwcore-ledger-spill-*"))
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "REFUSED record 'req-00003'" in text and path in text
+    body = metrics.render()[0].decode()
+    assert 'gwcore_ledger_refused_records_total{outcome="set_aside"} 2.0' in body
+
+
+def test_a_spill_file_with_a_refused_row_is_imported_all_but_that_row(tmp_path):
+    """A spill file used to be imported whole or not at all: one refused row kept it (and every
+    record in it) out of the ledger at every start."""
+    path = tmp_path / "ledger.db"
+    rows = [list(record_row(_record(i))) for i in range(5)]
+    rows[2][3] = None  # provider: a column that holds no NULL
+    spill = tmp_path / "gwcore-ledger-spill-1-1.jsonl"
+    spill.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    async def main():
+        ledger = UsageLedger(SqliteStore(str(path)), spill_dir=str(tmp_path))
+        await ledger.start()
+        try:
+            assert await _count(ledger.store) == 4
+            assert ledger.set_aside == 1
+        finally:
+            await ledger.stop()
+
+    run(main())
+    assert not spill.exists()
+    assert len(glob.glob(str(tmp_path / "gwcore-ledger-refused-*.jsonl"))) == 1
+
+
+_ANY_TEXT = st.lists(st.integers(0, 0x10FFFF), max_size=8).map(
+    lambda codes: "".join(map(chr, codes))  # surrogates and NUL among them
+) | st.sampled_from(["\ud800", "a\x00b", "\udc00\ud83d", "ok"])
+_ANY_VALUE = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | _ANY_TEXT
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(_ANY_VALUE, min_size=len(COLUMNS), max_size=len(COLUMNS)))
+def test_a_repaired_row_is_one_the_database_stores(tmp_path, row):
+    """Any row at all: ``storable_row`` either says a column that holds no NULL would need one,
+    or gives a row that SQLite stores, changing exactly the values it names."""
+    fixed = storable_row(tuple(row))
+    if fixed is None:
+        assert any(
+            name in NOT_NULL and (value is None or _storable_kind(name, value) is None)
+            for name, value in zip(COLUMNS, row, strict=True)
+        )
+        return
+    values, replaced = fixed
+    for name, old, new in zip(COLUMNS, row, values, strict=True):
+        assert (new is not old) == (name in replaced)
+        assert new is not None or name not in NOT_NULL
+    store = SqliteStore(str(tmp_path / f"p{os.getpid()}-{time.monotonic_ns()}.db"))
+    store._open_writer()
+    try:
+        store._write([values])
+        assert store._wcon.execute("SELECT COUNT(*) FROM usage_records").fetchone()[0] == 1
+    finally:
+        store._wcon.close()
+
+
+def _storable_kind(name: str, value):
+    from gwcore.ledger import schema
+
+    return schema._storable(PG_ARRAY_TYPES[COLUMNS.index(name)], value)
 
 
 def test_refused_at_exit_spilled_then_imported(tmp_path):

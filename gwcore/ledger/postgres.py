@@ -132,6 +132,24 @@ class PostgresStore:
             columns[i] = _without_nul(columns[i])
         await self.pool.execute(_INSERT, *columns, timeout=self.timeout)
 
+    def refuses(self, exc: BaseException) -> bool:
+        # asyncpg encodes the arguments here (a value its type cannot take: DataError); the server
+        # checks them (SQLSTATE class 22, data exception: DataError; class 23, a constraint:
+        # IntegrityConstraintViolationError). Connection errors, timeouts, a server shutting down
+        # or out of space are its state: retried.
+        import asyncpg
+
+        return isinstance(
+            exc,
+            (
+                asyncpg.DataError,
+                asyncpg.IntegrityConstraintViolationError,
+                OverflowError,
+                ValueError,
+                TypeError,
+            ),
+        )
+
     # ---- reads
 
     async def schema_version(self) -> int:

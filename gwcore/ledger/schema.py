@@ -13,7 +13,15 @@ from __future__ import annotations
 
 from gwcore.usage import UsageRecord
 
-__all__ = ["COLUMNS", "MIGRATIONS", "SCHEMA_VERSION", "record_row", "rows_by_nulls"]
+__all__ = [
+    "COLUMNS",
+    "MIGRATIONS",
+    "NOT_NULL",
+    "SCHEMA_VERSION",
+    "record_row",
+    "rows_by_nulls",
+    "storable_row",
+]
 
 # The order of a row tuple, of the INSERT column list, and of the usage log's SELECT.
 COLUMNS = (
@@ -36,6 +44,21 @@ COLUMNS = (
     "duration_ms",
     "error",
     "aborted",
+)
+
+# The columns that hold no NULL (both backends).
+NOT_NULL = frozenset(
+    (
+        "created_at",
+        "request_id",
+        "provider",
+        "requested_model",
+        "upstream_model",
+        "route",
+        "stream",
+        "status",
+        "aborted",
+    )
 )
 
 # PostgreSQL array types of the columns, for the one-statement batch insert (unnest).
@@ -214,3 +237,57 @@ def rows_by_nulls(rows: list[tuple]) -> dict[int, list[list]]:
         else:
             group.append(values)
     return groups
+
+
+_INT_BOUNDS = {"int4[]": 2**31, "int8[]": 2**63}
+
+
+def _storable(kind: str, value):
+    """``value`` itself when a column of ``kind`` (its PostgreSQL array type) holds it on both
+    backends, else the nearest value one does: text as valid UTF-8 without NUL (U+FFFD for each
+    character that is not), a whole number in the column's range, a finite float, a boolean; None
+    (NULL) for anything else."""
+    if value is None:
+        return None
+    if kind == "text[]":
+        text = value if type(value) is str else str(value)
+        if "\x00" not in text:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                pass
+            else:
+                return value if text is value else text
+        # Lone surrogates become U+FFFD (a pair that is two code points becomes its character).
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return text.replace("\x00", "\ufffd")
+    if kind == "bool[]":
+        if value is True or value is False:
+            return value
+        return bool(value) if type(value) is int and value in (0, 1) else None
+    if kind == "float8[]":
+        if type(value) is float or type(value) is int:
+            return value if -1e308 < value < 1e308 else None  # (False for NaN too)
+        return None
+    bound = _INT_BOUNDS[kind]
+    if type(value) is float and value.is_integer():
+        value = int(value)
+    elif type(value) is not int:
+        return None
+    return value if -bound <= value < bound else None
+
+
+def storable_row(row: tuple) -> tuple[tuple, list[str]] | None:
+    """A row the database refused (``COLUMNS`` order), with each value that neither backend's
+    column holds replaced by the nearest one that does (see ``_storable``): ``(row, names of the
+    columns replaced)``; None when a column that holds no NULL would need one."""
+    values = []
+    replaced = []
+    for name, kind, value in zip(COLUMNS, PG_ARRAY_TYPES, row, strict=True):
+        new = _storable(kind, value)
+        if new is None and name in NOT_NULL:
+            return None
+        if new is not value:
+            replaced.append(name)
+        values.append(new)
+    return tuple(values), replaced

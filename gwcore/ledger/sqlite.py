@@ -2,9 +2,10 @@
 
 It owns the SQLite connections and the schema migration on SQLite. ``sqlite3`` blocks, so nothing
 here runs on the event loop: writes go to one writer thread (its own connection, ``BEGIN
-IMMEDIATE`` + ``INSERT OR IGNORE`` per batch), reads to one reader thread (WAL lets them run while
-a write is under way). Several processes may share the file: ``busy_timeout`` makes a writer wait
-for another's lock instead of failing at once; a batch that still fails is retried by the caller.
+IMMEDIATE`` + ``INSERT ... ON CONFLICT DO NOTHING`` per batch), reads to one reader thread (WAL
+lets them run while a write is under way). Several processes may share the file:
+``busy_timeout`` makes a writer wait for another's lock instead of failing at once; a batch that
+still fails is retried by the caller.
 """
 
 from __future__ import annotations
@@ -36,11 +37,18 @@ T = TypeVar("T")
 # Many rows per statement: one sqlite3_step (one GIL release) per chunk instead of per row, about
 # 40% less CPU per record than executemany. SQLite before 3.32 allows 999 parameters per statement.
 _CHUNK = 100 if sqlite3.sqlite_version_info >= (3, 32, 0) else 50
-_INSERTS: dict[tuple[int, int], str] = {}  # (NULL columns mask, rows) -> INSERT statement
+_INSERTS: dict[tuple[int, int], str] = {}
+# A row already stored (same key: a retried batch) is skipped. ``ON CONFLICT DO NOTHING`` skips
+# only that; ``OR IGNORE`` (before SQLite 3.24) would also skip, silently, a row that breaks a NOT
+# NULL constraint, where the writer must hear of it (see ``refuses``).
+if sqlite3.sqlite_version_info >= (3, 24, 0):
+    _OR_IGNORE, _ON_CONFLICT = "", " ON CONFLICT DO NOTHING"
+else:  # pragma: no cover
+    _OR_IGNORE, _ON_CONFLICT = "OR IGNORE ", ""  # (NULL columns mask, rows) -> INSERT statement
 
 
 def _insert(mask: int, rows: int) -> str:
-    """``INSERT OR IGNORE`` of ``rows`` rows that name only the columns not in ``mask`` (the
+    """``INSERT`` of ``rows`` rows that name only the columns not in ``mask`` (the
     others are NULL): see ``rows_by_nulls``. Two per group of rows, each prepared once
     (sqlite3's statement cache): ``_CHUNK`` rows, and one for ``executemany`` of the rest. (One
     statement per size of a remainder would prepare anew for each new size.)"""
@@ -51,11 +59,22 @@ def _insert(mask: int, rows: int) -> str:
         names = [name for i, name in enumerate(COLUMNS) if not mask >> i & 1]
         one = f"({', '.join('?' for _ in names)})"
         sql = _INSERTS[mask, rows] = (
-            f"INSERT OR IGNORE INTO usage_records ({', '.join(names)}) VALUES "
+            f"INSERT {_OR_IGNORE}INTO usage_records ({', '.join(names)}) VALUES "
             + ", ".join([one] * rows)
+            + _ON_CONFLICT
         )
     return sql
 
+
+_REFUSALS = (
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+    OverflowError,
+    ValueError,
+    TypeError,
+)
 
 _QUERIES = Queries(lambda n: "?", "strftime('%Y-%m-%d', created_at, 'unixepoch')")
 
@@ -178,6 +197,13 @@ class SqliteStore:
             if con.in_transaction:
                 con.execute("ROLLBACK")
             raise
+
+    def refuses(self, exc: BaseException) -> bool:
+        # sqlite3 binds in this process (a number too large: OverflowError; text that is not
+        # UTF-8: UnicodeEncodeError; a type it does not bind: ProgrammingError or, before 3.11,
+        # InterfaceError); SQLite checks constraints (IntegrityError). OperationalError is the
+        # database's state (locked, busy, read-only, disk full, I/O): retried.
+        return isinstance(exc, _REFUSALS)
 
     def _execute_write(self, sql: str, params: tuple) -> None:
         con = self._wcon

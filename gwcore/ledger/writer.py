@@ -13,6 +13,13 @@ down or too slow for too long) the record is dropped, counted and logged loudly.
 (``stop``, after the front door drained) the queue is flushed; whatever the database still refuses
 when the shutdown deadline passes is written to a spill file that the next start imports, so a
 database outage across a restart loses nothing either.
+
+A database that is unavailable and one that refuses a row are told apart (``store.refuses``): the
+first is retried, the second never succeeds, and retrying it would hold every later record back
+for good. A refused batch is halved until the rows the database refuses are found; the others are
+stored, and each refused one is stored with the values no column holds replaced (``storable_row``)
+or, if the database refuses that too, set aside in a ``gwcore-ledger-refused-*.jsonl`` file (not
+imported: the operator's to look at), counted and logged either way.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import time
 from collections import deque
 from typing import Any
 
-from gwcore.ledger.schema import record_row
+from gwcore.ledger.schema import COLUMNS, record_row, storable_row
 from gwcore.ledger.store import LedgerStore
 from gwcore.usage import UsageRecord
 
@@ -36,6 +43,7 @@ __all__ = ["UsageLedger"]
 log = logging.getLogger("gwcore.ledger")
 
 _SPILL_PREFIX = "gwcore-ledger-spill-"
+_REFUSED_PREFIX = "gwcore-ledger-refused-"
 _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 5.0
 _DROP_LOG_EVERY = 5.0  # seconds between two "queue full" errors
@@ -46,6 +54,7 @@ class _NoMetrics:
     def ledger_dropped_records(self, n: int = 1) -> None: ...
     def ledger_written_records(self, n: int) -> None: ...
     def ledger_write_failed(self) -> None: ...
+    def ledger_refused_records(self, outcome: str, n: int = 1) -> None: ...
 
 
 class UsageLedger:
@@ -73,6 +82,8 @@ class UsageLedger:
         self.written = 0  # records the store accepted (including duplicates it skipped)
         self.dropped = 0  # records lost to a full queue
         self.failures = 0  # failed write attempts
+        self.repaired = 0  # refused records stored with values replaced
+        self.set_aside = 0  # refused records written to a refused file (or lost without one)
         self._queue: deque[UsageRecord] = deque()
         self._pending: list[tuple] | None = None  # the batch being written (kept for retries)
         self._wake: asyncio.Event | None = None
@@ -221,7 +232,7 @@ class UsageLedger:
                     self._pending = [record_row(queue.popleft()) for _ in range(n)]
                 rows = self._pending
                 try:
-                    await self.store.write(rows)
+                    await self._store_rows(rows)
                 except Exception as exc:
                     self.failures += 1
                     self.metrics.ledger_write_failed()
@@ -249,6 +260,81 @@ class UsageLedger:
                     # and each write costs a thread hand-off and a commit.
                     break
             self.metrics.ledger_queue(self.depth)
+
+    async def _store_rows(self, rows: list[tuple]) -> None:
+        """Write ``rows``, and whatever of them the database takes if it refuses some. Raises
+        when the store is unavailable (the caller retries the whole batch: a row already stored
+        is skipped)."""
+        store = self.store
+        try:
+            await store.write(rows)
+            return
+        except Exception as exc:
+            if not store.refuses(exc):
+                raise
+            error = exc
+        if len(rows) > 1:
+            half = len(rows) // 2
+            await self._store_rows(rows[:half])
+            await self._store_rows(rows[half:])
+            return
+        row = rows[0]
+        fixed = storable_row(row)
+        if fixed is not None and fixed[1]:
+            try:
+                await store.write([fixed[0]])
+            except Exception as exc:
+                if not store.refuses(exc):
+                    raise
+                error = exc
+            else:
+                self.repaired += 1
+                self.metrics.ledger_refused_records("repaired")
+                log.error(
+                    "usage ledger %s refused record %r (%s); stored with %s replaced",
+                    store.display_url,
+                    row[1],
+                    _describe(error),
+                    ", ".join(fixed[1]),
+                )
+                return
+        self._set_aside(row, error)
+
+    def _set_aside(self, row: tuple, error: BaseException) -> None:
+        """A row the database refuses even with its values replaced: to this process's refused
+        file (one JSON object a line: the columns by name and the error), or to the log."""
+        self.set_aside += 1
+        self.metrics.ledger_refused_records("set_aside")
+        line = json.dumps(
+            {"error": _describe(error), "row": dict(zip(COLUMNS, row, strict=True))}, default=repr
+        )
+        directory = self.spill_dir
+        if directory is not None:
+            path = os.path.join(directory, f"{_REFUSED_PREFIX}{os.getpid()}.jsonl")
+            try:
+                os.makedirs(directory, exist_ok=True)
+                with open(path, "a", encoding="utf-8") as fh:
+                    fh.write(line + "\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except OSError as exc:
+                log.error("USAGE LEDGER: cannot write %s (%s)", path, exc)
+            else:
+                log.error(
+                    "USAGE LEDGER %s REFUSED record %r (%s): set aside in %s",
+                    self.store.display_url,
+                    row[1],
+                    _describe(error),
+                    path,
+                )
+                return
+        log.error(
+            "USAGE LEDGER %s REFUSED record %r (%s) and it is not stored anywhere else: %s",
+            self.store.display_url,
+            row[1],
+            _describe(error),
+            line,
+        )
 
     async def _pause(self, seconds: float) -> None:
         """Back off; during shutdown too (the deadline in ``stop`` bounds the whole)."""
@@ -311,7 +397,7 @@ class UsageLedger:
                 continue
             try:
                 for i in range(0, len(rows), self.batch_size):
-                    await self.store.write(rows[i : i + self.batch_size])
+                    await self._store_rows(rows[i : i + self.batch_size])
             except Exception as exc:
                 log.error("usage ledger: spill file %s not imported yet (%s)", path, _describe(exc))
                 return
