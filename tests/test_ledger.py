@@ -397,6 +397,7 @@ def test_a_full_batch_is_written_at_once_and_the_rest_drains_in_batches():
         store = _SlowStore()
         ledger = UsageLedger(store, batch_size=50, flush_interval=3600)  # type: ignore[arg-type]
         await ledger.start()
+        await asyncio.sleep(0.05)  # the writer naps: the 50th record must wake it
         for i in range(175):
             ledger.record(_record(i))
         await asyncio.sleep(0.2)

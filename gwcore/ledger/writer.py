@@ -86,7 +86,7 @@ class UsageLedger:
         self.set_aside = 0  # refused records written to a refused file (or lost without one)
         self._queue: deque[UsageRecord] = deque()
         self._pending: list[tuple] | None = None  # the batch being written (kept for retries)
-        self._wake: asyncio.Event | None = None
+        self._waiter: asyncio.Future | None = None  # the writer's nap, while it naps
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._last_drop_log = -_DROP_LOG_EVERY
@@ -100,8 +100,14 @@ class UsageLedger:
             self._drop()
             return
         queue.append(rec)
-        if len(queue) == self.batch_size and self._wake is not None:
-            self._wake.set()
+        if len(queue) == self.batch_size:
+            self._wake_up()
+
+    def _wake_up(self) -> None:
+        """End the writer's nap, if it naps."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _drop(self) -> None:
         self.dropped += 1
@@ -131,7 +137,6 @@ class UsageLedger:
         yet does not stop the gateway: the writer keeps trying, records queue meanwhile."""
         if self._task is not None:
             return
-        self._wake = asyncio.Event()
         self._stopping = False
         try:
             await asyncio.wait_for(self.store.open(), timeout=10.0)
@@ -155,8 +160,7 @@ class UsageLedger:
         if task is None:
             return
         self._stopping = True
-        assert self._wake is not None
-        self._wake.set()
+        self._wake_up()
         try:
             await asyncio.wait_for(asyncio.shield(task), self.shutdown_timeout)
         except asyncio.TimeoutError:
@@ -185,8 +189,7 @@ class UsageLedger:
         while self.depth and self._task is not None and not self._task.done():
             if deadline is not None and loop.time() >= deadline:
                 return False
-            assert self._wake is not None
-            self._wake.set()
+            self._wake_up()
             await asyncio.sleep(0.005)
         return not self.depth
 
@@ -194,8 +197,7 @@ class UsageLedger:
 
     async def _run(self) -> None:
         backoff = _BACKOFF_FIRST
-        wake = self._wake
-        assert wake is not None
+        loop = asyncio.get_running_loop()
         while True:
             if not self.opened:
                 try:
@@ -221,9 +223,15 @@ class UsageLedger:
                 if self._stopping and not self._queue:
                     return
                 if not self._stopping:
-                    wake.clear()
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(wake.wait(), self.flush_interval)
+                    # A future and a timer: asyncio.wait_for(event.wait()) made a task and
+                    # cancelled it at every timeout, most of a small batch's cost on the loop.
+                    waiter = self._waiter = loop.create_future()
+                    timer = loop.call_later(self.flush_interval, self._wake_up)
+                    try:
+                        await waiter
+                    finally:
+                        timer.cancel()
+                        self._waiter = None
             self.metrics.ledger_queue(self.depth)
             while self._pending is not None or self._queue:
                 if self._pending is None:
