@@ -158,7 +158,9 @@ def report(args, summary, wrk, profile, notes) -> str:
         return ratio(a, b) if a is not None and b is not None and a > 0 and b > 0 else None
 
     lines = [
-        f"# Relay benchmark: streaming chat, {args.events} events one write each, 1 relay worker",
+        f"# Relay benchmark: streaming chat, {args.events} events one write each"
+        + (f", {args.pace_ms:g} ms apart" if args.pace_ms else "")
+        + ", 1 relay worker",
         "",
         f"Medians over {args.rounds} interleaved rounds of {args.duration:g} s "
         f"(+{args.warmup:g} s warm-up each). Relay on CPU {PIN.target_cpu}; mock + load generator "
@@ -429,6 +431,14 @@ def main(argv: list[str] | None = None) -> int:
         " gwcore_nolane (GWCORE_LANE=off)",
     )
     p.add_argument("--events", type=int, default=33, help="SSE events per answer")
+    p.add_argument(
+        "--pace-ms",
+        type=float,
+        default=0.0,
+        help="the mock's pause between events (0: back to back, the issue's workload, where a"
+        " relay's read gathers several; a real model's tokens come tens of ms apart, each event"
+        " a read of its own)",
+    )
     p.add_argument("--out", type=Path, help="write report.md and results.json into this directory")
     p.add_argument("--no-wrk", dest="wrk", action="store_false", help="skip the wrk cross-check")
     p.add_argument(
@@ -481,7 +491,11 @@ def main(argv: list[str] | None = None) -> int:
         args.tmp = Path(tmp)
         try:
             services["mock"] = start_mock(
-                args.tmp, args.events, PIN, provider_headers=args.provider_headers
+                args.tmp,
+                args.events,
+                PIN,
+                provider_headers=args.provider_headers,
+                pace_ms=args.pace_ms,
             )
             if args.sdk_headers or args.provider_headers:
                 notes.append(
