@@ -560,6 +560,57 @@ def test_a_row_refused_even_repaired_is_set_aside_and_the_rest_stored(db_url, tm
     assert 'gwcore_ledger_refused_records_total{outcome="set_aside"} 2.0' in body
 
 
+class _OutageOnce:
+    """A SQLite store whose ``fail_at``-th write fails as a database that went away does."""
+
+    def __init__(self, path: str, fail_at: int) -> None:
+        self.inner = SqliteStore(path)
+        self.display_url = self.inner.display_url
+        self.writes = 0
+        self.fail_at = fail_at
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def refuses(self, exc: BaseException) -> bool:
+        return self.inner.refuses(exc)
+
+    async def write(self, rows: list[tuple]) -> None:
+        self.writes += 1
+        if self.writes == self.fail_at:
+            raise ConnectionResetError("the database went away")
+        await self.inner.write(rows)
+
+
+@pytest.mark.parametrize("fail_at", range(2, 12))
+def test_a_batch_retried_after_an_outage_repairs_and_sets_aside_each_row_once(tmp_path, fail_at):
+    """The database goes away half-way through finding a batch's refused rows: the batch is
+    retried whole, and the rows already repaired or set aside are not again (no second line in
+    the refused file, no count twice), whichever write the outage hits."""
+
+    async def main():
+        store = _OutageOnce(str(tmp_path / "ledger.db"), fail_at)
+        ledger = UsageLedger(store, flush_interval=0.02, spill_dir=str(tmp_path))
+        await ledger.start()
+        try:
+            for i in range(8):
+                kw = {"provider": None} if i == 2 else {"error": "\ud800"} if i == 5 else {}
+                ledger.record(_record(i, **kw))
+            assert await ledger.flush(timeout=10)
+            assert (ledger.repaired, ledger.set_aside, ledger.written) == (1, 1, 7)
+            assert ledger.failures == (1 if fail_at <= store.writes else 0)
+            assert await _count(store.inner) == 7
+        finally:
+            await ledger.stop()
+
+    run(main())
+    (path,) = glob.glob(str(tmp_path / "gwcore-ledger-refused-*.jsonl"))
+    assert len(Path(path).read_text().splitlines()) == 1
+
+
 def test_a_spill_file_with_a_refused_row_is_imported_all_but_that_row(tmp_path):
     """A spill file used to be imported whole or not at all: one refused row kept it (and every
     record in it) out of the ledger at every start."""

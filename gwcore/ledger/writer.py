@@ -86,6 +86,9 @@ class UsageLedger:
         self.set_aside = 0  # refused records written to a refused file (or lost without one)
         self._queue: deque[UsageRecord] = deque()
         self._pending: list[tuple] | None = None  # the batch being written (kept for retries)
+        # ids of rows of _pending the database refused, already repaired or set aside: a retry of
+        # the batch (the database went away half-way) skips them, not counted or set aside twice
+        self._handled: set[int] = set()
         self._waiter: asyncio.Future | None = None  # the writer's nap, while it naps
         self._task: asyncio.Task | None = None
         self._stopping = False
@@ -240,7 +243,7 @@ class UsageLedger:
                     self._pending = [record_row(queue.popleft()) for _ in range(n)]
                 rows = self._pending
                 try:
-                    await self._store_rows(rows)
+                    stored = await self._store_rows(rows)
                 except Exception as exc:
                     self.failures += 1
                     self.metrics.ledger_write_failed()
@@ -257,8 +260,9 @@ class UsageLedger:
                     backoff = min(backoff * 2, _BACKOFF_MAX)
                     break
                 self._pending = None
-                self.written += len(rows)
-                self.metrics.ledger_written_records(len(rows))
+                self._handled.clear()
+                self.written += stored
+                self.metrics.ledger_written_records(stored)
                 if backoff > _BACKOFF_FIRST:
                     log.warning("usage ledger %s: writing again", self.store.display_url)
                     backoff = _BACKOFF_FIRST
@@ -269,23 +273,26 @@ class UsageLedger:
                     break
             self.metrics.ledger_queue(self.depth)
 
-    async def _store_rows(self, rows: list[tuple]) -> None:
-        """Write ``rows``, and whatever of them the database takes if it refuses some. Raises
-        when the store is unavailable (the caller retries the whole batch: a row already stored
-        is skipped)."""
+    async def _store_rows(self, rows: list[tuple]) -> int:
+        """Write ``rows``, and whatever of them the database takes if it refuses some; the number
+        stored (a refused row repaired counts, one set aside does not). Raises when the store is
+        unavailable (the caller retries the whole batch: a row already stored is skipped)."""
         store = self.store
+        handled = self._handled
+        if handled:
+            rows = [row for row in rows if id(row) not in handled]
+            if not rows:
+                return 0
         try:
             await store.write(rows)
-            return
+            return len(rows)
         except Exception as exc:
             if not store.refuses(exc):
                 raise
             error = exc
         if len(rows) > 1:
             half = len(rows) // 2
-            await self._store_rows(rows[:half])
-            await self._store_rows(rows[half:])
-            return
+            return await self._store_rows(rows[:half]) + await self._store_rows(rows[half:])
         row = rows[0]
         fixed = storable_row(row)
         if fixed is not None and fixed[1]:
@@ -296,6 +303,7 @@ class UsageLedger:
                     raise
                 error = exc
             else:
+                handled.add(id(row))
                 self.repaired += 1
                 self.metrics.ledger_refused_records("repaired")
                 log.error(
@@ -305,8 +313,10 @@ class UsageLedger:
                     _describe(error),
                     ", ".join(fixed[1]),
                 )
-                return
+                return 1
+        handled.add(id(row))
         self._set_aside(row, error)
+        return 0
 
     def _set_aside(self, row: tuple, error: BaseException) -> None:
         """A row the database refuses even with its values replaced: to this process's refused
@@ -351,7 +361,9 @@ class UsageLedger:
     # ---- spill files: what the database refused at exit, imported at the next start
 
     def _spill(self) -> None:
-        rows = list(self._pending or ()) + [record_row(r) for r in self._queue]
+        handled = self._handled  # (already repaired or set aside)
+        rows = [row for row in self._pending or () if id(row) not in handled]
+        rows += [record_row(r) for r in self._queue]
         self._pending = None
         self._queue.clear()
         directory = self.spill_dir
@@ -403,12 +415,15 @@ class UsageLedger:
             except (OSError, ValueError) as exc:
                 log.error("usage ledger: cannot read spill file %s (%s)", path, exc)
                 continue
+            pending_handled, self._handled = self._handled, set()  # (ids of these rows only)
             try:
                 for i in range(0, len(rows), self.batch_size):
                     await self._store_rows(rows[i : i + self.batch_size])
             except Exception as exc:
                 log.error("usage ledger: spill file %s not imported yet (%s)", path, _describe(exc))
                 return
+            finally:
+                self._handled = pending_handled
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
             log.warning("usage ledger: imported %d record(s) from %s", len(rows), path)
