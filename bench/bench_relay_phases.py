@@ -49,8 +49,11 @@ STRETCHES = {
 }
 
 
-def _run(tmp: Path, target: str, mock_port: int, n: int) -> dict[str, list[int]]:
-    """The instructions of each stretch, one entry per measured request, for one target."""
+def _run(
+    tmp: Path, target: str, mock_port: int, n: int, keep: Path | None = None
+) -> dict[str, list[int]]:
+    """The instructions of each stretch, one entry per measured request, for one target; with
+    ``keep``, the callgrind dump of each stretch's median request is copied there."""
     tmp = tmp / target
     tmp.mkdir()
     out = tmp / "cg.out"
@@ -75,6 +78,7 @@ def _run(tmp: Path, target: str, mock_port: int, n: int) -> dict[str, list[int]]
     finally:
         counted.stop(proc)
     found: dict[str, list[int]] = {name: [] for name in STRETCHES}
+    files: dict[str, list[tuple[int, Path]]] = {name: [] for name in STRETCHES}
     for part in _parts(out):
         if part < first:
             continue
@@ -85,7 +89,14 @@ def _run(tmp: Path, target: str, mock_port: int, n: int) -> dict[str, list[int]]
         for name, marker in STRETCHES.items():
             if total and marker in text:
                 found[name].append(int(total.group(1)))
+                files[name].append((int(total.group(1)), out.with_name(f"{out.name}.{part}")))
                 break
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        for name, dumps in files.items():
+            if dumps:
+                dumps.sort()
+                shutil.copy(dumps[len(dumps) // 2][1], keep / f"{target}.{name}.callgrind")
     return found
 
 
@@ -103,6 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--events", type=int, default=3, help="SSE events per stream")
     parser.add_argument("--pace-ms", type=float, default=20.0, help="the mock's pause per event")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="copy each stretch's median dump here (TARGET.STRETCH.callgrind), for"
+        " callgrind_annotate",
+    )
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install -y valgrind)")
@@ -113,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         mock = start_mock(tmp, args.events, counted.NO_PIN, pace_ms=args.pace_ms)
         try:
             for target in args.targets.split(","):
-                found = _run(tmp, target, mock.port, args.n)
+                found = _run(tmp, target, mock.port, args.n, args.keep)
                 cells = []
                 for name in STRETCHES:
                     values = found[name]
