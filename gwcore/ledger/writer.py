@@ -365,6 +365,7 @@ class UsageLedger:
         rows = [row for row in self._pending or () if id(row) not in handled]
         rows += [record_row(r) for r in self._queue]
         self._pending = None
+        handled.clear()  # (ids of rows no longer held: another row may take one)
         self._queue.clear()
         directory = self.spill_dir
         if directory is None:
