@@ -85,10 +85,9 @@ class UsageLedger:
         self.repaired = 0  # refused records stored with values replaced
         self.set_aside = 0  # refused records written to a refused file (or lost without one)
         self._queue: deque[UsageRecord] = deque()
-        self._pending: list[tuple] | None = None  # the batch being written (kept for retries)
-        # ids of rows of _pending the database refused, already repaired or set aside: a retry of
-        # the batch (the database went away half-way) skips them, not counted or set aside twice
-        self._handled: set[int] = set()
+        # The batch being written, kept for retries; a row the database refused is None in it
+        # once repaired or set aside (a retry after an outage skips it: never handled twice).
+        self._pending: list[tuple | None] | None = None
         self._waiter: asyncio.Future | None = None  # the writer's nap, while it naps
         self._task: asyncio.Task | None = None
         self._stopping = False
@@ -260,7 +259,6 @@ class UsageLedger:
                     backoff = min(backoff * 2, _BACKOFF_MAX)
                     break
                 self._pending = None
-                self._handled.clear()
                 self.written += stored
                 self.metrics.ledger_written_records(stored)
                 if backoff > _BACKOFF_FIRST:
@@ -273,27 +271,36 @@ class UsageLedger:
                     break
             self.metrics.ledger_queue(self.depth)
 
-    async def _store_rows(self, rows: list[tuple]) -> int:
-        """Write ``rows``, and whatever of them the database takes if it refuses some; the number
-        stored (a refused row repaired counts, one set aside does not). Raises when the store is
-        unavailable (the caller retries the whole batch: a row already stored is skipped)."""
+    async def _store_rows(self, rows: list[tuple | None], lo: int = 0, hi: int = -1) -> int:
+        """Write ``rows[lo:hi]`` (all of them by default), and whatever of them the database takes
+        if it refuses some; the number stored (a refused row repaired counts, one set aside does
+        not). A refused row, once repaired or set aside, becomes None in ``rows``; None rows are
+        skipped. Raises when the store is unavailable (the caller retries the whole batch: a row
+        already stored is skipped)."""
         store = self.store
-        handled = self._handled
-        if handled:
-            rows = [row for row in rows if id(row) not in handled]
-            if not rows:
-                return 0
+        if hi < 0:
+            hi = len(rows)
+        part = rows if lo == 0 and hi == len(rows) else rows[lo:hi]
+        for row in part:  # (an identity test a row: "None in part" would compare each tuple)
+            if row is None:
+                part = [row for row in part if row is not None]
+                if not part:
+                    return 0
+                break
         try:
-            await store.write(rows)
-            return len(rows)
+            await store.write(part)
+            return len(part)
         except Exception as exc:
             if not store.refuses(exc):
                 raise
             error = exc
-        if len(rows) > 1:
-            half = len(rows) // 2
-            return await self._store_rows(rows[:half]) + await self._store_rows(rows[half:])
-        row = rows[0]
+        if len(part) > 1:  # (then hi - lo >= 2: each half is shorter)
+            mid = (lo + hi) // 2
+            return await self._store_rows(rows, lo, mid) + await self._store_rows(rows, mid, hi)
+        at = lo
+        while rows[at] is None:
+            at += 1
+        row = rows[at]
         fixed = storable_row(row)
         if fixed is not None and fixed[1]:
             try:
@@ -303,7 +310,7 @@ class UsageLedger:
                     raise
                 error = exc
             else:
-                handled.add(id(row))
+                rows[at] = None
                 self.repaired += 1
                 self.metrics.ledger_refused_records("repaired")
                 log.error(
@@ -314,7 +321,7 @@ class UsageLedger:
                     ", ".join(fixed[1]),
                 )
                 return 1
-        handled.add(id(row))
+        rows[at] = None
         self._set_aside(row, error)
         return 0
 
@@ -361,11 +368,9 @@ class UsageLedger:
     # ---- spill files: what the database refused at exit, imported at the next start
 
     def _spill(self) -> None:
-        handled = self._handled  # (already repaired or set aside)
-        rows = [row for row in self._pending or () if id(row) not in handled]
+        rows = [row for row in self._pending or () if row is not None]  # (None: handled)
         rows += [record_row(r) for r in self._queue]
         self._pending = None
-        handled.clear()  # (ids of rows no longer held: another row may take one)
         self._queue.clear()
         directory = self.spill_dir
         if directory is None:
@@ -416,15 +421,12 @@ class UsageLedger:
             except (OSError, ValueError) as exc:
                 log.error("usage ledger: cannot read spill file %s (%s)", path, exc)
                 continue
-            pending_handled, self._handled = self._handled, set()  # (ids of these rows only)
             try:
                 for i in range(0, len(rows), self.batch_size):
-                    await self._store_rows(rows[i : i + self.batch_size])
+                    await self._store_rows(rows, i, min(i + self.batch_size, len(rows)))
             except Exception as exc:
                 log.error("usage ledger: spill file %s not imported yet (%s)", path, _describe(exc))
                 return
-            finally:
-                self._handled = pending_handled
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
             log.warning("usage ledger: imported %d record(s) from %s", len(rows), path)
