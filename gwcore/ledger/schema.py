@@ -11,6 +11,8 @@ then exact on both), booleans as booleans (SQLite: 0/1).
 
 from __future__ import annotations
 
+import sys
+
 from gwcore.usage import UsageRecord
 
 __all__ = [
@@ -240,6 +242,7 @@ def rows_by_nulls(rows: list[tuple]) -> dict[int, list[list]]:
 
 
 _INT_BOUNDS = {"int4[]": 2**31, "int8[]": 2**63}
+_FLOAT_MAX = sys.float_info.max
 
 
 def _storable(kind: str, value):
@@ -267,7 +270,7 @@ def _storable(kind: str, value):
         return bool(value) if type(value) is int and value in (0, 1) else None
     if kind == "float8[]":
         if type(value) is float or type(value) is int:
-            return value if -1e308 < value < 1e308 else None  # (False for NaN too)
+            return value if -_FLOAT_MAX <= value <= _FLOAT_MAX else None  # (False for NaN too)
         return None
     bound = _INT_BOUNDS[kind]
     if type(value) is float and value.is_integer():

@@ -39,14 +39,14 @@ T = TypeVar("T")
 # Many rows per statement: one sqlite3_step (one GIL release) per chunk instead of per row, about
 # 40% less CPU per record than executemany. SQLite before 3.32 allows 999 parameters per statement.
 _CHUNK = 100 if sqlite3.sqlite_version_info >= (3, 32, 0) else 50
-_INSERTS: dict[tuple[int, int], str] = {}
+_INSERTS: dict[tuple[int, int], str] = {}  # (NULL columns mask, rows) -> INSERT statement
 # A row already stored (same key: a retried batch) is skipped. ``ON CONFLICT DO NOTHING`` skips
 # only that; ``OR IGNORE`` (before SQLite 3.24) would also skip, silently, a row that breaks a NOT
 # NULL constraint, where the writer must hear of it (see ``refuses``).
 if sqlite3.sqlite_version_info >= (3, 24, 0):
     _OR_IGNORE, _ON_CONFLICT = "", " ON CONFLICT DO NOTHING"
 else:  # pragma: no cover
-    _OR_IGNORE, _ON_CONFLICT = "OR IGNORE ", ""  # (NULL columns mask, rows) -> INSERT statement
+    _OR_IGNORE, _ON_CONFLICT = "OR IGNORE ", ""
 
 
 def _insert(mask: int, rows: int) -> str:
