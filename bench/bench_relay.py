@@ -21,7 +21,11 @@ direct nginx gwcore floor, ...), each at every concurrency:
   record of each request as gwcore does. Information only: the targets are against ``nginx``.
 - ``gwcore_base`` (with ``--base DIR``): gwcore from another checkout, ``DIR``, whose extensions
   are built in place there (``python setup.py build_ext --inplace``), e.g. a ``git worktree`` of
-  the commit before a change: the change's effect in the same run, rounds interleaved.
+  the commit before a change: the change's effect in the same run, rounds interleaved. With
+  ``--base-python EXE`` it runs on that interpreter instead (without ``--base``: this checkout on
+  it), e.g. a distribution's optimized build of the same Python version, in a virtual environment
+  with gwcore's dependencies: the interpreter's share of the cost. The report names each gwcore's
+  interpreter (version, and whether libpython is a shared library or linked into the executable).
 
 The relay under test runs on CPU 0; the mock, the load generator (this process) and wrk on CPU 1.
 Per target and concurrency: full streams per second, relay CPU per stream (utime+stime from
@@ -31,7 +35,7 @@ Every response is checked (status 200, complete chunked framing, 33 ``data:`` ev
 ``data: [DONE]``); anything else is counted as an error per target and reported.
 
     python bench/bench_relay.py [--duration 5] [--rounds 3] [--concurrency 1,32] [--out DIR]
-                                [--no-wrk] [--profile SECONDS] [--base DIR]
+                                [--no-wrk] [--profile SECONDS] [--base DIR] [--base-python EXE]
 
 The services, the load generator, the /proc accounting and the medians come from
 ``gwcore.benchmark`` (the harness of ``gwcore bench``); this script keeps its targets, its report
@@ -54,6 +58,7 @@ from pathlib import Path
 
 from gwcore.benchmark import loadgen
 from gwcore.benchmark.loadgen import DONE, SDK_HEADERS, Exchange, Expect, chat_body, http_request
+from gwcore.benchmark.procstat import interpreter
 from gwcore.benchmark.report import fmt, pct, ratio, summarize
 from gwcore.benchmark.services import (
     MODEL,
@@ -455,6 +460,12 @@ def main(argv: list[str] | None = None) -> int:
         help="also gwcore_base: gwcore from the checkout DIR (extensions built in place there)",
     )
     p.add_argument(
+        "--base-python",
+        metavar="EXE",
+        help="run gwcore_base on this interpreter (a virtual environment's python with gwcore's "
+        "dependencies; without --base, gwcore_base is this checkout on it)",
+    )
+    p.add_argument(
         "--sdk-headers",
         action="store_true",
         help="send the headers the official openai Python SDK sends (a dozen), as a real client",
@@ -469,6 +480,13 @@ def main(argv: list[str] | None = None) -> int:
         REQUESTS[0] = http_request("/v1/chat/completions", BODY, dict(SDK_HEADERS))
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    if args.base_python is not None:
+        exe = shutil.which(args.base_python)
+        if exe is None:
+            p.error(f"--base-python {args.base_python}: no such interpreter")
+        args.base_python = exe
+        if args.base is None:
+            args.base = Path(__file__).resolve().parent.parent
     if args.base is not None:
         if not (args.base / "gwcore" / "__init__.py").is_file():
             p.error(f"--base {args.base}: no gwcore package there")
@@ -541,7 +559,9 @@ def main(argv: list[str] | None = None) -> int:
                         env={"PYTHONPATH": str(args.base)}
                         if name == "gwcore_base"
                         else OFF_SWITCHES.get(name),
+                        python=args.base_python if name == "gwcore_base" else None,
                     )
+                    notes.append(f"{name} runs on {interpreter(services[name].cpu_pid)}")
             if "floor" in args.targets:
                 services["floor"] = start_floor(args.tmp, services["mock"].port, PIN)
             if "direct" in args.targets:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import platform
 import re
 import shutil
 import socket
@@ -450,6 +452,31 @@ def test_other_bench_scripts_import(script):
     assert "usage:" in proc.stdout
 
 
+def test_bench_relay_runs_gwcore_base_on_another_interpreter(tmp_path):
+    """--base-python without --base: gwcore_base is this checkout on that interpreter (here this
+    one), and the report says which Python each gwcore ran on."""
+    out = _short_relay_bench(tmp_path, "direct,gwcore,gwcore_base", "--base-python", sys.executable)
+    version = platform.python_version()
+    assert f"gwcore runs on Python {version} (" in out
+    assert f"gwcore_base runs on Python {version} (" in out
+    assert "gwcore CPU/req ÷ gwcore_base CPU/req" in out
+
+
+def test_procstat_names_the_interpreter_of_a_process():
+    ldd = shutil.which("ldd")
+    text = procstat.interpreter(os.getpid())
+    assert text.startswith(f"Python {platform.python_version()} (")
+    if ldd is not None:  # the dynamic linker's view, independent of /proc/<pid>/maps
+        linked = (
+            "libpython"
+            in subprocess.run(
+                [ldd, os.path.realpath(sys.executable)], capture_output=True, text=True
+            ).stdout
+        )
+        assert text.endswith("(shared libpython)" if linked else "(libpython linked in)")
+    assert procstat.interpreter(2**22 + 7) == "unknown"  # no such process
+
+
 def test_relay_bench_base_needs_a_checkout():
     script = str(ROOT / "bench" / "bench_relay.py")
     for args in (["--base", str(ROOT / "no-such-checkout")], ["--targets", "gwcore,gwcore_base"]):
@@ -458,6 +485,14 @@ def test_relay_bench_base_needs_a_checkout():
         )
         assert proc.returncode == 2
         assert "--base" in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, script, "--base-python", "no-such-python-here"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert "--base-python no-such-python-here: no such interpreter" in proc.stderr
 
 
 def test_chat_fields_bench_reports_every_size():

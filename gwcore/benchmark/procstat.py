@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import subprocess
 from collections.abc import Callable, Iterable
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -125,6 +126,27 @@ def cpu_model() -> str:
             if line.startswith(("model name", "Model", "Processor")):
                 return line.split(":", 1)[1].strip()
     return "unknown CPU"
+
+
+def interpreter(pid: int) -> str:
+    """The Python that process ``pid`` runs, for a report: its version and whether libpython is a
+    shared library it loads (a plain ``./configure --enable-shared`` build, as pyenv makes) or
+    linked into the executable (as distributions build theirs, with PGO and LTO: faster). Linux
+    only; "unknown" where ``/proc`` does not tell."""
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+        with open(f"/proc/{pid}/maps") as f:
+            shared = "/libpython" in f.read()
+        out = subprocess.run(
+            [exe, "-c", "import platform; print(platform.python_version())"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    version = out.stdout.strip() or "unknown"
+    return f"Python {version} ({'shared libpython' if shared else 'libpython linked in'})"
 
 
 def _tcp_table(port: int) -> Iterable[tuple[int, int]]:

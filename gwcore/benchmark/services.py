@@ -188,14 +188,16 @@ def start_gwcore(
     workers: int = 1,
     log_level: str | None = None,
     env: dict[str, str] | None = None,
+    python: str | None = None,
 ) -> Service:
-    """``gwcore serve`` from this interpreter, its ledger (SQLite, the default) in ``tmp``."""
+    """``gwcore serve`` from ``python`` (default: this interpreter), its ledger (SQLite, the
+    default) in ``tmp``."""
     if isinstance(mocks, int):
         mocks = {"main": mocks}
     port = free_port()
     config = tmp / f"{name}.yaml"
     config.write_text(gwcore_config(mocks))
-    cmd = [*pin.prefix(pin.target_cpu), sys.executable, "-m", "gwcore.cli", "serve"]
+    cmd = [*pin.prefix(pin.target_cpu), python or sys.executable, "-m", "gwcore.cli", "serve"]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     cmd += ["--config", str(config)]
     if log_level:
