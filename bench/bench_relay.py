@@ -19,6 +19,11 @@ direct nginx gwcore floor, ...), each at every concurrency:
 - ``nginx_log`` (only when named in ``--targets``): the same nginx with its default access log
   on (a ``combined`` line per request, written to a file as the request ends): nginx keeping a
   record of each request as gwcore does. Information only: the targets are against ``nginx``.
+- ``floor_accounted`` (only when named in ``--targets``): ``gwcore.benchmark.floor_accounted``,
+  the floor plus the least a gateway must do to account each stream (the request's model read
+  and usage asked for, the scanner over each read with the injected usage event elided, one
+  priced usage record per stream in the SQLite ledger), with gwcore's own compiled pieces: what
+  usage accounting costs at the least in a Python process on uvloop. Information only.
 - ``gwcore_base`` (with ``--base DIR``): gwcore from another checkout, ``DIR``, whose extensions
   are built in place there (``python setup.py build_ext --inplace``), e.g. a ``git worktree`` of
   the commit before a change: the change's effect in the same run, rounds interleaved. With
@@ -255,6 +260,20 @@ def report(args, summary, wrk, profile, notes) -> str:
             "floor CPU/req ÷ nginx CPU/req",
             "(info)",
             lambda c: ratio(get("floor", c, "relay_cpu_us"), get("nginx", c, "relay_cpu_us")),
+        ),
+        (
+            "floor_accounted CPU/req ÷ nginx CPU/req",
+            "(info)",
+            lambda c: ratio(
+                get("floor_accounted", c, "relay_cpu_us"), get("nginx", c, "relay_cpu_us")
+            ),
+        ),
+        (
+            "floor_accounted CPU/req ÷ floor CPU/req (usage accounting at the least)",
+            "(info)",
+            lambda c: ratio(
+                get("floor_accounted", c, "relay_cpu_us"), get("floor", c, "relay_cpu_us")
+            ),
         ),
     ]
     for name, target, fn in rows:
@@ -564,6 +583,10 @@ def main(argv: list[str] | None = None) -> int:
                     notes.append(f"{name} runs on {interpreter(services[name].cpu_pid)}")
             if "floor" in args.targets:
                 services["floor"] = start_floor(args.tmp, services["mock"].port, PIN)
+            if "floor_accounted" in args.targets:
+                services["floor_accounted"] = start_floor(
+                    args.tmp, services["mock"].port, PIN, accounted=True
+                )
             if "direct" in args.targets:
                 services["direct"] = services["mock"]
             services = {k: services[k] for k in ["mock", *args.targets] if k in services}

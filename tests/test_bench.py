@@ -7,17 +7,20 @@ No timing assertions: the runs check that the files are written, that every resp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
 import re
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from gwcore.benchmark import loadgen, procstat, report, runner, services
@@ -460,6 +463,54 @@ def test_bench_relay_runs_gwcore_base_on_another_interpreter(tmp_path):
     assert f"gwcore runs on Python {version} (" in out
     assert f"gwcore_base runs on Python {version} (" in out
     assert "gwcore CPU/req ÷ gwcore_base CPU/req" in out
+
+
+def test_accounted_floor_relays_elides_and_ledgers_each_stream(tmp_path):
+    """The accounted floor passes the stream on without the usage event it asked for, and
+    stores one priced record a stream with the mock's usage in its SQLite ledger."""
+    PRICED = "gpt-4o-mini"  # a model of the built-in price table
+    mock = services.start_mock(tmp_path, 33, services.Pinning(False))
+    floor = None
+    try:
+        floor = services.start_floor(tmp_path, mock.port, services.Pinning(False), accounted=True)
+        url = f"http://127.0.0.1:{floor.port}/v1/chat/completions"
+        with httpx.Client(timeout=10) as client:  # one kept-alive connection: 3 streams
+            bodies = [client.post(url, content=chat_body(PRICED, True)).text for _ in range(3)]
+            # the usage the mock answers with, asked of it directly
+            asked = chat_body(PRICED, True)[:-1] + b',"stream_options":{"include_usage":true}}'
+            direct = client.post(f"http://127.0.0.1:{mock.port}/v1/chat/completions", content=asked)
+        usage = next(
+            json.loads(e[6:])["usage"]
+            for e in direct.text.split("\n\n")
+            if e.startswith("data: {") and '"choices":[]' in e
+        )
+        for text in bodies:
+            events = [e for e in text.split("\n\n") if e.startswith("data: ")]
+            assert len(events) == 33 and events[-1] == "data: [DONE]"
+            assert '"choices":[]' not in text and '"usage":{' not in text  # elided
+        db = tmp_path / "floor_accounted-main.db"
+        deadline = time.monotonic() + 10
+        rows = []
+        while len(rows) < 3 and time.monotonic() < deadline:  # the ledger writes in batches
+            time.sleep(0.05)
+            with contextlib.closing(sqlite3.connect(db)) as con:
+                rows = con.execute(
+                    "SELECT requested_model, status, prompt_tokens, completion_tokens,"
+                    " total_tokens, cost_nanousd FROM usage_records"
+                ).fetchall()
+    finally:
+        if floor is not None:
+            floor.stop()
+        mock.stop()
+    assert len(rows) == 3
+    for model, status, prompt, completion, total, cost in rows:
+        assert (model, status) == (PRICED, 200)
+        assert (prompt, completion, total) == (
+            usage["prompt_tokens"],
+            usage["completion_tokens"],
+            usage["total_tokens"],
+        )
+        assert cost is not None and cost > 0
 
 
 def test_procstat_names_the_interpreter_of_a_process():

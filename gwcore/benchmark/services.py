@@ -291,32 +291,38 @@ http {{
     return Service(name, proc, first, workers[0], log, ports=ports, version=version.split(": ")[-1])
 
 
-def start_floor(tmp: Path, mocks: dict[str, int] | int, pin: Pinning) -> Service:
-    """``gwcore.benchmark.floor``, one process per mock (it cannot route)."""
+def start_floor(
+    tmp: Path, mocks: dict[str, int] | int, pin: Pinning, *, accounted: bool = False
+) -> Service:
+    """``gwcore.benchmark.floor``, one process per mock (it cannot route); ``accounted``:
+    ``gwcore.benchmark.floor_accounted`` (the service "floor_accounted"), its SQLite ledger in
+    ``tmp``."""
     if isinstance(mocks, int):
         mocks = {"main": mocks}
+    name = "floor_accounted" if accounted else "floor"
     procs, ports = [], {}
     for upstream, mock_port in mocks.items():
         port = free_port()
-        log = tmp / f"floor-{upstream}.log"
-        cmd = [*pin.prefix(pin.target_cpu), sys.executable, "-m", "gwcore.benchmark.floor"]
-        proc = subprocess.Popen(
-            [*cmd, str(port), str(mock_port)], stdout=log.open("wb"), stderr=subprocess.STDOUT
-        )
+        log = tmp / f"{name}-{upstream}.log"
+        cmd = [*pin.prefix(pin.target_cpu), sys.executable, "-m", f"gwcore.benchmark.{name}"]
+        cmd += [str(port), str(mock_port)]
+        if accounted:
+            cmd.append(str(tmp / f"{name}-{upstream}.db"))
+        proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
         procs.append(proc)
-        wait_listening(proc, port, "the pass-through floor")
+        wait_listening(proc, port, f"the {'accounted ' if accounted else ''}pass-through floor")
         ports[upstream] = port
     first = next(iter(ports))
     return Service(
-        "floor",
+        name,
         procs[0],
         ports[first],
         procs[0].pid,
-        tmp / f"floor-{first}.log",
+        tmp / f"{name}-{first}.log",
         ports=ports,
         cpu_pids=[p.pid for p in procs],
         extra=procs[1:],
-        version="uvloop byte pipe",
+        version="uvloop byte pipe" + (" with usage accounting" if accounted else ""),
     )
 
 
