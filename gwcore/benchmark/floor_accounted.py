@@ -41,6 +41,7 @@ class Upstream(asyncio.Protocol):
         self.client, self.head, self.observer, self.record = client, b"", None, None
 
     def start(self, observer: StreamObserver, record, started: float) -> None:
+        """The next response's: its head still to come, its observer and its record."""
         self.head, self.observer, self.record, self.started = b"", observer, record, started
 
     def data_received(self, data: bytes) -> None:
@@ -73,7 +74,6 @@ class Upstream(asyncio.Protocol):
         rec.status = 200
         rec.duration_ms = (perf_counter() - self.started) * 1000.0
         PIPELINE.record(rec)
-        self.head = b""  # the next response's head
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.client.close()
