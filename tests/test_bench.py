@@ -442,7 +442,8 @@ def test_bench_relay_with_real_headers_streams_without_errors(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "script", ["bench_translate.py", "bench_ledger.py", "bench_relay_instructions.py"]
+    "script",
+    ["bench_translate.py", "bench_ledger.py", "bench_relay_instructions.py", "bench_accounting.py"],
 )
 def test_other_bench_scripts_import(script):
     proc = subprocess.run(
@@ -526,6 +527,26 @@ def test_procstat_names_the_interpreter_of_a_process():
         )
         assert text.endswith("(shared libpython)" if linked else "(libpython linked in)")
     assert procstat.interpreter(2**22 + 7) == "unknown"  # no such process
+
+
+def test_accounting_bench_times_every_piece():
+    proc = subprocess.run(
+        [
+            *(sys.executable, str(ROOT / "bench" / "bench_accounting.py")),
+            *("--number", "20", "--repeat", "1", "--batches", "3"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if re.fullmatch(r"\| .+ \| [\d,]+ \|", line)]
+    pieces = [row.split(" | ")[0][2:] for row in rows]
+    assert pieces[0].startswith("scanner: a 34-event stream")
+    assert "lane scan: its 32 plain events as one read" in pieces  # the stream's plain events
+    assert any(p.startswith("ledger: SQLite insert") for p in pieces)
+    assert len(rows) == 9
+    assert all(int(row.rsplit(" | ", 1)[1].strip(" |").replace(",", "")) >= 0 for row in rows)
 
 
 def test_relay_bench_base_needs_a_checkout():
