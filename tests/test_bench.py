@@ -546,7 +546,12 @@ def test_accounting_bench_times_every_piece():
     assert "lane scan: its 32 plain events as one read" in pieces  # the stream's plain events
     assert any(p.startswith("ledger: SQLite insert") for p in pieces)
     assert len(rows) == 9
-    assert all(int(row.rsplit(" | ", 1)[1].strip(" |").replace(",", "")) >= 0 for row in rows)
+    ns = {
+        piece: int(row.rsplit(" | ", 1)[1].strip(" |").replace(",", ""))
+        for piece, row in zip(pieces, rows, strict=True)
+    }
+    # every piece took time; the kernel's share of the insert is sampled at clock ticks (may be 0)
+    assert all(v > 0 for p, v in ns.items() if not p.startswith("of which kernel")), ns
 
 
 def test_relay_bench_base_needs_a_checkout():
