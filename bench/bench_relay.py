@@ -24,6 +24,10 @@ direct nginx gwcore floor, ...), each at every concurrency:
   and usage asked for, the scanner over each read with the injected usage event elided, one
   priced usage record per stream in the SQLite ledger), with gwcore's own compiled pieces: what
   usage accounting costs at the least in a Python process on uvloop. Information only.
+- ``floor_counted`` (only when named in ``--targets``): the same, its records kept in memory
+  (``MemorySink``) and unpriced instead of priced and stored: the accounting the relay issue
+  itself asked for (the record and an in-memory sink), the least reading of "usage accounting
+  on". Information only.
 - ``gwcore_base`` (with ``--base DIR``): gwcore from another checkout, ``DIR``, whose extensions
   are built in place there (``python setup.py build_ext --inplace``), e.g. a ``git worktree`` of
   the commit before a change: the change's effect in the same run, rounds interleaved. With
@@ -273,6 +277,20 @@ def report(args, summary, wrk, profile, notes) -> str:
             "(info)",
             lambda c: ratio(
                 get("floor_accounted", c, "relay_cpu_us"), get("floor", c, "relay_cpu_us")
+            ),
+        ),
+        (
+            "floor_counted CPU/req ÷ nginx CPU/req (records in memory, unpriced)",
+            "(info)",
+            lambda c: ratio(
+                get("floor_counted", c, "relay_cpu_us"), get("nginx", c, "relay_cpu_us")
+            ),
+        ),
+        (
+            "floor_counted CPU/req ÷ floor CPU/req",
+            "(info)",
+            lambda c: ratio(
+                get("floor_counted", c, "relay_cpu_us"), get("floor", c, "relay_cpu_us")
             ),
         ),
     ]
@@ -586,6 +604,10 @@ def main(argv: list[str] | None = None) -> int:
             if "floor_accounted" in args.targets:
                 services["floor_accounted"] = start_floor(
                     args.tmp, services["mock"].port, PIN, accounted=True
+                )
+            if "floor_counted" in args.targets:
+                services["floor_counted"] = start_floor(
+                    args.tmp, services["mock"].port, PIN, accounted=True, ledger=False
                 )
             if "direct" in args.targets:
                 services["direct"] = services["mock"]

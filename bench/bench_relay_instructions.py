@@ -2,8 +2,9 @@
 
 Seconds of CPU on a shared two-core machine swing by tens of percent between runs; instruction
 counts do not. This runs each relay (gwcore, gwcore without its ledger, the pure-Python twin of
-its scanner, the uvloop floor, the floor with usage accounting (``floor_accounted``, only when
-named in ``--targets``), nginx) under ``valgrind --tool=callgrind`` twice, once for N1 and
+its scanner, the uvloop floor, the floor with usage accounting (``floor_accounted``, and
+``floor_counted`` with its records in memory, unpriced: each only when named in ``--targets``),
+nginx) under ``valgrind --tool=callgrind`` twice, once for N1 and
 once for N2 streamed requests after the same warm-up, and reports (Ir(N2) - Ir(N1)) / (N2 - N1):
 start-up and warm-up cancel out. The count stops when the last request has been answered and a
 second has passed (for the ledger's writer to store the last records): ``callgrind_control
@@ -123,11 +124,14 @@ def _run(tmp: Path, target: str, mock_port: int, n: int) -> tuple[dict[str, int]
     env["PYTHONHASHSEED"] = "0"  # (see gwcore_launch)
     if target.startswith("gwcore"):
         cmd, env = gwcore_launch(tmp, target, mock_port, port)
-    elif target in ("floor", "floor_accounted"):
-        cmd = [sys.executable, "-m", f"gwcore.benchmark.{target}", str(port)]
+    elif target in ("floor", "floor_accounted", "floor_counted"):
+        module = "floor" if target == "floor" else "floor_accounted"
+        cmd = [sys.executable, "-m", f"gwcore.benchmark.{module}", str(port)]
         cmd += [str(mock_port)]
         if target == "floor_accounted":
             cmd.append(str(tmp / "ledger.db"))
+        elif target == "floor_counted":
+            cmd.append("memory")
     else:  # nginx, its master process off so that the one process is the relay
         service = start_nginx(tmp, mock_port, NO_PIN)
         if service is None:

@@ -514,6 +514,40 @@ def test_accounted_floor_relays_elides_and_ledgers_each_stream(tmp_path):
         assert cost is not None and cost > 0
 
 
+def test_counted_floor_relays_elides_and_keeps_each_record_in_memory(tmp_path):
+    """The counted floor (records in memory, unpriced) passes each stream on without the usage
+    event it asked for, and at SIGTERM says it holds one record a stream with the mock's tokens."""
+    mock = services.start_mock(tmp_path, 33, services.Pinning(False))
+    floor = None
+    try:
+        floor = services.start_floor(
+            tmp_path, mock.port, services.Pinning(False), accounted=True, ledger=False
+        )
+        assert floor.name == "floor_counted"
+        url = f"http://127.0.0.1:{floor.port}/v1/chat/completions"
+        with httpx.Client(timeout=10) as client:  # one kept-alive connection: 3 streams
+            bodies = [client.post(url, content=chat_body("m", True)).text for _ in range(3)]
+            asked = chat_body("m", True)[:-1] + b',"stream_options":{"include_usage":true}}'
+            direct = client.post(f"http://127.0.0.1:{mock.port}/v1/chat/completions", content=asked)
+        usage = next(
+            json.loads(e[6:])["usage"]
+            for e in direct.text.split("\n\n")
+            if e.startswith("data: {") and '"choices":[]' in e
+        )
+        for text in bodies:
+            events = [e for e in text.split("\n\n") if e.startswith("data: ")]
+            assert len(events) == 33 and events[-1] == "data: [DONE]"
+            assert '"choices":[]' not in text and '"usage":{' not in text  # elided
+    finally:
+        if floor is not None:
+            floor.stop()
+        mock.stop()
+    assert floor.proc.returncode == 0  # stopped by SIGTERM, not killed
+    log = floor.log.read_text()
+    assert f"3 records in memory, {3 * usage['total_tokens']} tokens in all" in log
+    assert not (tmp_path / "floor_counted-main.db").exists()  # no ledger
+
+
 def test_procstat_names_the_interpreter_of_a_process():
     ldd = shutil.which("ldd")
     text = procstat.interpreter(os.getpid())

@@ -18,10 +18,17 @@ less the floor's is what usage accounting costs at the least in a Python process
 CPU against nginx's tells whether the relay targets are reachable with accounting on in such a
 process.
 
-    python -m gwcore.benchmark.floor_accounted LISTEN_PORT UPSTREAM_PORT [LEDGER_PATH]
+With ``memory`` for the ledger's path (the benchmarks' ``floor_counted``), the records are kept in
+memory (``MemorySink``), unpriced: the accounting the relay issue itself asked for (the record
+and an in-memory sink; the persistent ledger and cost came with the ledger issue), the least
+reading of "usage accounting on". At SIGTERM it stops serving, stores what its ledger still
+holds, and prints how many records its memory holds (the last 10,000) and their tokens.
+
+    python -m gwcore.benchmark.floor_accounted LISTEN_PORT UPSTREAM_PORT [LEDGER_PATH | memory]
 """
 
 import asyncio
+import signal
 import sys
 from time import perf_counter
 
@@ -31,7 +38,7 @@ from gwcore.ledger.sqlite import SqliteStore
 from gwcore.ledger.writer import UsageLedger
 from gwcore.pricing import PriceTable
 from gwcore.sse import StreamObserver, chat_request_fields, head_end, usage_counts, with_member
-from gwcore.usage import PricedFanout, new_record
+from gwcore.usage import MemorySink, PricedFanout, new_record
 
 INCLUDE_USAGE = b'"stream_options":{"include_usage":true}'
 
@@ -128,15 +135,27 @@ class Client(asyncio.Protocol):
 
 async def main(port: int, ledger_path: str) -> None:
     global PIPELINE
-    ledger = UsageLedger(SqliteStore(ledger_path))
-    await ledger.start()
-    PIPELINE = PricedFanout(PriceTable.from_config(None), [ledger])
-    server = await asyncio.get_running_loop().create_server(Client, "127.0.0.1", port)
+    loop = asyncio.get_running_loop()
+    if ledger_path == "memory":
+        ledger, PIPELINE = None, MemorySink()  # the last 10,000, as gwcore's would
+    else:
+        ledger = UsageLedger(SqliteStore(ledger_path))
+        await ledger.start()
+        PIPELINE = PricedFanout(PriceTable.from_config(None), [ledger])
+    stopping = loop.create_future()
+    loop.add_signal_handler(signal.SIGTERM, stopping.set_result, None)
+    server = await loop.create_server(Client, "127.0.0.1", port)
     print(f"accounted floor listening on 127.0.0.1:{port}", flush=True)
     try:
-        await server.serve_forever()
+        await stopping
     finally:
-        await ledger.stop()
+        server.close()
+        if ledger is not None:
+            await ledger.stop()
+        else:
+            kept = PIPELINE.records
+            tokens = sum(r.total_tokens or 0 for r in kept)
+            print(f"{len(kept)} records in memory, {tokens} tokens in all", flush=True)
 
 
 if __name__ == "__main__":

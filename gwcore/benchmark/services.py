@@ -291,23 +291,36 @@ http {{
     return Service(name, proc, first, workers[0], log, ports=ports, version=version.split(": ")[-1])
 
 
+_FLOOR_VERSIONS = {
+    "floor": "uvloop byte pipe",
+    "floor_accounted": "uvloop byte pipe with usage accounting",
+    "floor_counted": "uvloop byte pipe with usage records in memory",
+}
+
+
 def start_floor(
-    tmp: Path, mocks: dict[str, int] | int, pin: Pinning, *, accounted: bool = False
+    tmp: Path,
+    mocks: dict[str, int] | int,
+    pin: Pinning,
+    *,
+    accounted: bool = False,
+    ledger: bool = True,
 ) -> Service:
     """``gwcore.benchmark.floor``, one process per mock (it cannot route); ``accounted``:
     ``gwcore.benchmark.floor_accounted`` (the service "floor_accounted"), its SQLite ledger in
-    ``tmp``."""
+    ``tmp``, or without ``ledger`` its records in memory, unpriced (the service "floor_counted")."""
     if isinstance(mocks, int):
         mocks = {"main": mocks}
-    name = "floor_accounted" if accounted else "floor"
+    name = ("floor_accounted" if ledger else "floor_counted") if accounted else "floor"
     procs, ports = [], {}
     for upstream, mock_port in mocks.items():
         port = free_port()
         log = tmp / f"{name}-{upstream}.log"
-        cmd = [*pin.prefix(pin.target_cpu), sys.executable, "-m", f"gwcore.benchmark.{name}"]
+        module = "floor_accounted" if accounted else "floor"
+        cmd = [*pin.prefix(pin.target_cpu), sys.executable, "-m", f"gwcore.benchmark.{module}"]
         cmd += [str(port), str(mock_port)]
         if accounted:
-            cmd.append(str(tmp / f"{name}-{upstream}.db"))
+            cmd.append(str(tmp / f"{name}-{upstream}.db") if ledger else "memory")
         proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
         procs.append(proc)
         wait_listening(proc, port, f"the {'accounted ' if accounted else ''}pass-through floor")
@@ -322,7 +335,7 @@ def start_floor(
         ports=ports,
         cpu_pids=[p.pid for p in procs],
         extra=procs[1:],
-        version="uvloop byte pipe" + (" with usage accounting" if accounted else ""),
+        version=_FLOOR_VERSIONS[name],
     )
 
 
