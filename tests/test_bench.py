@@ -466,6 +466,25 @@ def test_bench_relay_runs_gwcore_base_on_another_interpreter(tmp_path):
     assert "gwcore CPU/req ÷ gwcore_base CPU/req" in out
 
 
+def _three_elided_streams(floor: services.Service, mock_port: int, model: str) -> dict:
+    """Three streams through ``floor`` on one kept-alive connection, each checked whole with the
+    usage event it asked for elided; returns the usage the mock answers with when asked directly."""
+    url = f"http://127.0.0.1:{floor.port}/v1/chat/completions"
+    with httpx.Client(timeout=10) as client:
+        bodies = [client.post(url, content=chat_body(model, True)).text for _ in range(3)]
+        asked = chat_body(model, True)[:-1] + b',"stream_options":{"include_usage":true}}'
+        direct = client.post(f"http://127.0.0.1:{mock_port}/v1/chat/completions", content=asked)
+    for text in bodies:
+        events = [e for e in text.split("\n\n") if e.startswith("data: ")]
+        assert len(events) == 33 and events[-1] == "data: [DONE]"
+        assert '"choices":[]' not in text and '"usage":{' not in text  # elided
+    return next(
+        json.loads(e[6:])["usage"]
+        for e in direct.text.split("\n\n")
+        if e.startswith("data: {") and '"choices":[]' in e
+    )
+
+
 def test_accounted_floor_relays_elides_and_ledgers_each_stream(tmp_path):
     """The accounted floor passes the stream on without the usage event it asked for, and
     stores one priced record a stream with the mock's usage in its SQLite ledger."""
@@ -474,21 +493,7 @@ def test_accounted_floor_relays_elides_and_ledgers_each_stream(tmp_path):
     floor = None
     try:
         floor = services.start_floor(tmp_path, mock.port, services.Pinning(False), accounted=True)
-        url = f"http://127.0.0.1:{floor.port}/v1/chat/completions"
-        with httpx.Client(timeout=10) as client:  # one kept-alive connection: 3 streams
-            bodies = [client.post(url, content=chat_body(PRICED, True)).text for _ in range(3)]
-            # the usage the mock answers with, asked of it directly
-            asked = chat_body(PRICED, True)[:-1] + b',"stream_options":{"include_usage":true}}'
-            direct = client.post(f"http://127.0.0.1:{mock.port}/v1/chat/completions", content=asked)
-        usage = next(
-            json.loads(e[6:])["usage"]
-            for e in direct.text.split("\n\n")
-            if e.startswith("data: {") and '"choices":[]' in e
-        )
-        for text in bodies:
-            events = [e for e in text.split("\n\n") if e.startswith("data: ")]
-            assert len(events) == 33 and events[-1] == "data: [DONE]"
-            assert '"choices":[]' not in text and '"usage":{' not in text  # elided
+        usage = _three_elided_streams(floor, mock.port, PRICED)
         db = tmp_path / "floor_accounted-main.db"
         deadline = time.monotonic() + 10
         rows = []
@@ -524,20 +529,7 @@ def test_counted_floor_relays_elides_and_keeps_each_record_in_memory(tmp_path):
             tmp_path, mock.port, services.Pinning(False), accounted=True, ledger=False
         )
         assert floor.name == "floor_counted"
-        url = f"http://127.0.0.1:{floor.port}/v1/chat/completions"
-        with httpx.Client(timeout=10) as client:  # one kept-alive connection: 3 streams
-            bodies = [client.post(url, content=chat_body("m", True)).text for _ in range(3)]
-            asked = chat_body("m", True)[:-1] + b',"stream_options":{"include_usage":true}}'
-            direct = client.post(f"http://127.0.0.1:{mock.port}/v1/chat/completions", content=asked)
-        usage = next(
-            json.loads(e[6:])["usage"]
-            for e in direct.text.split("\n\n")
-            if e.startswith("data: {") and '"choices":[]' in e
-        )
-        for text in bodies:
-            events = [e for e in text.split("\n\n") if e.startswith("data: ")]
-            assert len(events) == 33 and events[-1] == "data: [DONE]"
-            assert '"choices":[]' not in text and '"usage":{' not in text  # elided
+        usage = _three_elided_streams(floor, mock.port, "m")
     finally:
         if floor is not None:
             floor.stop()
