@@ -227,16 +227,17 @@ def report(args, summary, wrk, profile, notes) -> str:
         "| ratio | " + " | ".join(f"c={c}" for c in cs) + " | target |",
         "|---|" + "--:|" * len(cs) + "---|",
     ]
+
+    def cpu_ratio(a, b):
+        """Target ``a``'s relay CPU a stream over target ``b``'s, per concurrency."""
+        return lambda c: ratio(get(a, c, "relay_cpu_us"), get(b, c, "relay_cpu_us"))
+
     rows = [
-        (
-            "gwcore CPU/req ÷ nginx CPU/req",
-            "<= 1.00",
-            lambda c: ratio(get("gwcore", c, "relay_cpu_us"), get("nginx", c, "relay_cpu_us")),
-        ),
+        ("gwcore CPU/req ÷ nginx CPU/req", "<= 1.00", cpu_ratio("gwcore", "nginx")),
         (
             "gwcore CPU/req ÷ nginx_log CPU/req (nginx with its access log)",
             "(info)",
-            lambda c: ratio(get("gwcore", c, "relay_cpu_us"), get("nginx_log", c, "relay_cpu_us")),
+            cpu_ratio("gwcore", "nginx_log"),
         ),
         (
             "gwcore TTFE p50 added over direct ÷ nginx's",
@@ -248,51 +249,25 @@ def report(args, summary, wrk, profile, notes) -> str:
             "(info)",
             lambda c: ratio(get("gwcore", c, "rps"), get("nginx", c, "rps")),
         ),
-        (
-            "gwcore CPU/req ÷ gwcore_base CPU/req",
-            "(info)",
-            lambda c: ratio(
-                get("gwcore", c, "relay_cpu_us"), get("gwcore_base", c, "relay_cpu_us")
-            ),
-        ),
-        (
-            "gwcore CPU/req ÷ floor CPU/req",
-            "(info)",
-            lambda c: ratio(get("gwcore", c, "relay_cpu_us"), get("floor", c, "relay_cpu_us")),
-        ),
-        (
-            "floor CPU/req ÷ nginx CPU/req",
-            "(info)",
-            lambda c: ratio(get("floor", c, "relay_cpu_us"), get("nginx", c, "relay_cpu_us")),
-        ),
+        ("gwcore CPU/req ÷ gwcore_base CPU/req", "(info)", cpu_ratio("gwcore", "gwcore_base")),
+        ("gwcore CPU/req ÷ floor CPU/req", "(info)", cpu_ratio("gwcore", "floor")),
+        ("floor CPU/req ÷ nginx CPU/req", "(info)", cpu_ratio("floor", "nginx")),
         (
             "floor_accounted CPU/req ÷ nginx CPU/req",
             "(info)",
-            lambda c: ratio(
-                get("floor_accounted", c, "relay_cpu_us"), get("nginx", c, "relay_cpu_us")
-            ),
+            cpu_ratio("floor_accounted", "nginx"),
         ),
         (
             "floor_accounted CPU/req ÷ floor CPU/req (usage accounting at the least)",
             "(info)",
-            lambda c: ratio(
-                get("floor_accounted", c, "relay_cpu_us"), get("floor", c, "relay_cpu_us")
-            ),
+            cpu_ratio("floor_accounted", "floor"),
         ),
         (
             "floor_counted CPU/req ÷ nginx CPU/req (records in memory, unpriced)",
             "(info)",
-            lambda c: ratio(
-                get("floor_counted", c, "relay_cpu_us"), get("nginx", c, "relay_cpu_us")
-            ),
+            cpu_ratio("floor_counted", "nginx"),
         ),
-        (
-            "floor_counted CPU/req ÷ floor CPU/req",
-            "(info)",
-            lambda c: ratio(
-                get("floor_counted", c, "relay_cpu_us"), get("floor", c, "relay_cpu_us")
-            ),
-        ),
+        ("floor_counted CPU/req ÷ floor CPU/req", "(info)", cpu_ratio("floor_counted", "floor")),
     ]
     for name, target, fn in rows:
         lines.append(f"| {name} | " + " | ".join(fmt(fn(c), 2) for c in cs) + f" | {target} |")
